@@ -41,12 +41,20 @@ pub struct Error {
 impl Error {
     /// A new error of `kind` with a one-line `message`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
-        Error { kind, message: message.into(), source: None }
+        Error {
+            kind,
+            message: message.into(),
+            source: None,
+        }
     }
 
     /// A new error of `kind` caused by the I/O error `source`.
     pub fn with_source(kind: ErrorKind, message: impl Into<String>, source: io::Error) -> Error {
-        Error { kind, message: message.into(), source: Some(source) }
+        Error {
+            kind,
+            message: message.into(),
+            source: Some(source),
+        }
     }
 
     /// What kind of error this is.

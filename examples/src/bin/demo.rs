@@ -1,1 +1,87 @@
-fn main() {}
+//! `demo`: an application with a manhole installed in code.
+//!
+//! Four workers (`worker-0` .. `worker-3`) count requests inside `demo_worker_loop`; the manhole
+//! shows `requests` (the counter), `config` (a struct), `log_level` (settable text) and a command
+//! `echo`. It prints `manhole listening on <path>` and runs until killed.
+//!
+//! Flags: `--socket-path PATH` (listen there instead of `/tmp/manhole-<pid>`),
+//! `--exec` (serve the exec handler instead of the REPL).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use manhole::{ConnectionHandler, Local, Options};
+
+#[derive(Debug)]
+#[allow(dead_code)] // Read through its Debug text in the manhole.
+struct Config {
+    name: &'static str,
+    workers: usize,
+    tick: Duration,
+}
+
+#[inline(never)]
+fn demo_worker_loop(requests: &AtomicU64, tick: Duration) -> ! {
+    loop {
+        requests.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(tick);
+    }
+}
+
+fn main() {
+    let mut options = Options::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--socket-path" => {
+                options = options.socket_path(args.next().expect("--socket-path needs a path"))
+            }
+            "--exec" => options = options.connection_handler(ConnectionHandler::Exec),
+            other => {
+                eprintln!("demo: unknown argument {other:?} (flags: --socket-path PATH, --exec)");
+                std::process::exit(2);
+            }
+        }
+    }
+    let config = Arc::new(Config {
+        name: "demo",
+        workers: 4,
+        tick: Duration::from_millis(100),
+    });
+    let requests = Arc::new(AtomicU64::new(0));
+    let log_level = Arc::new(Mutex::new(String::from("info")));
+    for i in 0..config.workers {
+        let requests = requests.clone();
+        let tick = config.tick;
+        std::thread::Builder::new()
+            .name(format!("worker-{i}"))
+            .spawn(move || demo_worker_loop(&requests, tick))
+            .expect("spawn a worker");
+    }
+    let options = options
+        .local("requests", Local::atomic(requests))
+        .local("config", Local::debug(config))
+        .local("log_level", Local::settable_locked(log_level))
+        .command(
+            "echo",
+            "print the arguments back",
+            |args| Ok(args.join(" ")),
+        );
+    let manhole = match manhole::install(options) {
+        Ok(manhole) => manhole,
+        Err(e) => {
+            eprintln!("demo: cannot install the manhole: {e}");
+            std::process::exit(1);
+        }
+    };
+    let path = manhole
+        .socket_path()
+        .expect("the listener thread is on")
+        .display()
+        .to_string();
+    println!("manhole listening on {path}");
+    loop {
+        std::thread::park();
+    }
+}

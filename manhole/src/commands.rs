@@ -1,0 +1,350 @@
+//! The command language of a session: parsing a line and running it.
+//!
+//! Every command produces a [`Reply`]: on success the text the REPL prints and the same answer as
+//! JSON data (see `docs/protocol.md`), on failure one line saying what was wrong. Nothing a client
+//! types can end the session except `exit`/`quit` or closing the connection: an unknown command
+//! or a bad argument is an error reply and the next line is read as usual.
+
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+use crate::credentials::PeerCred;
+use crate::local::Access;
+use crate::log::log_event;
+use crate::registry::{self, Entry};
+use crate::session::Settings;
+use crate::stackdump;
+use crate::threads::run_bounded;
+
+/// What the session does after sending a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    Continue,
+    Exit,
+    /// Answer with JSON frames (`true`) or text (`false`) from now on.
+    JsonFormat(bool),
+    /// Switch to exec framing.
+    Exec,
+}
+
+/// A successful answer: what the REPL prints, and the same as data.
+#[derive(Debug, Clone)]
+pub(crate) struct Answer {
+    pub text: String,
+    pub data: Value,
+}
+
+/// The reply to one command line.
+#[derive(Debug, Clone)]
+pub(crate) struct Reply {
+    pub command: String,
+    pub result: Result<Answer, String>,
+    pub action: Action,
+}
+
+impl Reply {
+    fn ok(command: &str, text: impl Into<String>, data: Value) -> Reply {
+        Reply {
+            command: command.to_string(),
+            result: Ok(Answer {
+                text: text.into(),
+                data,
+            }),
+            action: Action::Continue,
+        }
+    }
+
+    fn err(command: &str, message: impl Into<String>) -> Reply {
+        Reply {
+            command: command.to_string(),
+            result: Err(message.into()),
+            action: Action::Continue,
+        }
+    }
+
+    fn then(mut self, action: Action) -> Reply {
+        self.action = action;
+        self
+    }
+
+    /// The exec-mode frame: one line of JSON without the trailing newline.
+    pub(crate) fn frame(&self) -> String {
+        let frame = match &self.result {
+            Ok(answer) => {
+                json!({"ok": true, "command": self.command, "text": answer.text, "data": answer.data})
+            }
+            Err(message) => json!({"ok": false, "command": self.command, "error": message}),
+        };
+        frame.to_string()
+    }
+}
+
+/// The built-in commands: name, usage, one-line description.
+pub(crate) const BUILTINS: &[(&str, &str, &str)] = &[
+    ("help", "help", "list the commands and registered commands"),
+    (
+        "threads",
+        "threads [TID|NAME]",
+        "backtrace of every thread (alias: bt), or of the matching ones",
+    ),
+    (
+        "locals",
+        "locals",
+        "list the registered values and commands",
+    ),
+    (
+        "get",
+        "get NAME",
+        "show a registered value (a bare NAME works too)",
+    ),
+    (
+        "set",
+        "set NAME VALUE",
+        "change a settable registered value",
+    ),
+    (
+        "info",
+        "info",
+        "pid, executable, command line, user, uptime, memory, threads, fds",
+    ),
+    (
+        "format",
+        "format json|text",
+        "answer with JSON frames or with text",
+    ),
+    (
+        "exec",
+        "exec",
+        "switch to exec framing: one JSON frame per answer, no prompt",
+    ),
+    ("exit", "exit", "end the session (alias: quit)"),
+];
+
+/// Runs one command line for a session.
+pub(crate) fn run(line: &str, settings: &Settings, peer: &PeerCred) -> Reply {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let Some((&word, args)) = words.split_first() else {
+        return Reply::ok("", "", Value::Null);
+    };
+    match word {
+        "help" | "?" => help(),
+        "threads" | "bt" => threads(word, args, settings),
+        "locals" => locals(),
+        "get" => match args {
+            [name] => get(name, settings),
+            _ => Reply::err("get", "usage: get NAME"),
+        },
+        "set" => match args {
+            [name, value @ ..] if !value.is_empty() => set(name, &value.join(" "), settings, peer),
+            _ => Reply::err("set", "usage: set NAME VALUE"),
+        },
+        "info" => info(),
+        "format" => {
+            match args {
+                ["json"] => Reply::ok("format", "", json!({"format": "json"}))
+                    .then(Action::JsonFormat(true)),
+                ["text"] => Reply::ok("format", "", json!({"format": "text"}))
+                    .then(Action::JsonFormat(false)),
+                _ => Reply::err("format", "usage: format json|text"),
+            }
+        }
+        "exec" => Reply::ok(
+            "exec",
+            "",
+            json!({"protocol": 1, "pid": std::process::id()}),
+        )
+        .then(Action::Exec),
+        "exit" | "quit" => Reply::ok(word, "", json!({})).then(Action::Exit),
+        name => match registry::lookup(name) {
+            Some(Entry::Value(_)) if args.is_empty() => get(name, settings),
+            Some(Entry::Value(_)) => Reply::err(
+                name,
+                format!("{name} is a value: use \"set {name} VALUE\" to change it"),
+            ),
+            Some(Entry::Command { run, .. }) => {
+                let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+                log_event!("Session of {peer} runs command {name} {}", args.join(" "));
+                match run_bounded(settings.command_timeout, move || run.call(&args)) {
+                    Ok(Ok(output)) => Reply::ok(
+                        name,
+                        output.clone(),
+                        json!({"name": name, "output": output}),
+                    ),
+                    Ok(Err(message)) => Reply::err(name, format!("{name}: {message}")),
+                    Err(unfinished) => Reply::err(name, format!("{name}: {unfinished}")),
+                }
+            }
+            None => Reply::err(
+                name,
+                format!(
+                    "unknown command {:?} (type \"help\" for the commands)",
+                    shorten(name)
+                ),
+            ),
+        },
+    }
+}
+
+fn help() -> Reply {
+    let mut text = String::from("Commands:\n");
+    let commands: Vec<Value> = BUILTINS
+        .iter()
+        .map(|(name, usage, help)| {
+            let _ = writeln!(text, "  {usage:<22} {help}");
+            json!({"name": name, "usage": usage, "help": help})
+        })
+        .collect();
+    let mut registered = Vec::new();
+    for (name, entry) in registry::snapshot() {
+        if let Entry::Command { help, .. } = entry {
+            registered.push(json!({"name": name, "help": help}));
+            if registered.len() == 1 {
+                text.push_str("Registered commands:\n");
+            }
+            let _ = writeln!(text, "  {name:<22} {help}");
+        }
+    }
+    text.push_str("A bare NAME shows a registered value; \"locals\" lists them.");
+    Reply::ok(
+        "help",
+        text,
+        json!({"commands": commands, "registered": registered}),
+    )
+}
+
+fn threads(word: &str, args: &[&str], settings: &Settings) -> Reply {
+    let filter = match args {
+        [] => None,
+        [filter] => Some(*filter),
+        _ => return Reply::err(word, "usage: threads [TID|NAME]"),
+    };
+    match stackdump::capture(&settings.dump) {
+        Ok(dump) => {
+            let dump = match filter {
+                Some(filter) => dump.filtered(filter),
+                None => dump,
+            };
+            Reply::ok(word, dump.to_text(), dump.to_json())
+        }
+        Err(e) => Reply::err(word, format!("cannot dump the threads: {e}")),
+    }
+}
+
+fn locals() -> Reply {
+    let entries = registry::snapshot();
+    if entries.is_empty() {
+        return Reply::ok("locals", "(nothing registered)", json!({"locals": []}));
+    }
+    let mut text = String::new();
+    let mut list = Vec::new();
+    for (name, entry) in entries {
+        let (kind, type_name, settable) = match &entry {
+            Entry::Value(local) => ("value", local.type_name(), local.is_settable()),
+            Entry::Command { .. } => ("command", "command".to_string(), false),
+        };
+        let mark = if settable {
+            "settable"
+        } else if kind == "command" {
+            ""
+        } else {
+            "read-only"
+        };
+        let _ = writeln!(text, "{name:<20} {type_name:<24} {mark}");
+        list.push(json!({"name": name, "type": type_name, "settable": settable, "kind": kind}));
+    }
+    text.pop();
+    Reply::ok("locals", text, json!({"locals": list}))
+}
+
+fn access(settings: &Settings) -> Access {
+    Access {
+        lock_timeout: settings.lock_timeout,
+    }
+}
+
+fn no_such(name: &str) -> String {
+    format!("no local named {:?} (try \"locals\")", shorten(name))
+}
+
+/// Client-typed words quoted back in an error are cut short, so an error stays one short line.
+fn shorten(word: &str) -> String {
+    const MAX: usize = 60;
+    match word.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{}...", &word[..end]),
+        None => word.to_string(),
+    }
+}
+
+fn get(name: &str, settings: &Settings) -> Reply {
+    let Some(Entry::Value(local)) = registry::lookup(name) else {
+        return Reply::err("get", no_such(name));
+    };
+    let access = access(settings);
+    let reader = local.clone();
+    match run_bounded(settings.command_timeout, move || reader.read(access)) {
+        Ok(Ok(value)) => Reply::ok(
+            "get",
+            value.clone(),
+            json!({"name": name, "type": local.type_name(), "value": value, "settable": local.is_settable()}),
+        ),
+        Ok(Err(message)) | Err(crate::threads::Unfinished::Panicked(message)) => {
+            Reply::err("get", format!("{name}: {message}"))
+        }
+        Err(unfinished) => Reply::err("get", format!("{name}: reading it is {unfinished}")),
+    }
+}
+
+fn set(name: &str, value: &str, settings: &Settings, peer: &PeerCred) -> Reply {
+    let Some(Entry::Value(local)) = registry::lookup(name) else {
+        return Reply::err("set", no_such(name));
+    };
+    if !local.is_settable() {
+        return Reply::err("set", format!("{name} is read-only"));
+    }
+    let access = access(settings);
+    let text = value.to_string();
+    match run_bounded(settings.command_timeout, move || local.set(&text, access)) {
+        Ok(Ok((old, new))) => {
+            log_event!("Session of {peer} set {name} from {old} to {new}");
+            Reply::ok(
+                "set",
+                format!("{name}: {old} -> {new}"),
+                json!({"name": name, "old": old, "value": new}),
+            )
+        }
+        Ok(Err(message)) => Reply::err("set", format!("{name}: {message}")),
+        Err(unfinished) => Reply::err("set", format!("{name}: {unfinished}")),
+    }
+}
+
+fn info() -> Reply {
+    match crate::procfs::ProcessInfo::read() {
+        Ok(info) => {
+            let text = format!(
+                "pid {} (ppid {})\nexecutable {}\ncommand line {}\nuid {} (euid {}), gid {} (egid {})\nuptime {:.1} s\nrss {} KiB\nthreads {}\nopen fds {}\nmanhole {}",
+                info.pid,
+                info.ppid,
+                info.exe,
+                info.cmdline.join(" "),
+                info.uid,
+                info.euid,
+                info.gid,
+                info.egid,
+                info.uptime.as_secs_f64(),
+                info.rss_bytes / 1024,
+                info.threads,
+                info.fds,
+                env!("CARGO_PKG_VERSION"),
+            );
+            let data = json!({
+                "pid": info.pid, "ppid": info.ppid, "exe": info.exe, "cmdline": info.cmdline,
+                "uid": info.uid, "euid": info.euid, "gid": info.gid, "egid": info.egid,
+                "uptime_secs": info.uptime.as_secs_f64(), "rss_bytes": info.rss_bytes,
+                "threads": info.threads, "fds": info.fds, "version": env!("CARGO_PKG_VERSION"),
+            });
+            Reply::ok("info", text, data)
+        }
+        Err(e) => Reply::err("info", format!("cannot read /proc/self: {e}")),
+    }
+}

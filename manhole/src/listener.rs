@@ -1,0 +1,142 @@
+//! The `manhole-listener` thread: accepts connections, checks each peer, starts sessions.
+//!
+//! The thread sleeps in `poll` on the listening socket and the installation's stop pipe, so an
+//! idle manhole costs no CPU and no wake-ups, and uninstall wakes it at once. Refusals (a peer
+//! that is not allowed, one client too many) are one line written without blocking, then the
+//! connection is closed; the listener itself never waits on a client.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{MsgFlags, send};
+
+use crate::credentials::{self, PeerCred};
+use crate::log::log_event;
+use crate::session::{Session, Settings};
+use crate::threads;
+
+/// Everything the listener and its sessions share.
+pub(crate) struct Shared {
+    pub settings: Arc<Settings>,
+    /// Read end of the stop pipe: readable (hung up) once the installation is torn down.
+    pub stop: Arc<OwnedFd>,
+    pub max_sessions: usize,
+    pub open_sessions: Arc<AtomicUsize>,
+    pub next_session: AtomicU64,
+}
+
+/// Accepts connections until the stop pipe hangs up.
+pub(crate) fn run(listener: &UnixListener, shared: &Shared) {
+    loop {
+        let ready = {
+            let mut fds = [
+                PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+                PollFd::new(shared.stop.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => (
+                    fds[0].revents().is_some_and(|r| !r.is_empty()),
+                    fds[1].revents().is_some_and(|r| !r.is_empty()),
+                ),
+                // A signal interrupted the wait: wait again.
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    log_event!("Listener stopped: poll failed: {e}");
+                    return;
+                }
+            }
+        };
+        if ready.1 {
+            return;
+        }
+        if ready.0 {
+            match listener.accept() {
+                Ok((stream, _)) => accept(stream, shared),
+                Err(e) if is_transient(&e) => continue,
+                Err(e) => {
+                    // EMFILE and friends: log, and keep serving once resources come back.
+                    log_event!("accept failed: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            }
+        }
+    }
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock | io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// Writes one refusal line without blocking and drops the connection.
+fn refuse(stream: &UnixStream, line: &str) {
+    let _ = send(
+        std::os::fd::AsRawFd::as_raw_fd(stream),
+        line.as_bytes(),
+        MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+    );
+}
+
+fn accept(stream: UnixStream, shared: &Shared) {
+    let peer = match credentials::peer_of(&stream) {
+        Ok(peer) => peer,
+        Err(e) => {
+            log_event!("Refused a connection: cannot read its credentials: {e}");
+            return;
+        }
+    };
+    if !credentials::is_allowed(&peer) {
+        log_event!(
+            "Access denied to {peer}: uid {} is neither root nor our euid",
+            peer.uid
+        );
+        refuse(
+            &stream,
+            &format!(
+                "manhole: access denied: peer uid {} is not allowed ({peer})\n",
+                peer.uid
+            ),
+        );
+        return;
+    }
+    let open = shared.open_sessions.fetch_add(1, Ordering::SeqCst);
+    if open >= shared.max_sessions {
+        shared.open_sessions.fetch_sub(1, Ordering::SeqCst);
+        log_event!("Refused {peer}: {open} sessions already open");
+        refuse(
+            &stream,
+            &format!("manhole: too many sessions ({open} open), try again later\n"),
+        );
+        return;
+    }
+    let n = shared.next_session.fetch_add(1, Ordering::Relaxed);
+    log_event!("Accepted session {n} from {peer}");
+    start_session(stream, peer, n, shared);
+}
+
+fn start_session(stream: UnixStream, peer: PeerCred, n: u64, shared: &Shared) {
+    let open_sessions = shared.open_sessions.clone();
+    let session = Session::new(stream, peer, shared.settings.clone(), shared.stop.clone());
+    let spawned = threads::spawn(format!("manhole-session-{n}"), move || {
+        // Release the slot even if the session panics.
+        struct Slot(Arc<AtomicUsize>);
+        impl Drop for Slot {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let _slot = Slot(open_sessions);
+        session.run();
+    });
+    if let Err(e) = spawned {
+        shared.open_sessions.fetch_sub(1, Ordering::SeqCst);
+        log_event!("Cannot start a session thread: {e}");
+    }
+}

@@ -1,0 +1,369 @@
+//! [`Options`]: everything `install` can be told, each with its documented default.
+//!
+//! The setter names follow python-manhole's `install()` keywords (`verbose`, `socket_path`,
+//! `strict`, `locals`, `connection_handler`, ...), so its users find their way; options that only
+//! make sense in Rust (`dump_signal`, `lock_timeout`, ...) say so. Setters consume and return the
+//! builder: `Options::new().socket_path("/run/app.sock").verbose(false)`.
+
+use std::fmt;
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::local::{CommandFn, Local};
+use crate::{Error, Result};
+
+/// How a connection is served once its peer is accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConnectionHandler {
+    /// A banner, every thread's backtrace, then a `>>> ` prompt for commands (python-manhole's
+    /// `handle_connection_repl`). This is the default.
+    #[default]
+    Repl,
+    /// No banner, dump or prompt: one command per line and one JSON frame per answer, for tools
+    /// (python-manhole's `handle_connection_exec`). See `docs/protocol.md`.
+    Exec,
+}
+
+impl std::str::FromStr for ConnectionHandler {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<ConnectionHandler> {
+        match s {
+            "repl" => Ok(ConnectionHandler::Repl),
+            "exec" => Ok(ConnectionHandler::Exec),
+            other => Err(Error::config(format!(
+                "unknown connection_handler {other:?} (expected \"repl\" or \"exec\")"
+            ))),
+        }
+    }
+}
+
+/// Configuration for [`install`](crate::install).
+///
+/// `Options::default()` is what `install(Options::new())` uses: listen on `/tmp/manhole-<pid>`
+/// from a background thread, log events to stderr, serve the REPL.
+#[derive(Clone)]
+pub struct Options {
+    pub(crate) verbose: bool,
+    pub(crate) verbose_destination: RawFd,
+    pub(crate) thread: bool,
+    pub(crate) socket_path: Option<PathBuf>,
+    pub(crate) locals: Vec<(String, Local)>,
+    pub(crate) commands: Vec<(String, String, CommandFn)>,
+    pub(crate) strict: bool,
+    pub(crate) connection_handler: ConnectionHandler,
+    pub(crate) max_sessions: usize,
+    pub(crate) dump_signal: Option<i32>,
+    pub(crate) dump_timeout: Duration,
+    pub(crate) max_frames: usize,
+    pub(crate) lock_timeout: Duration,
+    pub(crate) command_timeout: Duration,
+    pub(crate) write_timeout: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            verbose: true,
+            verbose_destination: 2,
+            thread: true,
+            socket_path: None,
+            locals: Vec::new(),
+            commands: Vec::new(),
+            strict: true,
+            connection_handler: ConnectionHandler::Repl,
+            max_sessions: Options::DEFAULT_MAX_SESSIONS,
+            dump_signal: None,
+            dump_timeout: Options::DEFAULT_DUMP_TIMEOUT,
+            max_frames: Options::DEFAULT_MAX_FRAMES,
+            lock_timeout: Options::DEFAULT_LOCK_TIMEOUT,
+            command_timeout: Options::DEFAULT_COMMAND_TIMEOUT,
+            write_timeout: Options::DEFAULT_WRITE_TIMEOUT,
+            idle_timeout: Some(Options::DEFAULT_IDLE_TIMEOUT),
+        }
+    }
+}
+
+impl fmt::Debug for Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Options")
+            .field("verbose", &self.verbose)
+            .field("verbose_destination", &self.verbose_destination)
+            .field("thread", &self.thread)
+            .field("socket_path", &self.socket_path)
+            .field(
+                "locals",
+                &self.locals.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .field(
+                "commands",
+                &self.commands.iter().map(|(n, _, _)| n).collect::<Vec<_>>(),
+            )
+            .field("strict", &self.strict)
+            .field("connection_handler", &self.connection_handler)
+            .field("max_sessions", &self.max_sessions)
+            .field("dump_signal", &self.dump_signal)
+            .field("dump_timeout", &self.dump_timeout)
+            .field("max_frames", &self.max_frames)
+            .field("lock_timeout", &self.lock_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .field("write_timeout", &self.write_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish()
+    }
+}
+
+impl Options {
+    /// The directory of the default socket path `/tmp/manhole-<pid>`.
+    pub const DEFAULT_SOCKET_DIR: &'static str = "/tmp";
+    /// The most sessions open at once.
+    pub const DEFAULT_MAX_SESSIONS: usize = 8;
+    /// How long a dump waits for the threads to answer.
+    pub const DEFAULT_DUMP_TIMEOUT: Duration = Duration::from_millis(250);
+    /// The most frames recorded for one thread.
+    pub const DEFAULT_MAX_FRAMES: usize = 128;
+    /// How long reading a value tries to take its lock.
+    pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(1);
+    /// How long a registered command or value read may run before the session stops waiting.
+    pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+    /// How long a write to a client may block before the session gives up on it.
+    pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// How long a session may sit without input before it is closed.
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+    /// The offset from `SIGRTMIN()` of the default dump signal.
+    pub const DEFAULT_DUMP_SIGNAL_OFFSET: i32 = 7;
+    /// Longest socket path: `sun_path` holds 108 bytes including the terminating NUL.
+    pub const MAX_SOCKET_PATH_LEN: usize = 107;
+
+    /// The default options.
+    pub fn new() -> Options {
+        Options::default()
+    }
+
+    /// Log one line per event (connections, refusals, commands that change state).
+    /// Defaults to `true`.
+    pub fn verbose(mut self, on: bool) -> Options {
+        self.verbose = on;
+        self
+    }
+
+    /// The file descriptor events are written to with a raw `write(2)`.
+    /// Defaults to `2` (stderr).
+    pub fn verbose_destination(mut self, fd: RawFd) -> Options {
+        self.verbose_destination = fd;
+        self
+    }
+
+    /// Start the always-on listener thread at install.
+    /// Defaults to `true`.
+    pub fn thread(mut self, on: bool) -> Options {
+        self.thread = on;
+        self
+    }
+
+    /// Listen here instead of `/tmp/manhole-<pid>`. The path must fit `sun_path` (107 bytes).
+    /// Defaults to `None` (the pid path in [`Options::DEFAULT_SOCKET_DIR`]).
+    pub fn socket_path(mut self, path: impl Into<PathBuf>) -> Options {
+        self.socket_path = Some(path.into());
+        self
+    }
+
+    /// Fail a second `install` with [`ErrorKind::AlreadyInstalled`](crate::ErrorKind) when on;
+    /// when off, undo the previous installation first and take over.
+    /// Defaults to `true`.
+    pub fn strict(mut self, on: bool) -> Options {
+        self.strict = on;
+        self
+    }
+
+    /// How connections are served.
+    /// Defaults to [`ConnectionHandler::Repl`].
+    pub fn connection_handler(mut self, handler: ConnectionHandler) -> Options {
+        self.connection_handler = handler;
+        self
+    }
+
+    /// Registers a named value for the lifetime of this installation (python-manhole's
+    /// `locals`, one entry). Run-time registrations use [`register`](crate::register).
+    /// Defaults to none.
+    pub fn local(mut self, name: impl Into<String>, value: Local) -> Options {
+        self.locals.push((name.into(), value));
+        self
+    }
+
+    /// Registers several named values at once (python-manhole's `locals` dict).
+    /// Defaults to none.
+    pub fn locals<N: Into<String>>(
+        mut self,
+        locals: impl IntoIterator<Item = (N, Local)>,
+    ) -> Options {
+        self.locals
+            .extend(locals.into_iter().map(|(n, v)| (n.into(), v)));
+        self
+    }
+
+    /// Registers a command for the lifetime of this installation: `name ARGS...` in a session
+    /// calls `run` with the argument words on a manhole worker thread; `help` is its one-line
+    /// description. Run-time registrations use [`register_command`](crate::register_command).
+    /// Defaults to none.
+    pub fn command<F>(mut self, name: impl Into<String>, help: impl Into<String>, run: F) -> Options
+    where
+        F: Fn(&[String]) -> std::result::Result<String, String> + Send + Sync + 'static,
+    {
+        self.commands
+            .push((name.into(), help.into(), CommandFn::new(run)));
+        self
+    }
+
+    /// The most sessions open at once; one more client gets a "too many sessions" line.
+    /// Defaults to [`Options::DEFAULT_MAX_SESSIONS`] (8).
+    pub fn max_sessions(mut self, n: usize) -> Options {
+        self.max_sessions = n.max(1);
+        self
+    }
+
+    /// The real-time signal used to ask each thread for its stack. It must have no handler
+    /// when the manhole is installed.
+    /// Defaults to `SIGRTMIN() + 7`, computed at run time.
+    pub fn dump_signal(mut self, signal: i32) -> Options {
+        self.dump_signal = Some(signal);
+        self
+    }
+
+    /// How long a dump waits for the threads to answer before listing the silent ones from
+    /// `/proc`.
+    /// Defaults to [`Options::DEFAULT_DUMP_TIMEOUT`] (250 ms).
+    pub fn dump_timeout(mut self, timeout: Duration) -> Options {
+        self.dump_timeout = timeout;
+        self
+    }
+
+    /// The most frames recorded per thread (deeper stacks are marked truncated).
+    /// Defaults to [`Options::DEFAULT_MAX_FRAMES`] (128).
+    pub fn max_frames(mut self, n: usize) -> Options {
+        self.max_frames = n.clamp(8, 1024);
+        self
+    }
+
+    /// How long `get` tries to take the lock of a value behind a `Mutex`/`RwLock`.
+    /// Defaults to [`Options::DEFAULT_LOCK_TIMEOUT`] (1 s).
+    pub fn lock_timeout(mut self, timeout: Duration) -> Options {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    /// How long a registered command or value read may run before the session reports it as
+    /// still running and goes on (aiomanhole's command timeout).
+    /// Defaults to [`Options::DEFAULT_COMMAND_TIMEOUT`] (5 s).
+    pub fn command_timeout(mut self, timeout: Duration) -> Options {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// How long a write to a client may block (a client that stops reading) before the session
+    /// is closed.
+    /// Defaults to [`Options::DEFAULT_WRITE_TIMEOUT`] (10 s).
+    pub fn write_timeout(mut self, timeout: Duration) -> Options {
+        self.write_timeout = timeout;
+        self
+    }
+
+    /// Close a session after this long without input; `None` keeps idle sessions open.
+    /// Defaults to `Some(`[`Options::DEFAULT_IDLE_TIMEOUT`]`)` (30 min).
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Options {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// The socket path this configuration listens on for process `pid`.
+    pub(crate) fn socket_path_for(&self, pid: u32) -> PathBuf {
+        match &self.socket_path {
+            Some(path) => path.clone(),
+            None => default_socket_path(pid),
+        }
+    }
+}
+
+/// The default socket path of process `pid`: `/tmp/manhole-<pid>`.
+pub fn default_socket_path(pid: u32) -> PathBuf {
+    PathBuf::from(format!("{}/manhole-{pid}", Options::DEFAULT_SOCKET_DIR))
+}
+
+/// Parses a signal given as a name with or without `SIG` (`USR2`, `SIGUSR2`, case-insensitive), a
+/// real-time offset (`RTMIN+3`, `SIGRTMAX-1`) or a number.
+pub fn parse_signal(text: &str) -> Result<i32> {
+    let text = text.trim();
+    let bad = || {
+        Error::new(
+            crate::ErrorKind::Signal,
+            format!(
+                "unknown signal {text:?} (expected a name like USR2 or SIGUSR2, RTMIN+N, or a number)"
+            ),
+        )
+    };
+    let in_range = |n: i32| {
+        if (1..=libc::SIGRTMAX()).contains(&n) {
+            Ok(n)
+        } else {
+            Err(bad())
+        }
+    };
+    if let Ok(n) = text.parse::<i32>() {
+        return in_range(n);
+    }
+    let upper = text.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    for (base_name, base) in [("RTMIN", libc::SIGRTMIN()), ("RTMAX", libc::SIGRTMAX())] {
+        if let Some(rest) = name.strip_prefix(base_name) {
+            let offset = match rest.as_bytes().first() {
+                None => 0,
+                Some(b'+') => rest[1..].parse::<i32>().map_err(|_| bad())?,
+                Some(b'-') => -rest[1..].parse::<i32>().map_err(|_| bad())?,
+                Some(_) => return Err(bad()),
+            };
+            let n = base + offset;
+            return if (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&n) {
+                Ok(n)
+            } else {
+                Err(bad())
+            };
+        }
+    }
+    format!("SIG{name}")
+        .parse::<nix::sys::signal::Signal>()
+        .map(|s| s as i32)
+        .map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse_by_name_number_and_rt_offset() {
+        assert_eq!(parse_signal("USR2").unwrap(), libc::SIGUSR2);
+        assert_eq!(parse_signal("SIGUSR2").unwrap(), libc::SIGUSR2);
+        assert_eq!(parse_signal("usr1").unwrap(), libc::SIGUSR1);
+        assert_eq!(parse_signal("12").unwrap(), 12);
+        assert_eq!(parse_signal("RTMIN+7").unwrap(), libc::SIGRTMIN() + 7);
+        assert_eq!(parse_signal("SIGRTMAX-1").unwrap(), libc::SIGRTMAX() - 1);
+        for bad in ["", "NOPE", "0", "999", "RTMIN+99", "RTMIN*2"] {
+            let err = parse_signal(bad).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::Signal, "{bad}");
+        }
+    }
+
+    #[test]
+    fn default_path_is_per_pid_in_tmp() {
+        assert_eq!(default_socket_path(42), PathBuf::from("/tmp/manhole-42"));
+        assert_eq!(
+            Options::new().socket_path_for(7),
+            PathBuf::from("/tmp/manhole-7")
+        );
+        assert_eq!(
+            Options::new().socket_path("/x/y").socket_path_for(7),
+            PathBuf::from("/x/y")
+        );
+    }
+}

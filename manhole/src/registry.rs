@@ -1,0 +1,109 @@
+//! The process-wide table of registered values and commands.
+//!
+//! Registrations live here rather than in an installation so that a value registered before
+//! `install`, or kept across a `strict(false)` re-install or a `fork`, stays visible. Each
+//! registration returns a [`Registration`] guard that removes exactly that entry when dropped
+//! (registering a name again replaces the entry; dropping the older guard then does nothing).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::local::{CommandFn, Local};
+
+/// What a name stands for.
+#[derive(Clone)]
+pub(crate) enum Entry {
+    Value(Local),
+    Command { help: String, run: CommandFn },
+}
+
+struct Registered {
+    id: u64,
+    entry: Entry,
+}
+
+static TABLE: Mutex<BTreeMap<String, Registered>> = Mutex::new(BTreeMap::new());
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Keeps a registration alive; dropping it unregisters the name.
+#[must_use = "dropping the Registration unregisters the name at once"]
+#[derive(Debug)]
+pub struct Registration {
+    name: String,
+    id: u64,
+}
+
+impl Registration {
+    /// The registered name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Keeps the entry registered for the rest of the process's life.
+    pub fn forget(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut table = TABLE.lock();
+        if table.get(&self.name).is_some_and(|r| r.id == self.id) {
+            table.remove(&self.name);
+        }
+    }
+}
+
+pub(crate) fn insert(name: String, entry: Entry) -> Registration {
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    TABLE.lock().insert(name.clone(), Registered { id, entry });
+    Registration { name, id }
+}
+
+/// Registers a named value at run time; see [`Local`] for what can be registered.
+///
+/// ```
+/// use std::sync::{Arc, atomic::AtomicU64};
+/// let hits = Arc::new(AtomicU64::new(0));
+/// let _registration = manhole::register("hits", manhole::Local::atomic(hits.clone()));
+/// ```
+pub fn register(name: impl Into<String>, value: Local) -> Registration {
+    insert(name.into(), Entry::Value(value))
+}
+
+/// Registers a named command at run time: `NAME ARGS...` in a session calls `run` with the
+/// argument words on a manhole worker thread. `help` is the one-line description `help` shows.
+///
+/// ```
+/// let _registration = manhole::register_command("hello", "say hello", |args| {
+///     Ok(format!("hello {}", args.join(" ")))
+/// });
+/// ```
+pub fn register_command<F>(name: impl Into<String>, help: impl Into<String>, run: F) -> Registration
+where
+    F: Fn(&[String]) -> Result<String, String> + Send + Sync + 'static,
+{
+    insert(
+        name.into(),
+        Entry::Command {
+            help: help.into(),
+            run: CommandFn::new(run),
+        },
+    )
+}
+
+/// The entry registered under `name`, if any.
+pub(crate) fn lookup(name: &str) -> Option<Entry> {
+    TABLE.lock().get(name).map(|r| r.entry.clone())
+}
+
+/// Every registered name with its entry, sorted by name.
+pub(crate) fn snapshot() -> Vec<(String, Entry)> {
+    TABLE
+        .lock()
+        .iter()
+        .map(|(n, r)| (n.clone(), r.entry.clone()))
+        .collect()
+}

@@ -1,0 +1,420 @@
+//! One client connection: greeting, reading lines, running commands, writing answers.
+//!
+//! A session runs on its own `manhole-session-<n>` thread. It never blocks for ever: reads wait
+//! in `poll` together with the installation's stop pipe (so uninstall ends every session) and an
+//! idle timeout; writes use `send(MSG_NOSIGNAL)` (a vanished client is an `EPIPE` error, never a
+//! SIGPIPE) with a send timeout, so a client that stops reading costs one session, not the
+//! process. Input is cut into lines of at most [`MAX_LINE`] bytes; a longer line is answered with
+//! an error and skipped, so memory stays bounded whatever a client sends.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{MsgFlags, recv, send};
+
+use crate::commands::{self, Action, Reply};
+use crate::credentials::PeerCred;
+use crate::log::log_event;
+use crate::options::ConnectionHandler;
+use crate::stackdump::DumpOptions;
+
+/// The longest command line accepted.
+pub(crate) const MAX_LINE: usize = 64 * 1024;
+/// How long a new session waits for an `exec` hello before greeting (see `docs/protocol.md`).
+pub(crate) const HELLO_WINDOW: Duration = Duration::from_millis(50);
+/// The REPL prompt.
+pub(crate) const PROMPT: &str = ">>> ";
+
+/// What a session needs from the installation's options.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub handler: ConnectionHandler,
+    pub lock_timeout: Duration,
+    pub command_timeout: Duration,
+    pub write_timeout: Duration,
+    pub idle_timeout: Option<Duration>,
+    pub dump: DumpOptions,
+}
+
+/// Why reading the next line stopped.
+#[derive(Debug)]
+enum Input {
+    Line(String),
+    TooLong,
+    /// The client closed its side (or half-closed it).
+    End,
+    /// The installation is being uninstalled.
+    Stopped,
+    Idle,
+}
+
+/// Cuts the byte stream into lines, bounded in memory.
+#[derive(Debug, Default)]
+struct LineReader {
+    buffer: Vec<u8>,
+    /// Set while skipping the rest of an over-long line.
+    discarding: bool,
+    eof: bool,
+}
+
+impl LineReader {
+    /// Takes the next complete line out of the buffer, if there is one.
+    fn take_line(&mut self) -> Option<Input> {
+        loop {
+            if let Some(pos) = self.buffer.iter().position(|&b| b == b'\n') {
+                let raw: Vec<u8> = self.buffer.drain(..=pos).collect();
+                if self.discarding {
+                    self.discarding = false;
+                    continue;
+                }
+                if pos > MAX_LINE {
+                    return Some(Input::TooLong);
+                }
+                return Some(Input::Line(clean_line(&raw[..raw.len() - 1])));
+            }
+            if self.buffer.len() > MAX_LINE {
+                self.buffer.clear();
+                if !self.discarding {
+                    self.discarding = true;
+                    return Some(Input::TooLong);
+                }
+                continue;
+            }
+            if self.eof {
+                if self.buffer.is_empty() || self.discarding {
+                    self.buffer.clear();
+                    return Some(Input::End);
+                }
+                // A last line without its newline is still a command (`printf info | nc -U`).
+                let raw = std::mem::take(&mut self.buffer);
+                return Some(Input::Line(clean_line(&raw)));
+            }
+            return None;
+        }
+    }
+}
+
+/// Turns raw line bytes into a command string: telnet IAC sequences and `\r` dropped, invalid
+/// UTF-8 replaced, NUL and other control bytes turned into spaces.
+fn clean_line(raw: &[u8]) -> String {
+    let mut bytes = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            // IAC: WILL/WONT/DO/DONT carry one option byte; other commands stand alone.
+            0xFF => {
+                i += if raw.get(i + 1).is_some_and(|c| (0xFB..=0xFE).contains(c)) {
+                    3
+                } else {
+                    2
+                }
+            }
+            b'\r' => i += 1,
+            b if b < 0x20 && b != b'\t' => {
+                bytes.push(b' ');
+                i += 1;
+            }
+            b => {
+                bytes.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// A connected, accepted client.
+pub(crate) struct Session {
+    stream: UnixStream,
+    peer: PeerCred,
+    settings: Arc<Settings>,
+    stop: Arc<OwnedFd>,
+    reader: LineReader,
+    json: bool,
+    exec: bool,
+}
+
+impl Session {
+    pub(crate) fn new(
+        stream: UnixStream,
+        peer: PeerCred,
+        settings: Arc<Settings>,
+        stop: Arc<OwnedFd>,
+    ) -> Session {
+        let exec = settings.handler == ConnectionHandler::Exec;
+        Session {
+            stream,
+            peer,
+            settings,
+            stop,
+            reader: LineReader::default(),
+            json: false,
+            exec,
+        }
+    }
+
+    /// Serves the session until the client leaves, `exit`, idleness or uninstall.
+    pub(crate) fn run(mut self) {
+        let why = match self.serve() {
+            Ok(why) => why,
+            Err(e) => format!("connection error: {e}"),
+        };
+        log_event!("Session of {} ended: {why}", self.peer);
+    }
+
+    fn serve(&mut self) -> io::Result<String> {
+        self.stream.set_write_timeout(Some(
+            self.settings.write_timeout.max(Duration::from_millis(1)),
+        ))?;
+        if !self.exec && self.hello_is_exec()? {
+            self.exec = true;
+            self.reply(&commands::run("exec", &self.settings, &self.peer))?;
+        }
+        if !self.exec {
+            self.greet()?;
+        }
+        loop {
+            match self.next_input()? {
+                Input::Line(line) => {
+                    let line = line.trim();
+                    if line.is_empty() {
+                        if !self.exec {
+                            self.write(self.prompt().as_bytes())?;
+                        }
+                        continue;
+                    }
+                    let reply = commands::run(line, &self.settings, &self.peer);
+                    match reply.action {
+                        Action::JsonFormat(on) => self.json = on,
+                        Action::Exec => self.exec = true,
+                        Action::Continue | Action::Exit => {}
+                    }
+                    self.reply(&reply)?;
+                    if reply.action == Action::Exit {
+                        return Ok("exit".into());
+                    }
+                }
+                Input::TooLong => {
+                    let reply = Reply {
+                        command: String::new(),
+                        result: Err(format!("line longer than {MAX_LINE} bytes, ignored")),
+                        action: Action::Continue,
+                    };
+                    self.reply(&reply)?;
+                }
+                Input::End => return Ok("client closed the connection".into()),
+                Input::Stopped => {
+                    let _ = self.write(b"\nmanhole: uninstalled, closing the session\n");
+                    return Ok("manhole uninstalled".into());
+                }
+                Input::Idle => {
+                    let _ = self.write(b"\nmanhole: idle for too long, closing the session\n");
+                    return Ok("idle timeout".into());
+                }
+            }
+        }
+    }
+
+    /// Waits up to [`HELLO_WINDOW`] for a first line and reports whether it is `exec`.
+    fn hello_is_exec(&mut self) -> io::Result<bool> {
+        if !self.fill(Some(HELLO_WINDOW))? {
+            return Ok(false);
+        }
+        // A partial first line may still be on its way; give it the rest of the window once.
+        if !self.reader.buffer.contains(&b'\n') && !self.reader.eof && self.reader.buffer.len() < 8
+        {
+            self.fill(Some(HELLO_WINDOW))?;
+        }
+        let first_line_is_exec = {
+            let line_end = self.reader.buffer.iter().position(|&b| b == b'\n');
+            line_end.is_some_and(|end| clean_line(&self.reader.buffer[..end]).trim() == "exec")
+        };
+        if first_line_is_exec {
+            let end = self
+                .reader
+                .buffer
+                .iter()
+                .position(|&b| b == b'\n')
+                .unwrap_or(0);
+            self.reader.buffer.drain(..=end);
+        }
+        Ok(first_line_is_exec)
+    }
+
+    fn greet(&mut self) -> io::Result<()> {
+        let exe = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "?".into());
+        let banner = format!(
+            "Manhole {} in pid {} ({exe}), uid {}; type \"help\" for the commands.\n",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id(),
+            nix::unistd::geteuid(),
+        );
+        self.write(banner.as_bytes())?;
+        let dump = commands::run("threads", &self.settings, &self.peer);
+        match &dump.result {
+            Ok(answer) => self.write(answer.text.as_bytes())?,
+            Err(message) => self.write(format!("error: {message}").as_bytes())?,
+        }
+        self.write(b"\n")?;
+        self.write(self.prompt().as_bytes())
+    }
+
+    fn prompt(&self) -> &'static str {
+        if self.exec { "" } else { PROMPT }
+    }
+
+    fn reply(&mut self, reply: &Reply) -> io::Result<()> {
+        let mut out = if self.exec || self.json {
+            reply.frame() + "\n"
+        } else {
+            match &reply.result {
+                Ok(answer) if answer.text.is_empty() => String::new(),
+                Ok(answer) if answer.text.ends_with('\n') => answer.text.clone(),
+                Ok(answer) => format!("{}\n", answer.text),
+                Err(message) => format!("error: {message}\n"),
+            }
+        };
+        if reply.action != Action::Exit {
+            out.push_str(self.prompt());
+        }
+        self.write(out.as_bytes())
+    }
+
+    /// The next input event, reading from the socket as needed.
+    fn next_input(&mut self) -> io::Result<Input> {
+        loop {
+            if let Some(input) = self.reader.take_line() {
+                return Ok(input);
+            }
+            match self.fill(self.settings.idle_timeout) {
+                Ok(true) => {}
+                Ok(false) => return Ok(Input::Idle),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted && self.stopped() => {
+                    return Ok(Input::Stopped);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        let mut fds = [PollFd::new(self.stop.as_fd(), PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| n > 0)
+    }
+
+    /// Waits for input (or the stop pipe) up to `timeout` and appends what arrived. `Ok(false)`
+    /// means the time ran out; a stop is reported as `Interrupted`.
+    fn fill(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+        let timeout = match timeout {
+            None => PollTimeout::NONE,
+            Some(t) => PollTimeout::try_from(t).unwrap_or(PollTimeout::MAX),
+        };
+        let ready = {
+            let mut fds = [
+                PollFd::new(self.stream.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.stop.as_fd(), PollFlags::POLLIN),
+            ];
+            loop {
+                match poll(&mut fds, timeout) {
+                    Ok(n) => break n,
+                    Err(Errno::EINTR) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        if ready == 0 {
+            return Ok(false);
+        }
+        if self.stopped() {
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "manhole stopped",
+            ));
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        let n = loop {
+            match recv(self.stream.as_raw_fd(), &mut chunk, MsgFlags::MSG_DONTWAIT) {
+                Ok(n) => break n,
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return Ok(true),
+                Err(Errno::ECONNRESET) => break 0,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if n == 0 {
+            self.reader.eof = true;
+        } else {
+            self.reader.buffer.extend_from_slice(&chunk[..n]);
+        }
+        Ok(true)
+    }
+
+    fn write(&self, bytes: &[u8]) -> io::Result<()> {
+        send_all(self.stream.as_fd(), bytes)
+    }
+}
+
+/// Sends all of `bytes` with `MSG_NOSIGNAL`; the socket's send timeout bounds each wait.
+pub(crate) fn send_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match send(fd.as_raw_fd(), bytes, MsgFlags::MSG_NOSIGNAL) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client stopped reading (write timed out)",
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(reader: &mut LineReader) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(input) = reader.take_line() {
+            match input {
+                Input::Line(l) => out.push(l),
+                Input::TooLong => out.push("<too long>".into()),
+                Input::End => {
+                    out.push("<end>".into());
+                    break;
+                }
+                other => out.push(format!("{other:?}")),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn lines_are_cleaned_and_bounded() {
+        let mut r = LineReader::default();
+        r.buffer
+            .extend_from_slice(b"info\r\nget\0x\n\xff\xfb\x01help\n\xc3(bad\npartial");
+        assert_eq!(lines(&mut r), ["info", "get x", "help", "\u{fffd}(bad"]);
+        r.buffer.extend(std::iter::repeat_n(b'a', MAX_LINE + 10));
+        assert_eq!(lines(&mut r), ["<too long>"]);
+        r.buffer.extend_from_slice(b"aaaa\nnext\n");
+        assert_eq!(lines(&mut r), ["next"]);
+        let mut long = vec![b'b'; MAX_LINE + 1];
+        long.extend_from_slice(b"\nafter\n");
+        r.buffer.extend_from_slice(&long);
+        assert_eq!(lines(&mut r), ["<too long>", "after"]);
+        r.buffer.extend_from_slice(b"last");
+        r.eof = true;
+        assert_eq!(lines(&mut r), ["last", "<end>"]);
+    }
+}

@@ -1,0 +1,138 @@
+//! The manhole's own threads: spawning them with signals blocked, and running application code
+//! (registered commands and value reads) on bounded worker threads.
+//!
+//! Every manhole thread blocks all signals except the dump signal, so a signal meant for the
+//! application (say a `sigwait`/`signalfd` user's) is never taken by one of ours (python-manhole
+//! does the same). Application callbacks never run on a session thread: a callback that hangs
+//! or panics costs a worker, not the session; after `command_timeout` the session reports it as
+//! still running and goes on.
+
+use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+/// The dump signal, kept unblocked in manhole threads so they can be dumped too (0: none yet).
+static DUMP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// Workers started and not yet finished (stuck ones included).
+static RUNNING_WORKERS: AtomicUsize = AtomicUsize::new(0);
+/// Past this many unfinished workers new callbacks are refused rather than piling up threads.
+const MAX_RUNNING_WORKERS: usize = 16;
+
+pub(crate) fn set_dump_signal(signal: i32) {
+    DUMP_SIGNAL.store(signal, Ordering::Relaxed);
+}
+
+/// Spawns a named manhole thread with every signal but the dump signal blocked.
+pub(crate) fn spawn<F>(name: String, body: F) -> io::Result<JoinHandle<()>>
+where
+    F: FnOnce() + Send + 'static,
+{
+    let dump_signal = DUMP_SIGNAL.load(Ordering::Relaxed);
+    let keep: &[i32] = if dump_signal > 0 { &[dump_signal] } else { &[] };
+    let saved = crate::sys::block_signals_except(keep)?;
+    let spawned = thread::Builder::new().name(name).spawn(body);
+    crate::sys::restore_signal_mask(saved);
+    spawned
+}
+
+/// Why a bounded callback gave no result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Unfinished {
+    /// Still running after the timeout; its worker keeps going and its result is dropped.
+    TimedOut(Duration),
+    /// It panicked; the panic message.
+    Panicked(String),
+    /// Too many earlier callbacks are still running.
+    Busy,
+}
+
+impl std::fmt::Display for Unfinished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unfinished::TimedOut(t) => write!(
+                f,
+                "still running after {:.1} s (timed out; it goes on in the background)",
+                t.as_secs_f64()
+            ),
+            Unfinished::Panicked(msg) => write!(f, "panicked: {msg}"),
+            Unfinished::Busy => write!(
+                f,
+                "{MAX_RUNNING_WORKERS} earlier commands are still running; try again later"
+            ),
+        }
+    }
+}
+
+/// Runs `work` on a manhole worker thread and waits for it at most `timeout`.
+pub(crate) fn run_bounded<T, F>(timeout: Duration, work: F) -> Result<T, Unfinished>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    if RUNNING_WORKERS.fetch_add(1, Ordering::SeqCst) >= MAX_RUNNING_WORKERS {
+        RUNNING_WORKERS.fetch_sub(1, Ordering::SeqCst);
+        return Err(Unfinished::Busy);
+    }
+    let (tx, rx) = mpsc::sync_channel(1);
+    let spawned = spawn("manhole-worker".to_string(), move || {
+        let outcome =
+            catch_unwind(AssertUnwindSafe(work)).map_err(|payload| panic_message(&*payload));
+        RUNNING_WORKERS.fetch_sub(1, Ordering::SeqCst);
+        let _ = tx.send(outcome);
+    });
+    if spawned.is_err() {
+        RUNNING_WORKERS.fetch_sub(1, Ordering::SeqCst);
+        return Err(Unfinished::Panicked(
+            "could not start a worker thread".into(),
+        ));
+    }
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(message)) => Err(Unfinished::Panicked(message)),
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(Unfinished::TimedOut(timeout)),
+        Err(mpsc::RecvTimeoutError::Disconnected) => Err(Unfinished::Panicked(
+            "the worker ended without an answer".into(),
+        )),
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_work_returns_panics_and_times_out() {
+        assert_eq!(run_bounded(Duration::from_secs(5), || 41 + 1), Ok(42));
+        let panicked = run_bounded(Duration::from_secs(5), || -> u8 { panic!("boom") });
+        assert_eq!(panicked, Err(Unfinished::Panicked("boom".into())));
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let slow = run_bounded(Duration::from_millis(50), move || release_rx.recv().is_ok());
+        assert_eq!(slow, Err(Unfinished::TimedOut(Duration::from_millis(50))));
+        drop(release_tx);
+    }
+
+    #[test]
+    fn manhole_threads_block_signals() {
+        let handle = spawn("manhole-test".into(), || {
+            let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+            let blocked = status.lines().find(|l| l.starts_with("SigBlk:")).unwrap();
+            let mask = u64::from_str_radix(blocked.split_whitespace().nth(1).unwrap(), 16).unwrap();
+            assert_ne!(mask & (1 << (libc::SIGUSR1 - 1)), 0, "{blocked}");
+        })
+        .unwrap();
+        handle.join().unwrap();
+    }
+}

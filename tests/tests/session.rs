@@ -1,0 +1,320 @@
+//! A session as an operator sees it: banner, every thread's backtrace, each command, bad input,
+//! half-close, many sessions, and the exec framing. Each test starts its own `demo` process.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use manhole_e2e::{App, Client, TempDir};
+use serde_json::Value;
+
+fn session(app: &App) -> (Client, String) {
+    let mut client = Client::connect(app.socket()).expect("connect to the demo");
+    let greeting = client.skip_greeting();
+    (client, greeting)
+}
+
+#[test]
+fn greeting_names_the_process_and_dumps_every_worker() {
+    let app = App::demo(&[]);
+    assert_eq!(
+        app.socket(),
+        std::path::Path::new(&format!("/tmp/manhole-{}", app.pid()))
+    );
+    let (_client, greeting) = session(&app);
+    let first = greeting.lines().next().unwrap();
+    assert!(first.starts_with("Manhole "), "{first}");
+    assert!(first.contains(&format!("pid {}", app.pid())), "{first}");
+    assert!(first.contains("demo"), "{first}");
+    for i in 0..4 {
+        let header = format!("\"worker-{i}\"");
+        let at = greeting
+            .find(&header)
+            .unwrap_or_else(|| panic!("no {header} in {greeting}"));
+        let section = &greeting[at..];
+        let section = &section[..section[1..]
+            .find("\nThread ")
+            .map_or(section.len(), |e| e + 1)];
+        assert!(
+            section.contains("demo_worker_loop"),
+            "worker-{i} has no demo_worker_loop frame:\n{section}"
+        );
+    }
+    assert!(
+        greeting.contains("manhole-session-"),
+        "the session's own thread is listed:\n{greeting}"
+    );
+}
+
+#[test]
+fn each_command_answers() {
+    let app = App::demo(&[]);
+    let (mut c, _) = session(&app);
+    let help = c.command("help");
+    for word in [
+        "threads",
+        "locals",
+        "get NAME",
+        "set NAME VALUE",
+        "info",
+        "exit",
+        "echo",
+    ] {
+        assert!(help.contains(word), "help lacks {word}: {help}");
+    }
+    let locals = c.command("locals");
+    for line in ["requests", "config", "log_level", "echo"] {
+        assert!(locals.contains(line), "locals lacks {line}: {locals}");
+    }
+    assert!(
+        locals
+            .lines()
+            .any(|l| l.starts_with("log_level") && l.contains("settable")),
+        "{locals}"
+    );
+    assert!(
+        locals
+            .lines()
+            .any(|l| l.starts_with("requests") && l.contains("read-only")),
+        "{locals}"
+    );
+    let requests: u64 = c.command("get requests").trim().parse().expect("a number");
+    let later: u64 = manhole_e2e::wait_until(|| {
+        let n: u64 = c
+            .command("requests")
+            .trim()
+            .parse()
+            .expect("a bare name reads the value");
+        (n > requests).then_some(n)
+    })
+    .expect("the workers keep counting");
+    assert!(later > requests);
+    let config = c.command("get config");
+    assert!(
+        config.contains("Config {") && config.contains("workers: 4"),
+        "{config}"
+    );
+    assert_eq!(c.command("get log_level").trim(), "\"info\"");
+    assert_eq!(
+        c.command("set log_level debug").trim(),
+        "log_level: \"info\" -> \"debug\""
+    );
+    assert_eq!(c.command("log_level").trim(), "\"debug\"");
+    assert_eq!(c.command("echo hello  world").trim(), "hello world");
+    let info = c.command("info");
+    assert!(info.contains(&format!("pid {}", app.pid())), "{info}");
+    for field in ["executable", "uptime", "rss", "threads", "open fds"] {
+        assert!(info.contains(field), "info lacks {field}: {info}");
+    }
+    let one = c.command("threads worker-2");
+    assert!(
+        one.contains("\"worker-2\"") && !one.contains("\"worker-1\""),
+        "{one}"
+    );
+    assert!(one.contains("demo_worker_loop"), "{one}");
+    assert_eq!(c.command("bt worker-3").matches("Thread ").count(), 1);
+    c.send("exit");
+    assert_eq!(c.read_to_end(), "");
+}
+
+#[test]
+fn bad_input_gets_one_error_line_and_the_session_goes_on() {
+    let app = App::demo(&[]);
+    let (mut c, _) = session(&app);
+    let cases = [
+        ("frobnicate", "error: unknown command \"frobnicate\""),
+        ("get", "error: usage: get NAME"),
+        ("get nosuch", "error: no local named \"nosuch\""),
+        ("set requests 5", "error: requests is read-only"),
+        ("set log_level", "error: usage: set NAME VALUE"),
+        ("set nosuch 1", "error: no local named \"nosuch\""),
+        ("format yaml", "error: usage: format json|text"),
+        ("requests 5", "error: requests is a value"),
+    ];
+    for (line, expected) in cases {
+        let answer = c.command(line);
+        assert!(answer.starts_with(expected), "{line:?} answered {answer:?}");
+        assert_eq!(
+            answer.trim_end().lines().count(),
+            1,
+            "{line:?} answered {answer:?}"
+        );
+    }
+    // Telnet-style line endings and a line that is too long.
+    c.send_raw(b"echo crlf\r\n").unwrap();
+    assert_eq!(c.read_until(">>> ").trim_end_matches(">>> ").trim(), "crlf");
+    c.send_raw(&vec![b'x'; 70 * 1024]).unwrap();
+    c.send_raw(b"\n").unwrap();
+    let answer = c.read_until(">>> ");
+    assert!(answer.starts_with("error: line longer than"), "{answer:?}");
+    assert_eq!(c.command("echo still here").trim(), "still here");
+}
+
+#[test]
+fn json_format_answers_frames() {
+    let app = App::demo(&[]);
+    let (mut c, _) = session(&app);
+    c.command("format json");
+    let frame: Value = serde_json::from_str(c.command("get requests").trim()).unwrap();
+    assert_eq!(frame["ok"], true);
+    assert_eq!(frame["data"]["name"], "requests");
+    assert_eq!(frame["data"]["type"], "AtomicU64");
+    let bad: Value = serde_json::from_str(c.command("get nosuch").trim()).unwrap();
+    assert_eq!(bad["ok"], false);
+    assert!(bad["error"].as_str().unwrap().contains("nosuch"));
+    let dump: Value = serde_json::from_str(c.command("threads").trim()).unwrap();
+    let threads = dump["data"]["threads"].as_array().unwrap();
+    let worker = threads
+        .iter()
+        .find(|t| t["name"] == "worker-0")
+        .expect("worker-0 in the JSON dump");
+    let names: Vec<&str> = worker["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|f| f["symbols"].as_array().unwrap())
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.contains("demo_worker_loop")),
+        "{names:?}"
+    );
+    c.command("format text");
+    assert_eq!(c.command("echo back").trim(), "back");
+}
+
+#[test]
+fn exec_hello_skips_the_greeting_and_frames_each_answer() {
+    let app = App::demo(&[]);
+    let mut c = Client::connect(app.socket()).unwrap();
+    c.send("exec");
+    c.send("get log_level");
+    c.send("");
+    c.send("nosuch");
+    c.send("exit");
+    let out = c.read_to_end();
+    let frames: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    assert_eq!(frames.len(), 4, "{out}");
+    assert_eq!(frames[0]["command"], "exec");
+    assert_eq!(frames[0]["data"]["pid"], app.pid());
+    assert_eq!(frames[1]["data"]["value"], "\"info\"");
+    assert_eq!(frames[2]["ok"], false);
+    assert_eq!(frames[3]["command"], "exit");
+}
+
+#[test]
+fn exec_handler_serves_frames_from_the_start() {
+    let app = App::demo(&["--exec"]);
+    let mut c = Client::connect(app.socket()).unwrap();
+    c.send("echo a b");
+    c.shutdown_write();
+    let out = c.read_to_end();
+    let frame: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(frame["text"], "a b");
+}
+
+#[test]
+fn half_close_delivers_every_answer_then_ends() {
+    let app = App::demo(&[]);
+    let mut c = Client::connect(app.socket()).unwrap();
+    c.send_raw(b"echo one\nthreads\necho last-without-newline")
+        .unwrap();
+    c.shutdown_write();
+    let out = c.read_to_end();
+    assert!(out.contains("one\n"), "{out}");
+    assert!(
+        out.matches("demo_worker_loop").count() >= 8,
+        "greeting dump and threads dump: {out}"
+    );
+    assert!(
+        out.trim_end().ends_with(">>>") || out.contains("last-without-newline\n"),
+        "{out}"
+    );
+    assert!(out.contains("last-without-newline\n"), "{out}");
+}
+
+#[test]
+fn twenty_sessions_one_after_another() {
+    let app = App::demo(&[]);
+    for i in 0..20 {
+        let (mut c, _) = session(&app);
+        assert_eq!(c.command(&format!("echo {i}")).trim(), i.to_string());
+        c.send("quit");
+        c.read_to_end();
+    }
+}
+
+#[test]
+fn eight_sessions_at_once_and_the_ninth_is_refused() {
+    let app = App::demo(&[]);
+    let mut clients: Vec<Client> = (0..8).map(|_| session(&app).0).collect();
+    let mut ninth = Client::connect(app.socket()).unwrap();
+    assert_eq!(
+        ninth.read_to_end(),
+        "manhole: too many sessions (8 open), try again later\n"
+    );
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(c.command(&format!("echo {i}")).trim(), i.to_string());
+    }
+    let mut last = clients.pop().unwrap();
+    last.send("exit");
+    last.read_to_end();
+    // The freed slot is taken by a new client (the session count drops once the thread ends).
+    let again = manhole_e2e::wait_until(|| {
+        let mut c = Client::connect(app.socket()).ok()?;
+        let text = c.read_until("\n");
+        (!text.starts_with("manhole: too many")).then_some(c)
+    });
+    assert!(again.is_some(), "a slot frees up after a session ends");
+}
+
+#[test]
+fn socket_is_0600_and_owned_by_us() {
+    let app = App::demo(&[]);
+    let meta = std::fs::symlink_metadata(app.socket()).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(meta.uid(), nix::unistd::geteuid().as_raw());
+}
+
+#[test]
+fn custom_socket_path_replaces_a_stale_socket() {
+    let dir = TempDir::new();
+    let path = dir.join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let app = App::demo(&["--socket-path", path.to_str().unwrap()]);
+    assert_eq!(app.socket(), path);
+    let (mut c, _) = session(&app);
+    assert_eq!(c.command("echo fresh").trim(), "fresh");
+}
+
+#[test]
+fn a_symlink_at_the_path_is_refused_and_left_alone() {
+    let dir = TempDir::new();
+    let target = dir.join("precious");
+    std::fs::write(&target, "keep me").unwrap();
+    let link = dir.join("link.sock");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let mut app = manhole_e2e::App::start("demo", &["--socket-path", link.to_str().unwrap()], &[]);
+    let status = app.wait_exit();
+    assert!(!status.success());
+    assert!(app.stderr().contains("symlink"), "{}", app.stderr());
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}
+
+#[test]
+fn a_regular_file_at_the_path_is_refused_and_left_alone() {
+    let dir = TempDir::new();
+    let file = dir.join("file.sock");
+    std::fs::write(&file, "data").unwrap();
+    let mut app = App::start("demo", &["--socket-path", file.to_str().unwrap()], &[]);
+    assert!(!app.wait_exit().success());
+    assert!(app.stderr().contains("not a socket"), "{}", app.stderr());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "data");
+}
