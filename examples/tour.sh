@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# A guided tour: build everything, start the `demo` app with its manhole, and use it the way an
+# operator would, through `manhole-cli`. Run from anywhere: `./examples/tour.sh`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --quiet --workspace --bins
+bin=target/debug
+
+out=$(mktemp)
+"$bin/demo" >"$out" 2>/dev/null &
+demo=$!
+cleanup() { kill "$demo" 2>/dev/null || true; wait "$demo" 2>/dev/null || true; rm -f "$out"; }
+trap cleanup EXIT
+
+for _ in $(seq 1 200); do grep -q "manhole listening on" "$out" && break; sleep 0.05; done
+grep "manhole listening on" "$out"
+
+show() { printf '\n$ %s\n' "$*"; "$@"; }
+
+show "$bin/manhole-cli" "$demo" info
+show "$bin/manhole-cli" "$demo" locals
+show "$bin/manhole-cli" "$demo" get requests
+show "$bin/manhole-cli" "$demo" set log_level debug
+show "$bin/manhole-cli" --json "$demo" get log_level
+show "$bin/manhole-cli" "$demo" echo hello from the tour
+printf '\n$ echo threads | %s %s   # a whole session, piped: banner, every thread, answers\n' "$bin/manhole-cli" "$demo"
+echo threads | "$bin/manhole-cli" "$demo" | head -n 40
+printf '\n(the demo keeps running until the tour ends; try "%s %s" yourself for an interactive session)\n' "$bin/manhole-cli" "$demo"
