@@ -1,4 +1,112 @@
-//! manhole: open a live debugging session into a running Rust process.
+//! Open a live debugging session into a running Rust process.
+//!
+//! An application links this crate and calls [`install`] (or, with the `MANHOLE` environment
+//! variable, gets it installed before `main`). The manhole then listens on a unix socket,
+//! `/tmp/manhole-<pid>` by default. An operator connects with `manhole-cli <pid>`, `socat
+//! readline unix-connect:/tmp/manhole-<pid>` or `nc -U`, and gets:
+//!
+//! - a banner naming the process, then a **symbolized backtrace of every thread**;
+//! - a `>>> ` prompt for commands: `threads`, `info`, `locals`, `get NAME`, `set NAME VALUE`,
+//!   and the commands the application registered.
+//!
+//! It is a Rust port, and a stricter version, of Python's `manhole`: same option names, several
+//! sessions at once, a JSON form for every answer, and a stack dump that costs the process
+//! microseconds per thread instead of stopping it under a debugger.
+//!
+//! # Quickstart
+//!
+//! ```no_run
+//! use std::sync::{Arc, Mutex, atomic::AtomicU64};
+//! use manhole::{Local, Options};
+//!
+//! let requests = Arc::new(AtomicU64::new(0));
+//! let log_level = Arc::new(Mutex::new(String::from("info")));
+//! let manhole = manhole::install(
+//!     Options::new()
+//!         .local("requests", Local::atomic(requests.clone()))
+//!         .local("log_level", Local::settable_locked(log_level.clone()))
+//!         .command("echo", "print the arguments back", |args| Ok(args.join(" "))),
+//! )?;
+//! println!("manhole listening on {}", manhole.socket_path().unwrap().display());
+//! # Ok::<(), manhole::Error>(())
+//! ```
+//!
+//! Then `manhole-cli <pid>` opens a session, and `manhole-cli <pid> get requests` prints one value
+//! for a script. The protocol is in `docs/protocol.md`.
+//!
+//! # Anatomy
+//!
+//! - `lifecycle`: the one installation per process, [`install`], the [`Manhole`] handle,
+//!   uninstall, and the exit hook that removes the socket file.
+//! - `options`: [`Options`], every setting with its default.
+//! - `socket`: creates the socket file 0600 with no window where it is more open, replaces only a
+//!   stale socket of ours, never follows or deletes anything else, removes only its own inode.
+//! - `listener`: the `manhole-listener` thread. It sleeps in `poll` (no CPU, no wake-ups while
+//!   idle), checks each peer's `SO_PEERCRED`, caps the number of sessions.
+//! - `credentials`: the peer check: the process's effective uid, or root.
+//! - `session`: one `manhole-session-<n>` thread per client: bounded line reading, writes with
+//!   `MSG_NOSIGNAL` and a send timeout, idle timeout, the `exec` hello.
+//! - `commands`: the command language; every answer as text and as JSON.
+//! - `local` and `registry`: what the application registers ([`Local`], [`register`],
+//!   [`register_command`]) and the process-wide table of names.
+//! - `threads`: manhole threads block the application's signals; application callbacks run on
+//!   bounded `manhole-worker` threads, never on a session thread.
+//! - [`stackdump`]: every thread's backtrace. Capture is a real-time signal sent to each thread at
+//!   once; its handler only records instruction pointers into memory allocated beforehand.
+//!   Symbolization happens afterwards on the session thread, with a cache.
+//! - `procfs`: what `/proc` says about the process and its threads.
+//! - `log`: one line per event, `Manhole[<pid>:<time>]: ...`, written with a raw `write(2)`.
+//! - `sys`: the thin `unsafe` wrappers over libc. Only `sys` and `stackdump` contain `unsafe`.
+//!
+//! # Safety model
+//!
+//! The manhole runs inside someone else's production process, so it holds itself to these rules:
+//!
+//! - Who gets in: the socket file is 0600 and owned by the effective uid from the moment it
+//!   appears; every connection is checked again with `SO_PEERCRED` (same euid, or root). Refusals
+//!   are logged with the peer's pid, uid and gid. See `docs/security.md`.
+//! - No SIGPIPE death (every write uses `MSG_NOSIGNAL`), no signals stolen (manhole threads block
+//!   the application's signals), no lock or allocation in a signal handler, no panic across FFI.
+//! - A slow, silent or hostile client costs one session, never the listener or the process:
+//!   lines are capped at 64 KiB, writes time out, idle sessions are closed, sessions are capped.
+//! - Application code (value reads, registered commands) runs on a worker thread with a timeout;
+//!   a panic is reported to the client and the process goes on. Reading a value behind a lock
+//!   gives up after `lock_timeout` instead of hanging.
+//! - Nothing is deleted that the manhole did not create.
+//!
+//! # Stack dump accuracy
+//!
+//! A backtrace from inside a running process is a best effort. It can be off, or incomplete,
+//! for these reasons:
+//!
+//! - **Threads that block the dump signal** (the whole mask, as some runtimes and `sigwait`
+//!   users do) are never signalled: they are listed with their `/proc` state, `wchan` and the
+//!   program counter from `/proc/self/task/<tid>/syscall`, and a note saying why.
+//! - **Threads that cannot run a handler in time** (stopped, traced, in an uninterruptible
+//!   sleep) are listed the same way after the dump timeout (250 ms by default).
+//! - **The unwinder needs unwind tables.** Rust keeps `.eh_frame` by default; C code built
+//!   without them, or a corrupt stack, ends a backtrace early. Frames the symbolizer cannot name
+//!   are printed as `module+offset`, so they can be symbolized offline.
+//! - **Symbols need debug info** for file and line (`debug = "line-tables-only"` in release is
+//!   enough); a stripped binary shows function names from the symbol table only, or none.
+//! - **Inlined functions** are shown as extra frames when the debug info describes them.
+//! - **The interrupted instruction** is resolved exactly; the return addresses of the frames above
+//!   it are resolved one byte back, inside the call instruction, as debuggers do.
+//! - **It is not an atomic snapshot.** Each thread records its own stack when the signal arrives;
+//!   the threads are signalled together, so the picture spans microseconds, not one instant.
+//! - **Side effects on the application are possible but small**: a blocking system call that is
+//!   not restarted after a signal handler (`epoll_wait`, `nanosleep`, `poll`...) returns `EINTR`,
+//!   which correct code already retries. Under a debugger, tell it to pass the dump signal
+//!   (`handle SIG41 nostop noprint pass` in gdb for the default signal on glibc).
+//! - **Platform**: Linux with glibc 2.35 or newer (its unwinder's lookup is async-signal-safe).
+//!   Older glibc works but carries a small risk of deadlock if a dump hits a thread inside
+//!   `dlopen`. musl cannot unwind through signal frames.
+//!
+//! # Limitations
+//!
+//! - Linux only (`/proc`, `SO_PEERCRED`, real-time signals).
+//! - One manhole per process; a second [`install`] fails unless `strict(false)`.
+//! - The dump signal (default `SIGRTMIN()+7`) must be free: install fails if it has a handler.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
