@@ -1,1 +1,91 @@
-fn main() {}
+//! `manhole-cli`: the operator's client for a manhole (see `--help` and docs/cli.md).
+//!
+//! `main` is boring on purpose: parse the arguments, call [`run`], print the error (one line and
+//! maybe a hint) and turn it into the exit code. `run` reads as the steps of a connection:
+//! resolve TARGET, check the process, send the signal if asked, connect and check the peer, then
+//! hand the socket to the session mode that fits (one-shot, piped or interactive).
+
+#![forbid(unsafe_code)]
+
+mod args;
+mod connect;
+mod error;
+mod session;
+mod target;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::args::Args;
+use crate::connect::Expect;
+use crate::error::{EXIT_COMMAND_FAILED, ErrorKind, Result};
+use crate::session::Outcome;
+
+/// The least time a one-shot command waits for the server's first answer (the `exec` frame).
+const MIN_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn main() -> ExitCode {
+    let args = match args::parse() {
+        Ok(args) => args,
+        Err(err) => {
+            let _ = err.print();
+            return ExitCode::from(if err.use_stderr() {
+                ErrorKind::Usage.exit_code()
+            } else {
+                0
+            });
+        }
+    };
+    match run(&args) {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::CommandFailed) => ExitCode::from(EXIT_COMMAND_FAILED),
+        Err(err) if err.kind() == ErrorKind::StdoutClosed => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("manhole-cli: {err}");
+            if let Some(hint) = err.hint() {
+                eprintln!("manhole-cli: hint: {hint}");
+            }
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+/// Does what the command line asks.
+fn run(args: &Args) -> Result<Outcome> {
+    if args.list {
+        target::list(&args.dir, args.prune, args.json)?;
+        return Ok(Outcome::Success);
+    }
+    let Some(target) = &args.target else {
+        unreachable!("clap requires TARGET unless --list");
+    };
+    let path = target.socket_path(&args.dir);
+    let status = target::check_process(target, &path)?;
+    let process = target.pid().zip(status.as_ref());
+    let signal = args.signal();
+    if let (Some(signal), Some((pid, status))) = (signal, process) {
+        target::send_signal(pid, status, signal)?;
+    }
+    let stream = connect::open(
+        &path,
+        args.timeout,
+        &Expect {
+            process,
+            signal_sent: signal,
+        },
+    )?;
+    if let Some(command) = args.command_line() {
+        return session::one_shot(
+            stream,
+            &command,
+            args.json,
+            args.timeout.max(MIN_ANSWER_TIMEOUT),
+        );
+    }
+    if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+        session::interactive(stream)
+    } else {
+        session::piped(stream)
+    }
+}

@@ -1,0 +1,831 @@
+//! Talking to the server once connected, in one of three ways:
+//!
+//! * **one-shot** (`manhole-cli PID COMMAND...`): say `exec` (the protocol's hello), then the
+//!   command, half-close; skip everything before the `exec` frame (a banner, a dump, prompts, if
+//!   the hello came after the server's 50 ms window), then print the next frame's `text` (or
+//!   `data` with `--json`). Exit 1 when the frame says `ok: false`.
+//! * **piped** (stdin is not a terminal): one thread sends every stdin line and half-closes; the
+//!   main thread copies everything the server sends to stdout until the server closes.
+//! * **interactive** (stdin and stdout are terminals): rustyline reads lines with editing and
+//!   history; a reader thread prints what the server sends. The last partial line the server sent
+//!   (its prompt, `>>> `) becomes rustyline's prompt once the server has been quiet for a moment.
+//!   After each command the main thread waits for that prompt (Ctrl-C stops waiting). Output that
+//!   arrives while the operator types goes through rustyline's external printer, which redraws
+//!   the line being edited. When the server closes, the reader interrupts rustyline with SIGINT,
+//!   repeated until the main thread notices, so the client exits at once and the terminal is
+//!   restored.
+//!
+//! In every mode the first line is checked for the server's refusals (`manhole: access denied`,
+//! `manhole: too many sessions`), which become errors with their own exit codes.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rustyline::config::Config;
+use rustyline::error::ReadlineError;
+use rustyline::history::DefaultHistory;
+use rustyline::{DefaultEditor, Editor, ExternalPrinter};
+use serde_json::Value;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// How the session ended when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything went as asked.
+    Success,
+    /// The one-shot command ran and the server reported its failure.
+    CommandFailed,
+}
+
+/// The prefix of every refusal line the server sends before closing.
+const REFUSAL_PREFIX: &str = "manhole: ";
+
+/// Classifies the server's first line: `Some` if it is a refusal.
+pub fn refusal(line: &str) -> Option<Error> {
+    let line = line.trim_end();
+    let rest = line.strip_prefix(REFUSAL_PREFIX)?;
+    let kind = if rest.starts_with("access denied") {
+        ErrorKind::AccessDenied
+    } else if rest.starts_with("too many sessions") {
+        ErrorKind::TooManySessions
+    } else {
+        // An unknown refusal is still a refusal of this client.
+        ErrorKind::AccessDenied
+    };
+    Some(Error::new(
+        kind,
+        format!("the server refused the session: {line}"),
+    ))
+}
+
+/// Whether `data` (the start of the server's output) could still turn out to be a refusal line.
+fn may_be_refusal(data: &[u8]) -> bool {
+    let prefix = REFUSAL_PREFIX.as_bytes();
+    let n = data.len().min(prefix.len());
+    data[..n] == prefix[..n] && !data.contains(&b'\n')
+}
+
+fn write_stdout(data: &[u8]) -> Result<()> {
+    let mut stdout = io::stdout().lock();
+    stdout
+        .write_all(data)
+        .and_then(|()| stdout.flush())
+        .map_err(|err| Error::stdout(&err))
+}
+
+fn server_closed_early() -> Error {
+    Error::new(
+        ErrorKind::ServerClosed,
+        "the server closed the connection before answering",
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// One-shot
+
+/// The answer to one exec-mode command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    pub ok: bool,
+    pub command: String,
+    pub text: String,
+    pub data: Value,
+    pub error: String,
+    /// The frame as the server sent it.
+    pub raw: Value,
+}
+
+impl Frame {
+    /// Parses one frame line (a JSON object); `None` if it is not one.
+    pub fn parse(line: &str) -> Option<Frame> {
+        let raw: Value = serde_json::from_str(line.trim()).ok()?;
+        let object = raw.as_object()?;
+        let text_of = |key: &str| {
+            object
+                .get(key)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        Some(Frame {
+            ok: object.get("ok")?.as_bool()?,
+            command: text_of("command"),
+            text: text_of("text"),
+            error: text_of("error"),
+            data: object.get("data").cloned().unwrap_or(Value::Null),
+            raw,
+        })
+    }
+}
+
+/// Finds the `exec` frame in a line of output: the frame may follow a prompt on the same line
+/// when the hello came too late and the session started as a REPL.
+pub fn exec_frame(line: &str) -> Option<Frame> {
+    if !line.contains("\"command\":\"exec\"") {
+        return None;
+    }
+    let frame = Frame::parse(&line[line.find('{')?..])?;
+    (frame.command == "exec").then_some(frame)
+}
+
+/// What one-shot mode prints for `frame`, and whether it goes to stdout.
+pub fn render_frame(frame: &Frame, json: bool) -> (String, bool) {
+    let with_newline = |mut text: String| {
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text
+    };
+    match (frame.ok, json) {
+        (true, false) => (with_newline(frame.text.clone()), true),
+        (true, true) => (format!("{}\n", frame.data), true),
+        (false, false) => (format!("error: {}\n", frame.error), false),
+        (false, true) => (format!("{}\n", frame.raw), true),
+    }
+}
+
+/// Runs one command in exec mode and prints its answer.
+pub fn one_shot(
+    stream: UnixStream,
+    command: &str,
+    json: bool,
+    answer_timeout: Duration,
+) -> Result<Outcome> {
+    let request = format!("exec\n{command}\n");
+    (&stream)
+        .write_all(request.as_bytes())
+        .map_err(|err| Error::io("sending the command", &err))?;
+    // End of input: the server ends the session after answering.
+    let _ = stream.shutdown(Shutdown::Write);
+    stream
+        .set_read_timeout(Some(answer_timeout))
+        .map_err(|err| Error::io("setting a timeout", &err))?;
+    let mut reader = BufReader::new(&stream);
+    let timed_out = || {
+        Error::new(
+            ErrorKind::TimedOut,
+            format!(
+                "the server did not answer within {}s",
+                answer_timeout.as_secs_f64()
+            ),
+        )
+    };
+    let read_line = |reader: &mut BufReader<&UnixStream>, line: &mut Vec<u8>| -> Result<bool> {
+        line.clear();
+        match reader.read_until(b'\n', line) {
+            Ok(0) => Ok(false),
+            Ok(_) => Ok(true),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(timed_out())
+            }
+            Err(err) if err.kind() == io::ErrorKind::ConnectionReset => Ok(false),
+            Err(err) => Err(Error::io("reading from the server", &err)),
+        }
+    };
+
+    let mut line = Vec::new();
+    let mut first = true;
+    loop {
+        if !read_line(&mut reader, &mut line)? {
+            return Err(server_closed_early());
+        }
+        let text = String::from_utf8_lossy(&line);
+        if first && let Some(err) = refusal(&text) {
+            return Err(err);
+        }
+        first = false;
+        if let Some(frame) = exec_frame(&text) {
+            if !frame.ok {
+                return Err(Error::new(
+                    ErrorKind::Other,
+                    format!("the server refused exec mode: {}", frame.error),
+                ));
+            }
+            break;
+        }
+    }
+    // The command may take as long as it takes (a registered command may be slow).
+    stream
+        .set_read_timeout(None)
+        .map_err(|err| Error::io("clearing the timeout", &err))?;
+    loop {
+        if !read_line(&mut reader, &mut line)? {
+            return Err(Error::new(
+                ErrorKind::ServerClosed,
+                "the server closed the connection before answering the command",
+            ));
+        }
+        let text = String::from_utf8_lossy(&line);
+        if text.trim().is_empty() {
+            continue;
+        }
+        let Some(frame) = Frame::parse(&text) else {
+            let shown: String = text.trim_end().chars().take(200).collect();
+            return Err(Error::new(
+                ErrorKind::Other,
+                format!("unexpected answer from the server: {shown}"),
+            ));
+        };
+        let (output, to_stdout) = render_frame(&frame, json);
+        if to_stdout {
+            write_stdout(output.as_bytes())?;
+        } else {
+            eprint!("{output}");
+        }
+        return Ok(if frame.ok {
+            Outcome::Success
+        } else {
+            Outcome::CommandFailed
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Piped
+
+/// Sends stdin's lines, half-closes, and copies the server's output to stdout until it closes.
+pub fn piped(stream: UnixStream) -> Result<Outcome> {
+    let writer = stream
+        .try_clone()
+        .map_err(|err| Error::io("duplicating the socket", &err))?;
+    // Not joined: when the server closes first, the client exits without waiting for more stdin.
+    thread::spawn(move || forward_stdin(writer));
+    relay(stream)
+}
+
+/// Sends every stdin line (a last line without `\n` gets one), then half-closes.
+fn forward_stdin(mut socket: UnixStream) {
+    let mut stdin = io::stdin().lock();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match stdin.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                if !line.ends_with(b"\n") {
+                    line.push(b'\n');
+                }
+                if socket.write_all(&line).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = socket.shutdown(Shutdown::Write);
+}
+
+/// Copies the server's output to stdout until the server closes.
+fn relay(mut stream: UnixStream) -> Result<Outcome> {
+    let mut buf = vec![0; 64 * 1024];
+    let mut head = Vec::new();
+    let mut checked = false;
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) if err.kind() == io::ErrorKind::ConnectionReset => 0,
+            Err(err) => return Err(Error::io("reading from the server", &err)),
+        };
+        if !checked {
+            head.extend_from_slice(&buf[..n]);
+            if n > 0 && may_be_refusal(&head) {
+                continue;
+            }
+            if head.is_empty() {
+                return Err(server_closed_early());
+            }
+            if let Some(err) = refusal(&String::from_utf8_lossy(&head)) {
+                return Err(err);
+            }
+            checked = true;
+            write_stdout(&head)?;
+            if n == 0 {
+                return Ok(Outcome::Success);
+            }
+            continue;
+        }
+        if n == 0 {
+            return Ok(Outcome::Success);
+        }
+        write_stdout(&buf[..n])?;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interactive
+
+/// How long the server must be quiet after a partial line before it counts as the prompt.
+const PROMPT_QUIET: Duration = Duration::from_millis(25);
+/// How long the server must be quiet after a complete line before the client stops waiting for a
+/// prompt (a server in exec mode sends none).
+const ANSWER_QUIET: Duration = Duration::from_millis(300);
+/// How long to wait for a first byte (the banner, or an answer) before showing a prompt anyway.
+const FIRST_BYTE_WAIT: Duration = Duration::from_secs(1);
+/// How often a waiting main thread looks at Ctrl-C.
+const WAIT_TICK: Duration = Duration::from_millis(50);
+
+/// How the server side of the session ended.
+#[derive(Debug)]
+enum Closed {
+    /// End of stream.
+    Eof,
+    /// The first line was a refusal.
+    Refused(Error),
+    /// A read failed.
+    Failed(Error),
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The server's current prompt (its last partial line).
+    prompt: String,
+    /// Incremented each time the server goes quiet (a prompt or an answer is complete).
+    quiet_count: u64,
+    /// Bytes received so far.
+    received: u64,
+    closed: Option<Closed>,
+    /// The main thread is (about to be) blocked in rustyline.
+    in_readline: bool,
+    /// The main thread saw `closed` and is leaving.
+    main_done: bool,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits until `done` holds, Ctrl-C is pressed, or `give_up` holds.
+    fn wait_until(
+        &self,
+        interrupted: &AtomicBool,
+        mut give_up: impl FnMut(&State) -> bool,
+        mut done: impl FnMut(&State) -> bool,
+    ) -> Wait {
+        interrupted.store(false, Ordering::SeqCst);
+        let mut state = self.lock();
+        loop {
+            if done(&state) {
+                return Wait::Done;
+            }
+            if interrupted.swap(false, Ordering::SeqCst) {
+                return Wait::Interrupted;
+            }
+            if give_up(&state) {
+                return Wait::GaveUp;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, WAIT_TICK)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+    }
+
+    /// How the server's side ended, once it has, with the number of bytes it had sent.
+    fn take_end(&self) -> Option<(Closed, u64)> {
+        let mut state = self.lock();
+        let received = state.received;
+        state.closed.take().map(|closed| (closed, received))
+    }
+}
+
+/// Why a wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Done,
+    Interrupted,
+    GaveUp,
+}
+
+/// Splits what the server sent into complete lines to print now and the partial last line.
+/// Returns the bytes to print (up to and including the last `\n`), leaving the rest in `pending`.
+fn take_complete_lines(pending: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let end = pending.iter().rposition(|b| *b == b'\n')? + 1;
+    let rest = pending.split_off(end);
+    Some(std::mem::replace(pending, rest))
+}
+
+/// The reader thread: prints the server's output, tracks its prompt, notices the end.
+fn read_server<P: ExternalPrinter>(mut stream: UnixStream, shared: Arc<Shared>, mut printer: P) {
+    let mut buf = vec![0; 64 * 1024];
+    let mut pending: Vec<u8> = Vec::new();
+    let mut checked = false;
+    // Whether the server has been quiet since it last sent something.
+    let mut quiet = true;
+    let closed = loop {
+        let timeout = if !pending.is_empty() {
+            Some(PROMPT_QUIET)
+        } else if !quiet {
+            Some(ANSWER_QUIET)
+        } else {
+            None
+        };
+        if stream.set_read_timeout(timeout).is_err() {
+            break Closed::Eof;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => break Closed::Eof,
+            Ok(n) => {
+                pending.extend_from_slice(&buf[..n]);
+                quiet = false;
+                shared.lock().received += n as u64;
+                if !checked {
+                    if may_be_refusal(&pending) {
+                        continue;
+                    }
+                    checked = true;
+                    if let Some(err) = refusal(&String::from_utf8_lossy(&pending)) {
+                        break Closed::Refused(err);
+                    }
+                }
+                if let Some(lines) = take_complete_lines(&mut pending) {
+                    let _ = printer.print(String::from_utf8_lossy(&lines).into_owned());
+                }
+            }
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                if !checked {
+                    // A lone partial line that looks like the start of a refusal: it is not one.
+                    checked = true;
+                }
+                quiet = true;
+                let mut state = shared.lock();
+                if !pending.is_empty() {
+                    state.prompt =
+                        String::from_utf8_lossy(&std::mem::take(&mut pending)).into_owned();
+                }
+                state.quiet_count += 1;
+                shared.changed.notify_all();
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) if err.kind() == io::ErrorKind::ConnectionReset => break Closed::Eof,
+            Err(err) => break Closed::Failed(Error::io("reading from the server", &err)),
+        }
+    };
+    if !pending.is_empty() && !matches!(closed, Closed::Refused(_)) {
+        let mut text = String::from_utf8_lossy(&pending).into_owned();
+        text.push('\n');
+        let _ = printer.print(text);
+    }
+    let mut state = shared.lock();
+    state.closed = Some(closed);
+    shared.changed.notify_all();
+    // Wake the main thread out of rustyline: SIGINT makes readline return `Interrupted`. Repeat
+    // until it has noticed, in case the signal landed just before rustyline took it over.
+    while !state.main_done {
+        if state.in_readline {
+            let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGINT);
+        }
+        state = shared
+            .changed
+            .wait_timeout(state, Duration::from_millis(100))
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+}
+
+/// `~/.manhole_history`, if there is a home.
+fn history_path() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|home| !home.is_empty())
+        .map(|home| PathBuf::from(home).join(".manhole_history"))
+}
+
+fn new_editor() -> Result<Editor<(), DefaultHistory>> {
+    let config = Config::builder()
+        .max_history_size(1000)
+        .map_err(readline_error)?
+        .auto_add_history(false)
+        .build();
+    DefaultEditor::with_config(config).map_err(readline_error)
+}
+
+fn readline_error(err: ReadlineError) -> Error {
+    match err {
+        ReadlineError::Io(err) => Error::io("terminal", &err),
+        other => Error::new(ErrorKind::Other, format!("terminal: {other}")),
+    }
+}
+
+/// An interactive session on a terminal.
+pub fn interactive(stream: UnixStream) -> Result<Outcome> {
+    // SIGINT outside rustyline (while waiting for an answer) only sets this flag; inside
+    // rustyline, Ctrl-C is a key and the reader's SIGINT is rustyline's to handle.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupted))
+        .map_err(|err| Error::io("installing the Ctrl-C handler", &err))?;
+
+    let mut editor = new_editor()?;
+    let history = history_path();
+    if let Some(path) = &history {
+        let _ = editor.load_history(path);
+    }
+    let printer = editor.create_external_printer().map_err(readline_error)?;
+    let shared = Arc::new(Shared::default());
+    let reader_stream = stream
+        .try_clone()
+        .map_err(|err| Error::io("duplicating the socket", &err))?;
+    let reader_shared = Arc::clone(&shared);
+    let reader = thread::spawn(move || read_server(reader_stream, reader_shared, printer));
+
+    let result = converse(&stream, &shared, &mut editor, &interrupted);
+
+    shared.lock().main_done = true;
+    shared.changed.notify_all();
+    if let Some(path) = &history {
+        let _ = editor.save_history(path);
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+    let _ = reader.join();
+    result
+}
+
+/// The read-send-wait loop of an interactive session.
+fn converse(
+    stream: &UnixStream,
+    shared: &Shared,
+    editor: &mut Editor<(), DefaultHistory>,
+    interrupted: &AtomicBool,
+) -> Result<Outcome> {
+    // Wait for the banner and the first prompt (or stop after a second of silence).
+    let started = Instant::now();
+    let first = shared.wait_until(
+        interrupted,
+        |state| state.received == 0 && started.elapsed() >= FIRST_BYTE_WAIT,
+        |state| state.quiet_count > 0 || state.closed.is_some(),
+    );
+    if first == Wait::Interrupted {
+        println!();
+    }
+    loop {
+        let prompt = {
+            let mut state = shared.lock();
+            if state.closed.is_some() {
+                drop(state);
+                return finish(shared.take_end());
+            }
+            state.in_readline = true;
+            state.prompt.clone()
+        };
+        let line = editor.readline(&prompt);
+        shared.lock().in_readline = false;
+        match line {
+            Ok(line) => {
+                if line.trim().is_empty() || shared.lock().closed.is_some() {
+                    continue;
+                }
+                let _ = editor.add_history_entry(line.as_str());
+                let (quiet_before, received_before) = {
+                    let state = shared.lock();
+                    (state.quiet_count, state.received)
+                };
+                let sent_at = Instant::now();
+                let mut request = line.into_bytes();
+                request.push(b'\n');
+                if (&*stream).write_all(&request).is_err() {
+                    // The server is gone; the reader reports how.
+                    shared.wait_until(interrupted, |_| false, |state| state.closed.is_some());
+                    continue;
+                }
+                let waited = shared.wait_until(
+                    interrupted,
+                    |state| {
+                        state.received == received_before && sent_at.elapsed() >= FIRST_BYTE_WAIT
+                    },
+                    |state| state.quiet_count > quiet_before || state.closed.is_some(),
+                );
+                if waited == Wait::Interrupted {
+                    // The terminal echoed ^C; the answer, if it comes, is printed above the prompt.
+                    println!();
+                }
+            }
+            Err(ReadlineError::Interrupted) => {
+                // Ctrl-C clears the line; the reader's SIGINT means the server closed.
+                if let Some(end) = shared.take_end() {
+                    eprintln!("manhole-cli: the server closed the session");
+                    return finish(Some(end));
+                }
+            }
+            Err(ReadlineError::Eof) => {
+                // Ctrl-D: end of input; the server ends the session after its last answers.
+                let _ = stream.shutdown(Shutdown::Write);
+                shared.wait_until(interrupted, |_| false, |state| state.closed.is_some());
+                return match shared.take_end() {
+                    Some(end) => finish(Some(end)),
+                    None => Ok(Outcome::Success),
+                };
+            }
+            Err(err) => return Err(readline_error(err)),
+        }
+    }
+}
+
+/// Turns the server's end into the session's result.
+fn finish(end: Option<(Closed, u64)>) -> Result<Outcome> {
+    match end {
+        Some((Closed::Refused(err) | Closed::Failed(err), _)) => Err(err),
+        Some((Closed::Eof, 0)) => Err(server_closed_early()),
+        Some((Closed::Eof, _)) | None => Ok(Outcome::Success),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn refusals_are_recognised() {
+        let err =
+            refusal("manhole: access denied: peer uid 1000 is not allowed (pid 4242, gid 1000)\n")
+                .unwrap();
+        assert_eq!(err.kind(), ErrorKind::AccessDenied);
+        assert_eq!(err.exit_code(), 6);
+        assert!(err.message().ends_with(
+            "manhole: access denied: peer uid 1000 is not allowed (pid 4242, gid 1000)"
+        ));
+        let err = refusal("manhole: too many sessions (8 open), try again later\n").unwrap();
+        assert_eq!(err.kind(), ErrorKind::TooManySessions);
+        assert_eq!(err.exit_code(), 7);
+        assert!(
+            refusal(
+                "Manhole 0.1.0 in pid 4242 (/usr/bin/demo), uid 0; type \"help\" for the commands."
+            )
+            .is_none()
+        );
+        assert!(refusal(">>> ").is_none());
+    }
+
+    #[test]
+    fn refusal_prefix_is_awaited() {
+        assert!(may_be_refusal(b""));
+        assert!(may_be_refusal(b"man"));
+        assert!(may_be_refusal(b"manhole: acc"));
+        assert!(!may_be_refusal(b"manhole: access denied\n"));
+        assert!(!may_be_refusal(b"Manhole 0.1.0"));
+        assert!(!may_be_refusal(b">>> "));
+    }
+
+    #[test]
+    fn frames_are_parsed() {
+        let frame = Frame::parse(
+            r#"{"ok":true,"command":"get","text":"requests = 42","data":{"name":"requests","value":"42"}}"#,
+        )
+        .unwrap();
+        assert!(frame.ok);
+        assert_eq!(frame.command, "get");
+        assert_eq!(frame.text, "requests = 42");
+        assert_eq!(frame.data, json!({"name": "requests", "value": "42"}));
+        let frame =
+            Frame::parse(r#"{"ok":false,"command":"get","error":"no local named \"x\""}"#).unwrap();
+        assert!(!frame.ok);
+        assert_eq!(frame.error, "no local named \"x\"");
+        assert_eq!(frame.data, Value::Null);
+        assert!(Frame::parse(">>> ").is_none());
+        assert!(Frame::parse("[1]").is_none());
+        assert!(Frame::parse(r#"{"command":"x"}"#).is_none());
+    }
+
+    #[test]
+    fn the_exec_frame_is_found_after_a_prompt() {
+        let hello = r#"{"ok":true,"command":"exec","text":"","data":{"protocol":1,"pid":4242}}"#;
+        assert!(exec_frame(hello).is_some());
+        assert!(exec_frame(&format!(">>> {hello}\n")).is_some());
+        assert!(exec_frame("Thread 1 \"exec\"").is_none());
+        assert!(
+            exec_frame(r#"{"ok":true,"command":"get","text":"\"command\":\"exec\""}"#).is_none()
+        );
+    }
+
+    #[test]
+    fn frames_render_for_text_and_json() {
+        let ok = Frame::parse(
+            r#"{"ok":true,"command":"get","text":"requests = 42","data":{"value":"42"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            render_frame(&ok, false),
+            ("requests = 42\n".to_owned(), true)
+        );
+        assert_eq!(
+            render_frame(&ok, true),
+            ("{\"value\":\"42\"}\n".to_owned(), true)
+        );
+        let empty = Frame::parse(r#"{"ok":true,"command":"exit","text":"","data":{}}"#).unwrap();
+        assert_eq!(render_frame(&empty, false), (String::new(), true));
+        let failed =
+            Frame::parse(r#"{"ok":false,"command":"nosuch","error":"unknown command"}"#).unwrap();
+        assert_eq!(
+            render_frame(&failed, false),
+            ("error: unknown command\n".to_owned(), false)
+        );
+        let (json_out, to_stdout) = render_frame(&failed, true);
+        assert!(to_stdout);
+        assert_eq!(
+            serde_json::from_str::<Value>(&json_out).unwrap()["error"],
+            "unknown command"
+        );
+    }
+
+    #[test]
+    fn complete_lines_are_split_from_the_prompt() {
+        let mut pending = b"line 1\nline 2\n>>> ".to_vec();
+        assert_eq!(
+            take_complete_lines(&mut pending).unwrap(),
+            b"line 1\nline 2\n"
+        );
+        assert_eq!(pending, b">>> ");
+        assert!(take_complete_lines(&mut pending).is_none());
+        let mut pending = b"all\n".to_vec();
+        assert_eq!(take_complete_lines(&mut pending).unwrap(), b"all\n");
+        assert!(pending.is_empty());
+    }
+
+    /// A fake server on a socket pair, for the one-shot and piped paths.
+    fn serve(script: &'static [u8]) -> UnixStream {
+        let (client, mut server) = UnixStream::pair().unwrap();
+        thread::spawn(move || {
+            let _ = server.write_all(script);
+        });
+        client
+    }
+
+    #[test]
+    fn one_shot_skips_a_banner_and_reports_failure() {
+        let client = serve(
+            b"Manhole 0.1.0 in pid 1\n>>> {\"ok\":true,\"command\":\"exec\",\"text\":\"\",\"data\":{}}\n\
+              {\"ok\":false,\"command\":\"nosuch\",\"error\":\"unknown command\"}\n",
+        );
+        let outcome = one_shot(client, "nosuch", false, Duration::from_secs(5)).unwrap();
+        assert_eq!(outcome, Outcome::CommandFailed);
+    }
+
+    #[test]
+    fn one_shot_errors() {
+        let refused = serve(b"manhole: too many sessions (8 open), try again later\n");
+        assert_eq!(
+            one_shot(refused, "x", false, Duration::from_secs(5))
+                .unwrap_err()
+                .exit_code(),
+            7
+        );
+        let closed = serve(b"");
+        assert_eq!(
+            one_shot(closed, "x", false, Duration::from_secs(5))
+                .unwrap_err()
+                .kind(),
+            ErrorKind::ServerClosed
+        );
+        let half = serve(b"{\"ok\":true,\"command\":\"exec\",\"text\":\"\",\"data\":{}}\n");
+        assert_eq!(
+            one_shot(half, "x", false, Duration::from_secs(5))
+                .unwrap_err()
+                .kind(),
+            ErrorKind::ServerClosed
+        );
+        let garbage = serve(b"{\"ok\":true,\"command\":\"exec\"}\nwhat\n");
+        assert_eq!(
+            one_shot(garbage, "x", false, Duration::from_secs(5))
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Other
+        );
+        let (silent, _server) = UnixStream::pair().unwrap();
+        let err = one_shot(silent, "x", false, Duration::from_millis(100)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TimedOut);
+    }
+
+    #[test]
+    fn relay_reports_refusals_and_silence() {
+        let refused = serve(b"manhole: access denied: peer uid 1000 is not allowed\n");
+        assert_eq!(relay(refused).unwrap_err().kind(), ErrorKind::AccessDenied);
+        let closed = serve(b"");
+        assert_eq!(relay(closed).unwrap_err().kind(), ErrorKind::ServerClosed);
+    }
+}

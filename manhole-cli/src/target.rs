@@ -1,0 +1,670 @@
+//! What TARGET means and what is known about it: parsing it, finding its socket, reading the
+//! target process in `/proc` (name, uids, caught signals), sending the activation signal safely,
+//! and `--list`/`--prune` over a socket directory.
+//!
+//! TARGET has three forms: a pid (`1234`, the socket is `DIR/manhole-1234`), a path whose file
+//! name is `manhole-<pid>` (that exact path, and the pid is known), or any other path containing
+//! a `/` (that path, no pid). Whenever the pid is known, the connection is checked against it
+//! (see `connect`), and a signal can be sent to it, but only after `/proc/<pid>/status` shows the
+//! process catches that signal: a process without a handler would be killed by it.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{AccessFlags, Pid, Uid, User, access, geteuid};
+
+use crate::error::{Error, ErrorKind, Result, errno};
+
+/// The accepted TARGET forms, for usage errors.
+const TARGET_FORMS: &str = "expected a pid (1234), a manhole socket path (/tmp/manhole-1234) or any socket path containing a '/' (./app.sock)";
+
+/// What the operator pointed at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A bare pid: its socket is `DIR/manhole-<pid>`.
+    Pid(i32),
+    /// A socket path, with the pid when the file name is `manhole-<pid>`.
+    Path { path: PathBuf, pid: Option<i32> },
+}
+
+impl Target {
+    /// The target's pid, when it has one.
+    pub fn pid(&self) -> Option<i32> {
+        match self {
+            Target::Pid(pid) => Some(*pid),
+            Target::Path { pid, .. } => *pid,
+        }
+    }
+
+    /// The socket to connect to; `dir` is the directory of `manhole-<pid>` sockets.
+    pub fn socket_path(&self, dir: &Path) -> PathBuf {
+        match self {
+            Target::Pid(pid) => dir.join(socket_name(*pid)),
+            Target::Path { path, .. } => path.clone(),
+        }
+    }
+}
+
+impl FromStr for Target {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Target, String> {
+        if text.is_empty() {
+            return Err(format!("empty TARGET: {TARGET_FORMS}"));
+        }
+        if text.bytes().all(|b| b.is_ascii_digit()) {
+            return parse_pid(text)
+                .map(Target::Pid)
+                .ok_or_else(|| format!("{text} is not a valid pid: {TARGET_FORMS}"));
+        }
+        if text.contains('/') {
+            let path = PathBuf::from(text);
+            let pid = path
+                .file_name()
+                .and_then(|name| name.to_str())
+                .and_then(pid_from_socket_name);
+            return Ok(Target::Path { path, pid });
+        }
+        Err(format!("invalid TARGET {text:?}: {TARGET_FORMS}"))
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Pid(pid) => write!(f, "{pid}"),
+            Target::Path { path, .. } => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// A positive pid that fits `pid_t`.
+fn parse_pid(digits: &str) -> Option<i32> {
+    digits.parse::<i32>().ok().filter(|pid| *pid > 0)
+}
+
+/// `manhole-<pid>`, the default socket's file name.
+pub fn socket_name(pid: i32) -> String {
+    format!("manhole-{pid}")
+}
+
+/// The pid in a file name of the form `manhole-<pid>`.
+pub fn pid_from_socket_name(name: &str) -> Option<i32> {
+    let digits = name.strip_prefix("manhole-")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    parse_pid(digits)
+}
+
+/// What `/proc/<pid>/status` says about a process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcStatus {
+    /// The command name (`comm`, at most 15 bytes).
+    pub name: String,
+    /// The thread-group id: differs from the pid when the pid is a thread.
+    pub tgid: i32,
+    /// Real, effective, saved and filesystem uid.
+    pub uids: [u32; 4],
+    /// Signals with a handler installed (bit `n - 1` for signal `n`).
+    pub caught: u64,
+}
+
+impl ProcStatus {
+    /// Whether the process has a handler for `signal`.
+    pub fn catches(&self, signal: Signal) -> bool {
+        let bit = signal as i32 - 1;
+        (0..64).contains(&bit) && self.caught & (1 << bit) != 0
+    }
+
+    /// The effective uid: the owner of files (and sockets) the process creates.
+    pub fn euid(&self) -> u32 {
+        self.uids[1]
+    }
+}
+
+/// Parses the text of `/proc/<pid>/status`; `None` if a needed field is missing.
+pub fn parse_status(text: &str) -> Option<ProcStatus> {
+    let mut name = None;
+    let mut tgid = None;
+    let mut uids = None;
+    let mut caught = None;
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        match key {
+            "Name" => name = Some(value.to_owned()),
+            "Tgid" => tgid = value.parse().ok(),
+            "Uid" => {
+                let parsed: Vec<u32> = value
+                    .split_whitespace()
+                    .filter_map(|uid| uid.parse().ok())
+                    .collect();
+                uids = <[u32; 4]>::try_from(parsed).ok();
+            }
+            "SigCgt" => caught = u64::from_str_radix(value, 16).ok(),
+            _ => {}
+        }
+    }
+    Some(ProcStatus {
+        name: name?,
+        tgid: tgid?,
+        uids: uids?,
+        caught: caught?,
+    })
+}
+
+/// Reads `/proc/<pid>/status`: [`ErrorKind::NoSuchProcess`] if there is no such process.
+pub fn read_status(pid: i32) -> Result<ProcStatus> {
+    let path = format!("/proc/{pid}/status");
+    match fs::read_to_string(&path) {
+        Ok(text) => parse_status(&text)
+            .ok_or_else(|| Error::new(ErrorKind::Other, format!("cannot parse {path}"))),
+        Err(err)
+            if err.kind() == io::ErrorKind::NotFound
+                || err.raw_os_error() == Some(Errno::ESRCH as i32) =>
+        {
+            Err(no_such_process(pid))
+        }
+        Err(err) => Err(Error::io(format_args!("reading {path}"), &err)),
+    }
+}
+
+fn no_such_process(pid: i32) -> Error {
+    Error::new(ErrorKind::NoSuchProcess, format!("no such process: {pid}"))
+}
+
+/// Checks that `pid` is a live process (not a thread of one) and returns its status.
+pub fn check_process(target: &Target, socket: &Path) -> Result<Option<ProcStatus>> {
+    let Some(pid) = target.pid() else {
+        return Ok(None);
+    };
+    let status = match read_status(pid) {
+        Ok(status) => status,
+        Err(err)
+            if err.kind() == ErrorKind::NoSuchProcess && fs::symlink_metadata(socket).is_ok() =>
+        {
+            return Err(err.with_hint(format!(
+                "{} is left over from a process that is gone; `manhole-cli --list --prune` removes such sockets",
+                socket.display()
+            )));
+        }
+        Err(err) => return Err(err),
+    };
+    if status.tgid != pid {
+        return Err(Error::new(
+            ErrorKind::Usage,
+            format!(
+                "{pid} is a thread of process {} ({}); use the process id",
+                status.tgid, status.name
+            ),
+        ));
+    }
+    Ok(Some(status))
+}
+
+/// Sends `signal` to `pid`, but only if the process catches it (so it cannot be killed by it).
+pub fn send_signal(pid: i32, status: &ProcStatus, signal: Signal) -> Result<()> {
+    if !status.catches(signal) {
+        return Err(Error::new(
+            ErrorKind::Unsafe,
+            format!(
+                "refusing to send {} to process {pid} ({}): it does not catch that signal, so no manhole \
+                 handler would see it and its default action could kill the process",
+                signal.as_str(),
+                status.name
+            ),
+        ));
+    }
+    kill(Pid::from_raw(pid), signal).map_err(|err| match err {
+        Errno::ESRCH => no_such_process(pid),
+        Errno::EPERM => Error::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "permission denied sending {} to process {pid} ({}, uid {})",
+                signal.as_str(),
+                status.name,
+                status.euid()
+            ),
+        ),
+        other => Error::io(
+            format_args!("sending {} to process {pid}", signal.as_str()),
+            &errno(other),
+        ),
+    })
+}
+
+/// Whether the process behind a socket is still there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// The process exists (and started before the socket was made).
+    Alive,
+    /// No process has this pid.
+    Gone,
+    /// A process has this pid but started after the socket was made: the pid was reused.
+    Reused,
+}
+
+impl Liveness {
+    fn as_str(self) -> &'static str {
+        match self {
+            Liveness::Alive => "alive",
+            Liveness::Gone => "gone",
+            Liveness::Reused => "gone (pid reused)",
+        }
+    }
+}
+
+/// One `manhole-<pid>` socket found in the socket directory.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub pid: i32,
+    pub path: PathBuf,
+    pub uid: u32,
+    pub user: String,
+    pub name: Option<String>,
+    pub liveness: Liveness,
+    identity: (u64, u64),
+}
+
+/// Finds the `manhole-<pid>` sockets in `dir` that this user can connect to (or, for
+/// `only_own`, that this user owns), sorted by pid. Symlinks and non-sockets are never listed.
+pub fn scan(dir: &Path, only_own: bool) -> Result<Vec<Entry>> {
+    let entries = fs::read_dir(dir)
+        .map_err(|err| Error::io(format_args!("reading {}", dir.display()), &err))?;
+    let me = geteuid().as_raw();
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(pid_from_socket_name) else {
+            continue;
+        };
+        let path = entry.path();
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !meta.file_type().is_socket() {
+            continue;
+        }
+        if only_own && meta.uid() != me {
+            continue;
+        }
+        if !only_own && access(&path, AccessFlags::W_OK).is_err() {
+            continue;
+        }
+        let status = read_status(pid).ok();
+        let liveness = liveness(pid, meta.ctime());
+        found.push(Entry {
+            pid,
+            uid: meta.uid(),
+            user: user_name(meta.uid()),
+            name: status
+                .filter(|_| liveness == Liveness::Alive)
+                .map(|status| status.name),
+            liveness,
+            identity: (meta.dev(), meta.ino()),
+            path,
+        });
+    }
+    found.sort_by(|a, b| a.pid.cmp(&b.pid).then_with(|| a.path.cmp(&b.path)));
+    Ok(found)
+}
+
+/// Whether process `pid` is the one that could have made a socket at time `socket_ctime`.
+fn liveness(pid: i32, socket_ctime: i64) -> Liveness {
+    match kill(Pid::from_raw(pid), None) {
+        Err(Errno::ESRCH) => Liveness::Gone,
+        _ => match process_start_time(pid) {
+            // Two seconds of slack for clock granularity; a reused pid is usually far younger.
+            Some(started) if started > socket_ctime + 2 => Liveness::Reused,
+            _ => Liveness::Alive,
+        },
+    }
+}
+
+/// The start time of `pid` in seconds since the epoch, from `/proc/<pid>/stat` and `/proc/stat`.
+fn process_start_time(pid: i32) -> Option<i64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ticks = parse_start_ticks(&stat)?;
+    let boot = fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("btime "))?
+        .trim()
+        .parse::<i64>()
+        .ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+    Some(boot + ticks / hz)
+}
+
+/// Field 22 (`starttime`, in clock ticks since boot) of `/proc/<pid>/stat`.
+fn parse_start_ticks(stat: &str) -> Option<i64> {
+    // The command name (field 2) may contain spaces and parentheses: fields resume after the last ')'.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn user_name(uid: u32) -> String {
+    match User::from_uid(Uid::from_raw(uid)) {
+        Ok(Some(user)) => user.name,
+        _ => uid.to_string(),
+    }
+}
+
+/// Whether something listens on the socket at `path`: false only when the kernel refuses the
+/// connection (no listener). A successful probe says `exec` and leaves, which costs the server
+/// no banner and no stack dump.
+fn someone_listens(path: &Path) -> bool {
+    match crate::connect::try_connect(path) {
+        Ok(mut stream) => {
+            let _ = stream.write_all(b"exec\n");
+            true
+        }
+        Err(err) => err.raw_os_error() != Some(Errno::ECONNREFUSED as i32),
+    }
+}
+
+/// Removes `entry` if it still is the same socket file; reports what happened.
+fn prune_one(entry: &Entry) -> std::result::Result<(), String> {
+    if someone_listens(&entry.path) {
+        return Err("something is still listening on it".to_owned());
+    }
+    match fs::symlink_metadata(&entry.path) {
+        Ok(meta) if meta.file_type().is_socket() && (meta.dev(), meta.ino()) == entry.identity => {
+            fs::remove_file(&entry.path).map_err(|err| err.to_string())
+        }
+        Ok(_) => Err("it was replaced meanwhile".to_owned()),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+/// `--list [--prune] [--json]`: prints the table (or JSON array) of sockets in `dir`.
+pub fn list(dir: &Path, prune: bool, json: bool) -> Result<()> {
+    let mut entries = scan(dir, false)?;
+    if prune {
+        let me = geteuid().as_raw();
+        entries.retain(|entry| {
+            if entry.uid != me || entry.liveness == Liveness::Alive {
+                return true;
+            }
+            match prune_one(entry) {
+                Ok(()) => {
+                    eprintln!(
+                        "manhole-cli: removed {} (process {} is {})",
+                        entry.path.display(),
+                        entry.pid,
+                        entry.liveness.as_str()
+                    );
+                    false
+                }
+                Err(why) => {
+                    eprintln!("manhole-cli: kept {}: {why}", entry.path.display());
+                    true
+                }
+            }
+        });
+    }
+    let text = if json {
+        render_json(&entries)
+    } else {
+        render_table(&entries)
+    };
+    let mut stdout = io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|err| Error::stdout(&err))?;
+    if entries.is_empty() && !json {
+        eprintln!(
+            "manhole-cli: no manhole sockets in {} that you can reach",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// The `--list` table: a header and one row per socket, columns aligned.
+pub fn render_table(entries: &[Entry]) -> String {
+    if entries.is_empty() {
+        return String::new();
+    }
+    let rows: Vec<[String; 5]> =
+        std::iter::once(["PID", "PROCESS", "USER", "STATUS", "PATH"].map(str::to_owned))
+            .chain(entries.iter().map(|entry| {
+                [
+                    entry.pid.to_string(),
+                    entry.name.clone().unwrap_or_else(|| "-".to_owned()),
+                    entry.user.clone(),
+                    entry.liveness.as_str().to_owned(),
+                    entry.path.display().to_string(),
+                ]
+            }))
+            .collect();
+    let widths: Vec<usize> = (0..4)
+        .map(|col| {
+            rows.iter()
+                .map(|row| row[col].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        for (col, width) in widths.iter().enumerate() {
+            out.push_str(&format!("{:<width$}  ", row[col]));
+        }
+        out.push_str(&row[4]);
+        out.push('\n');
+    }
+    out
+}
+
+/// The `--list --json` array: one object per socket.
+pub fn render_json(entries: &[Entry]) -> String {
+    let array: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|entry| {
+            serde_json::json!({
+                "pid": entry.pid,
+                "process": entry.name,
+                "user": entry.user,
+                "uid": entry.uid,
+                "alive": entry.liveness == Liveness::Alive,
+                "status": entry.liveness.as_str(),
+                "path": entry.path.display().to_string(),
+            })
+        })
+        .collect();
+    format!("{}\n", serde_json::Value::Array(array))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> std::result::Result<Target, String> {
+        text.parse()
+    }
+
+    #[test]
+    fn a_pid_is_a_pid() {
+        assert_eq!(parse("1234"), Ok(Target::Pid(1234)));
+        assert_eq!(parse("1"), Ok(Target::Pid(1)));
+        assert_eq!(
+            Target::Pid(1234).socket_path(Path::new("/tmp")),
+            PathBuf::from("/tmp/manhole-1234")
+        );
+        assert_eq!(
+            Target::Pid(7).socket_path(Path::new("/run/app")),
+            PathBuf::from("/run/app/manhole-7")
+        );
+    }
+
+    #[test]
+    fn the_default_path_form_keeps_path_and_pid() {
+        let target = parse("/tmp/manhole-1234").unwrap();
+        assert_eq!(target.pid(), Some(1234));
+        assert_eq!(
+            target.socket_path(Path::new("/elsewhere")),
+            PathBuf::from("/tmp/manhole-1234")
+        );
+        // The path is never thrown away (python-manhole's client did).
+        let target = parse("/var/run/whatever/manhole-99").unwrap();
+        assert_eq!(
+            target.socket_path(Path::new("/tmp")),
+            PathBuf::from("/var/run/whatever/manhole-99")
+        );
+        assert_eq!(target.pid(), Some(99));
+        assert_eq!(parse("./manhole-5").unwrap().pid(), Some(5));
+    }
+
+    #[test]
+    fn any_socket_path_works_without_a_pid() {
+        for text in [
+            "/run/app.sock",
+            "./app.sock",
+            "sockets/app",
+            "/tmp/manhole-12x",
+            "/tmp/manhole-",
+            "/tmp/manhole-0",
+        ] {
+            let target = parse(text).unwrap();
+            assert_eq!(target.pid(), None, "{text}");
+            assert_eq!(target.socket_path(Path::new("/tmp")), PathBuf::from(text));
+        }
+    }
+
+    #[test]
+    fn invalid_targets_name_the_forms() {
+        for text in [
+            "",
+            "abc",
+            "12ab",
+            "manhole-12",
+            "0",
+            "99999999999",
+            "-5",
+            " 12",
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(
+                err.contains("1234")
+                    && err.contains("/tmp/manhole-1234")
+                    && err.contains("./app.sock"),
+                "{text}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn socket_names_carry_pids() {
+        assert_eq!(pid_from_socket_name("manhole-42"), Some(42));
+        assert_eq!(pid_from_socket_name("manhole-"), None);
+        assert_eq!(pid_from_socket_name("manhole-4x"), None);
+        assert_eq!(pid_from_socket_name("manhole-42.tmp"), None);
+        assert_eq!(pid_from_socket_name("xmanhole-42"), None);
+        assert_eq!(pid_from_socket_name("manhole--42"), None);
+        assert_eq!(socket_name(42), "manhole-42");
+    }
+
+    const STATUS: &str = "Name:\tdemo worker\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t4242\nNgid:\t0\n\
+Pid:\t4243\nPPid:\t1\nUid:\t1000\t1001\t1001\t1001\nGid:\t100\t100\t100\t100\n\
+SigQ:\t0/63448\nSigPnd:\t0000000000000000\nShdPnd:\t0000000000000000\nSigBlk:\t0000000000000000\n\
+SigIgn:\t0000000000001000\nSigCgt:\t0000000180000800\n";
+
+    #[test]
+    fn status_is_parsed() {
+        let status = parse_status(STATUS).unwrap();
+        assert_eq!(status.name, "demo worker");
+        assert_eq!(status.tgid, 4242);
+        assert_eq!(status.uids, [1000, 1001, 1001, 1001]);
+        assert_eq!(status.euid(), 1001);
+        assert_eq!(status.caught, 0x1_8000_0800);
+        assert!(parse_status("Name:\tx\n").is_none());
+    }
+
+    #[test]
+    fn caught_signals_come_from_sigcgt() {
+        let status = parse_status(STATUS).unwrap();
+        // 0x800 is bit 11: signal 12, SIGUSR2.
+        assert!(status.catches(Signal::SIGUSR2));
+        assert!(!status.catches(Signal::SIGUSR1));
+        // SIGPIPE (13) is ignored (SigIgn 0x1000), not caught.
+        assert!(!status.catches(Signal::SIGPIPE));
+        assert!(!status.catches(Signal::SIGKILL));
+    }
+
+    #[test]
+    fn refuses_to_signal_a_process_that_does_not_catch_it() {
+        let status = parse_status(STATUS).unwrap();
+        // The pid does not matter: the check happens before any kill(2).
+        let err = send_signal(i32::MAX, &status, Signal::SIGUSR1).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsafe);
+        assert!(err.message().contains("does not catch"), "{err}");
+    }
+
+    #[test]
+    fn own_process_status_is_readable() {
+        let status = read_status(std::process::id() as i32).unwrap();
+        assert_eq!(status.tgid, std::process::id() as i32);
+        assert_eq!(status.euid(), geteuid().as_raw());
+        assert_eq!(
+            read_status(i32::MAX).unwrap_err().kind(),
+            ErrorKind::NoSuchProcess
+        );
+    }
+
+    #[test]
+    fn start_ticks_skip_odd_command_names() {
+        let stat = "42 (a) b (c)) S 1 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987654 1 2 3";
+        assert_eq!(parse_start_ticks(stat), Some(987654));
+        assert_eq!(parse_start_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn our_own_process_is_alive_and_a_dead_pid_is_gone() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert_eq!(liveness(std::process::id() as i32, now), Liveness::Alive);
+        assert_eq!(liveness(std::process::id() as i32, 0), Liveness::Reused);
+        assert_eq!(liveness(i32::MAX, now), Liveness::Gone);
+    }
+
+    #[test]
+    fn table_is_aligned() {
+        let entry = |pid, name: Option<&str>, liveness| Entry {
+            pid,
+            path: PathBuf::from(format!("/tmp/manhole-{pid}")),
+            uid: 0,
+            user: "root".to_owned(),
+            name: name.map(str::to_owned),
+            liveness,
+            identity: (0, 0),
+        };
+        let table = render_table(&[
+            entry(7, Some("demo"), Liveness::Alive),
+            entry(12345, None, Liveness::Gone),
+        ]);
+        assert_eq!(
+            table,
+            "PID    PROCESS  USER  STATUS  PATH\n\
+             7      demo     root  alive   /tmp/manhole-7\n\
+             12345  -        root  gone    /tmp/manhole-12345\n"
+        );
+        assert_eq!(render_table(&[]), "");
+        let json: serde_json::Value =
+            serde_json::from_str(&render_json(&[entry(7, Some("demo"), Liveness::Alive)])).unwrap();
+        assert_eq!(json[0]["pid"], 7);
+        assert_eq!(json[0]["alive"], true);
+        assert_eq!(json[0]["process"], "demo");
+    }
+}
