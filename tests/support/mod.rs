@@ -237,6 +237,50 @@ impl App {
         self.child.try_wait().expect("try_wait").is_none()
     }
 
+    /// How many file descriptors the process has open.
+    pub fn fd_count(&self) -> usize {
+        fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// The names of the process's threads.
+    pub fn thread_names(&self) -> Vec<String> {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return Vec::new();
+        };
+        tasks
+            .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim_end().to_string())
+            .collect()
+    }
+
+    /// The process's resident set size in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Waits until no `manhole-session-*` or `manhole-worker` thread is left (all sessions over).
+    pub fn wait_sessions_gone(&self) {
+        let gone = wait_until(|| {
+            let busy = self
+                .thread_names()
+                .iter()
+                .any(|n| n.starts_with("manhole-sess") || n == "manhole-worker");
+            (!busy).then_some(())
+        });
+        assert!(
+            gone.is_some(),
+            "sessions still open: {:?}",
+            self.thread_names()
+        );
+    }
+
     /// Sends `signal` to the process.
     pub fn signal(&self, signal: i32) {
         let pid = nix::unistd::Pid::from_raw(self.pid() as i32);

@@ -4,8 +4,10 @@
 //! shows `requests` (the counter), `config` (a struct), `log_level` (settable text) and a command
 //! `echo`. It prints `manhole listening on <path>` and runs until killed.
 //!
-//! Flags: `--socket-path PATH` (listen there instead of `/tmp/manhole-<pid>`),
-//! `--exec` (serve the exec handler instead of the REPL).
+//! Flags: `--socket-path PATH` (listen there instead of `/tmp/manhole-<pid>`), `--exec` (serve
+//! the exec handler instead of the REPL), `--extra-threads N` (N more threads `idle-<i>` parked
+//! in `demo_idle_thread`, for big dumps), `--write-timeout-ms N`, `--idle-timeout-ms N`,
+//! `--max-sessions N` (the manhole options of the same names).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,8 +31,23 @@ fn demo_worker_loop(requests: &AtomicU64, tick: Duration) -> ! {
     }
 }
 
+#[inline(never)]
+fn demo_idle_thread() -> ! {
+    loop {
+        std::thread::park();
+    }
+}
+
+fn number<T: std::str::FromStr>(arg: Option<String>) -> T {
+    arg.and_then(|a| a.parse().ok()).unwrap_or_else(|| {
+        eprintln!("demo: this flag needs a number");
+        std::process::exit(2);
+    })
+}
+
 fn main() {
     let mut options = Options::new();
+    let mut extra_threads = 0;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -38,8 +55,16 @@ fn main() {
                 options = options.socket_path(args.next().expect("--socket-path needs a path"))
             }
             "--exec" => options = options.connection_handler(ConnectionHandler::Exec),
+            "--extra-threads" => extra_threads = number(args.next()),
+            "--write-timeout-ms" => {
+                options = options.write_timeout(Duration::from_millis(number(args.next())))
+            }
+            "--idle-timeout-ms" => {
+                options = options.idle_timeout(Some(Duration::from_millis(number(args.next()))))
+            }
+            "--max-sessions" => options = options.max_sessions(number(args.next())),
             other => {
-                eprintln!("demo: unknown argument {other:?} (flags: --socket-path PATH, --exec)");
+                eprintln!("demo: unknown argument {other:?} (see the flags in the source's docs)");
                 std::process::exit(2);
             }
         }
@@ -58,6 +83,12 @@ fn main() {
             .name(format!("worker-{i}"))
             .spawn(move || demo_worker_loop(&requests, tick))
             .expect("spawn a worker");
+    }
+    for i in 0..extra_threads {
+        std::thread::Builder::new()
+            .name(format!("idle-{i}"))
+            .spawn(|| demo_idle_thread())
+            .expect("spawn an idle thread");
     }
     let options = options
         .local("requests", Local::atomic(requests))
