@@ -1,1 +1,430 @@
-//! /proc readers (stub)
+//! Safe readers for the few `/proc/self` files the manhole needs.
+//!
+//! The `info` command reads the process as a whole ([`ProcessInfo`]), and the stack dump reads
+//! each thread: its name and state before it is signalled, its signal masks (a thread that blocks
+//! the dump signal, or already has it pending, is never signalled again), and for a thread that
+//! does not answer its wait channel and `/proc/self/task/<tid>/syscall` line, which still gives a
+//! program counter without any code running in that thread.
+//!
+//! Everything here is plain file reading and parsing: no `unsafe`, no libc calls, nothing that
+//! could disturb the process. A thread may exit between listing and reading, so every per-thread
+//! reader returns an `io::Result` and callers treat `NotFound` (or `ESRCH`) as "exited".
+
+use std::fs;
+use std::io;
+use std::time::Duration;
+
+/// The kernel's clock tick for `/proc` times (`USER_HZ`). It is 100 on every Linux architecture
+/// that Rust supports; `sysconf(_SC_CLK_TCK)` returns the same constant.
+const USER_HZ: u64 = 100;
+
+/// Facts about the current process, as the `info` command shows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// Process id.
+    pub pid: u32,
+    /// Parent process id.
+    pub ppid: u32,
+    /// Path of the executable (`/proc/self/exe`); empty if it cannot be read.
+    pub exe: String,
+    /// The command line, one entry per argument.
+    pub cmdline: Vec<String>,
+    /// Real user id.
+    pub uid: u32,
+    /// Effective user id.
+    pub euid: u32,
+    /// Real group id.
+    pub gid: u32,
+    /// Effective group id.
+    pub egid: u32,
+    /// How long the process has been running.
+    pub uptime: Duration,
+    /// Resident set size in bytes.
+    pub rss_bytes: u64,
+    /// Number of threads.
+    pub threads: usize,
+    /// Number of open file descriptors.
+    pub fds: usize,
+}
+
+impl ProcessInfo {
+    /// Reads the current process's facts from `/proc/self`.
+    ///
+    /// Fails only when `/proc/self/stat` or `/proc/self/status` cannot be read (no `/proc`);
+    /// the executable path and command line are best effort.
+    pub fn read() -> io::Result<ProcessInfo> {
+        let stat = Stat::parse(&fs::read_to_string("/proc/self/stat")?)?;
+        let status = fs::read_to_string("/proc/self/status")?;
+        let ids = |key: &str| -> io::Result<(u32, u32)> {
+            let line = status_field(&status, key).ok_or_else(|| missing(key))?;
+            let mut values = line.split_whitespace().map(str::parse::<u32>);
+            match (values.next(), values.next()) {
+                (Some(Ok(real)), Some(Ok(effective))) => Ok((real, effective)),
+                _ => Err(invalid(key)),
+            }
+        };
+        let (uid, euid) = ids("Uid")?;
+        let (gid, egid) = ids("Gid")?;
+        let rss_kib = status_field(&status, "VmRSS")
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        let threads = status_field(&status, "Threads")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let exe = fs::read_link("/proc/self/exe")
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let cmdline = fs::read("/proc/self/cmdline")
+            .map(|raw| {
+                raw.split(|&b| b == 0)
+                    .filter(|arg| !arg.is_empty())
+                    .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(ProcessInfo {
+            pid: std::process::id(),
+            ppid: stat.ppid,
+            exe,
+            cmdline,
+            uid,
+            euid,
+            gid,
+            egid,
+            uptime: process_uptime(stat.start_ticks).unwrap_or_default(),
+            rss_bytes: rss_kib * 1024,
+            threads,
+            fds: open_fd_count().unwrap_or(0),
+        })
+    }
+}
+
+/// Time since the process started: `/proc/uptime` minus the start time from `/proc/self/stat`.
+fn process_uptime(start_ticks: u64) -> io::Result<Duration> {
+    let uptime = fs::read_to_string("/proc/uptime")?;
+    let system_secs: f64 = uptime
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| invalid("/proc/uptime"))?;
+    let started_secs = start_ticks as f64 / USER_HZ as f64;
+    Ok(Duration::from_secs_f64(
+        (system_secs - started_secs).max(0.0),
+    ))
+}
+
+/// Open descriptors, not counting the one used to list them.
+fn open_fd_count() -> io::Result<usize> {
+    let listed = fs::read_dir("/proc/self/fd")?
+        .filter(|entry| entry.is_ok())
+        .count();
+    Ok(listed.saturating_sub(1))
+}
+
+/// The fields of a `stat` line we use. The name sits in parentheses and may itself contain
+/// spaces and parentheses, so fields are counted from the *last* `)`.
+struct Stat {
+    name: String,
+    state: char,
+    ppid: u32,
+    start_ticks: u64,
+}
+
+impl Stat {
+    fn parse(line: &str) -> io::Result<Stat> {
+        let open = line.find('(').ok_or_else(|| invalid("stat"))?;
+        let close = line.rfind(')').ok_or_else(|| invalid("stat"))?;
+        let name = line
+            .get(open + 1..close)
+            .ok_or_else(|| invalid("stat"))?
+            .to_string();
+        // Fields after the name, numbered from 3 as in proc_pid_stat(5).
+        let rest: Vec<&str> = line[close + 1..].split_whitespace().collect();
+        let field = |n: usize| rest.get(n - 3).copied().ok_or_else(|| invalid("stat"));
+        let state = field(3)?.chars().next().ok_or_else(|| invalid("stat"))?;
+        let ppid = field(4)?.parse().map_err(|_| invalid("stat"))?;
+        let start_ticks = field(22)?.parse().map_err(|_| invalid("stat"))?;
+        Ok(Stat {
+            name,
+            state,
+            ppid,
+            start_ticks,
+        })
+    }
+}
+
+/// The value of `Key:` in a `status` file, without the key.
+fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix(':').map(str::trim))
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("cannot parse {what} in /proc"),
+    )
+}
+
+fn missing(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("no {what} line in /proc status"),
+    )
+}
+
+fn task_path(tid: i32, file: &str) -> String {
+    format!("/proc/self/task/{tid}/{file}")
+}
+
+/// The ids of every thread of the process, from `/proc/self/task`, in the kernel's order (the
+/// main thread first).
+pub fn thread_ids() -> io::Result<Vec<i32>> {
+    let mut tids = Vec::new();
+    for entry in fs::read_dir("/proc/self/task")? {
+        let entry = entry?;
+        if let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        {
+            tids.push(tid);
+        }
+    }
+    Ok(tids)
+}
+
+/// The thread's name (`comm`, at most 15 bytes; the main thread's is the program name).
+pub fn thread_name(tid: i32) -> io::Result<String> {
+    let comm = fs::read(task_path(tid, "comm"))?;
+    let comm = comm.strip_suffix(b"\n").unwrap_or(&comm);
+    Ok(String::from_utf8_lossy(comm).into_owned())
+}
+
+/// The scheduler state of a thread: the one-letter code of `ps` and `/proc/<pid>/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ThreadState(char);
+
+impl ThreadState {
+    /// A state from its letter (`R`, `S`, `D`, ...). Unknown letters are kept as they are.
+    pub fn from_letter(letter: char) -> ThreadState {
+        ThreadState(letter)
+    }
+
+    /// The letter, e.g. `S`.
+    pub fn letter(self) -> char {
+        self.0
+    }
+
+    /// The name, e.g. `sleeping` (as in `/proc/<pid>/status`), or `unknown`.
+    pub fn name(self) -> &'static str {
+        match self.0 {
+            'R' => "running",
+            'S' => "sleeping",
+            'D' => "disk sleep",
+            'T' => "stopped",
+            't' => "tracing stop",
+            'X' | 'x' => "dead",
+            'Z' => "zombie",
+            'P' => "parked",
+            'I' => "idle",
+            'W' => "waking",
+            'K' => "wakekill",
+            _ => "unknown",
+        }
+    }
+
+    /// Whether the thread has exited and only its entry remains (`Z` or `X`).
+    pub fn is_gone(self) -> bool {
+        matches!(self.0, 'Z' | 'X' | 'x')
+    }
+}
+
+/// The thread's name and state, read from its `stat` file in one go.
+pub fn thread_stat(tid: i32) -> io::Result<(String, ThreadState)> {
+    let stat = Stat::parse(&fs::read_to_string(task_path(tid, "stat"))?)?;
+    Ok((stat.name, ThreadState(stat.state)))
+}
+
+/// The kernel function a sleeping thread waits in (`/proc/self/task/<tid>/wchan`), or `None`
+/// when it is running, the kernel hides it, or it reads as `0`.
+pub fn thread_wchan(tid: i32) -> io::Result<Option<String>> {
+    let wchan = fs::read_to_string(task_path(tid, "wchan"))?;
+    let wchan = wchan.trim();
+    Ok(if wchan.is_empty() || wchan == "0" {
+        None
+    } else {
+        Some(wchan.to_string())
+    })
+}
+
+/// A thread's name, state and signal masks from `/proc/self/task/<tid>/status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadStatus {
+    /// The thread name (`Name:`).
+    pub name: String,
+    /// The scheduler state (`State:`).
+    pub state: ThreadState,
+    /// Signals the thread blocks (`SigBlk:`), bit `n - 1` for signal `n`.
+    pub blocked: u64,
+    /// Signals pending for this thread alone (`SigPnd:`), bit `n - 1` for signal `n`.
+    pub pending: u64,
+}
+
+impl ThreadStatus {
+    /// Whether the thread blocks `signal`.
+    pub fn blocks(&self, signal: i32) -> bool {
+        mask_has(self.blocked, signal)
+    }
+
+    /// Whether `signal` is already pending for the thread.
+    pub fn has_pending(&self, signal: i32) -> bool {
+        mask_has(self.pending, signal)
+    }
+}
+
+fn mask_has(mask: u64, signal: i32) -> bool {
+    (1..=64).contains(&signal) && mask & (1u64 << (signal - 1)) != 0
+}
+
+/// Reads a thread's name, state and signal masks.
+pub fn thread_status(tid: i32) -> io::Result<ThreadStatus> {
+    parse_status(&fs::read_to_string(task_path(tid, "status"))?)
+}
+
+fn parse_status(status: &str) -> io::Result<ThreadStatus> {
+    let mask = |key: &str| -> io::Result<u64> {
+        let value = status_field(status, key).ok_or_else(|| missing(key))?;
+        u64::from_str_radix(value, 16).map_err(|_| invalid(key))
+    };
+    let name = status_field(status, "Name").unwrap_or_default().to_string();
+    let state = status_field(status, "State")
+        .and_then(|s| s.chars().next())
+        .unwrap_or('?');
+    Ok(ThreadStatus {
+        name,
+        state: ThreadState(state),
+        blocked: mask("SigBlk")?,
+        pending: mask("SigPnd")?,
+    })
+}
+
+/// What `/proc/self/task/<tid>/syscall` says about a thread (see proc_pid_syscall(5)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyscallState {
+    /// The thread is running on a CPU; no registers are available.
+    Running,
+    /// The thread is blocked but not in a system call (e.g. a page fault); its user stack
+    /// pointer and program counter.
+    Blocked {
+        /// User stack pointer.
+        sp: u64,
+        /// User program counter.
+        pc: u64,
+    },
+    /// The thread is blocked in system call `nr`.
+    InSyscall {
+        /// System call number.
+        nr: i64,
+        /// The six argument registers.
+        args: [u64; 6],
+        /// User stack pointer.
+        sp: u64,
+        /// User program counter (just after the system call instruction).
+        pc: u64,
+    },
+}
+
+impl SyscallState {
+    /// The user program counter, when the thread is not running.
+    pub fn pc(&self) -> Option<u64> {
+        match *self {
+            SyscallState::Running => None,
+            SyscallState::Blocked { pc, .. } | SyscallState::InSyscall { pc, .. } => Some(pc),
+        }
+    }
+}
+
+/// Reads where a thread is blocked. Same-process access passes the kernel's ptrace-mode check,
+/// so this works without any privilege.
+pub fn thread_syscall(tid: i32) -> io::Result<SyscallState> {
+    parse_syscall(&fs::read_to_string(task_path(tid, "syscall"))?)
+}
+
+fn parse_syscall(line: &str) -> io::Result<SyscallState> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let hex = |w: &str| {
+        u64::from_str_radix(w.trim_start_matches("0x"), 16).map_err(|_| invalid("syscall"))
+    };
+    match words.as_slice() {
+        ["running"] => Ok(SyscallState::Running),
+        [nr, sp, pc] if *nr == "-1" => Ok(SyscallState::Blocked {
+            sp: hex(sp)?,
+            pc: hex(pc)?,
+        }),
+        [nr, a0, a1, a2, a3, a4, a5, sp, pc] => Ok(SyscallState::InSyscall {
+            nr: nr.parse().map_err(|_| invalid("syscall"))?,
+            args: [hex(a0)?, hex(a1)?, hex(a2)?, hex(a3)?, hex(a4)?, hex(a5)?],
+            sp: hex(sp)?,
+            pc: hex(pc)?,
+        }),
+        _ => Err(invalid("syscall")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_name_may_hold_parentheses_and_spaces() {
+        let line = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 1 0 0 0 3 4 0 0 20 0 7 0 123456 1 2";
+        let stat = Stat::parse(line).unwrap();
+        assert_eq!(stat.name, "a (b) c");
+        assert_eq!(stat.state, 'S');
+        assert_eq!(stat.ppid, 1);
+        assert_eq!(stat.start_ticks, 123456);
+    }
+
+    #[test]
+    fn syscall_lines_of_all_three_shapes() {
+        assert_eq!(parse_syscall("running\n").unwrap(), SyscallState::Running);
+        assert_eq!(
+            parse_syscall("-1 0x7ffc0 0x401000\n").unwrap(),
+            SyscallState::Blocked {
+                sp: 0x7ffc0,
+                pc: 0x401000
+            }
+        );
+        let line = "202 0x7f00 0x80 0x0 0x0 0x0 0x0 0x7ffd10 0x7f1234\n";
+        match parse_syscall(line).unwrap() {
+            SyscallState::InSyscall { nr, args, sp, pc } => {
+                assert_eq!((nr, args[1], sp, pc), (202, 0x80, 0x7ffd10, 0x7f1234));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn status_masks_are_hex_bits_per_signal() {
+        let status = "Name:\tworker\nState:\tS (sleeping)\nSigPnd:\t0000000000000000\nShdPnd:\t0\n\
+                      SigBlk:\t0000000200000000\n";
+        let parsed = parse_status(status).unwrap();
+        assert_eq!(parsed.name, "worker");
+        assert_eq!(parsed.state.name(), "sleeping");
+        assert!(parsed.blocks(34));
+        assert!(!parsed.blocks(35) && !parsed.has_pending(34));
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let info = ProcessInfo::read().unwrap();
+        assert_eq!(info.pid, std::process::id());
+        assert!(info.threads >= 1 && info.fds >= 3 && info.rss_bytes > 0);
+        let me = nix::unistd::gettid().as_raw();
+        assert!(thread_ids().unwrap().contains(&me));
+        assert_eq!(thread_stat(me).unwrap().1.letter(), 'R');
+        assert!(thread_status(me).is_ok());
+    }
+}

@@ -1,10 +1,64 @@
-//! Every thread's backtrace, captured in-process (CONTRACT STUB: the stackdump helper replaces this file).
+//! Every thread's backtrace, captured in-process: the public result types ([`StackDump`],
+//! [`ThreadStack`], [`Frame`], [`FrameSymbol`]) and the orchestration of one dump.
 //!
-//! Public data types and the crate-internal entry points the rest of the crate calls.
+//! Rust has no runtime that knows every thread's stack, so each thread is asked to walk its own
+//! stack in a signal handler (see the private `capture` module, the only `unsafe` code here).
+//! One dump goes:
+//!
+//! 1. check that our handler still owns the dump signal (if not, no signal is sent: a real-time
+//!    signal's default action would kill the process);
+//! 2. list `/proc/self/task` and read each thread's name, state and signal masks; never signal a
+//!    thread that blocks the signal or already has it pending, nor a zombie;
+//! 3. signal every other thread at once, capture the dumping thread directly, wait for the
+//!    answers until the deadline (at most [`HARD_CAP`] in all);
+//! 4. for threads that did not answer, read their wait channel and `/proc/.../syscall` (one
+//!    program counter, no code run in the thread) and say why in a note;
+//! 5. symbolize outside any handler (the private `symbolize` module), with a cache.
+//!
+//! No thread is ever left out silently: each one is listed with how it was captured
+//! ([`CaptureMethod`]) and, when its stack is missing or partial, a note.
+//!
+//! # Accuracy
+//!
+//! * A frame whose code was inlined lists several [`FrameSymbol`]s, innermost first.
+//! * Frames come from DWARF CFI unwinding (libgcc); code without unwind info ends the stack early.
+//! * The stacks are not one atomic snapshot: each thread is captured when its handler runs, within
+//!   microseconds to milliseconds of the others.
+//! * Threads created during the dump are not in it; threads that exit during it are listed as
+//!   exited.
+//! * A signal can cut short a system call that is not restarted (`epoll_wait`, `nanosleep`, ...):
+//!   code that does not retry on `EINTR` may see one.
 
-use std::time::Duration;
+mod capture;
+mod symbolize;
 
-use crate::Result;
+use std::fmt::{self, Write as _};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+
+use self::capture::{Answer, Disposition, SendError};
+use self::symbolize::{RawFrame, Symbolizer};
+use crate::procfs::{self, SyscallState, ThreadState};
+use crate::{Error, ErrorKind, Result};
+
+/// The longest one capture may take, whatever the timeout asks for.
+pub const HARD_CAP: Duration = Duration::from_secs(2);
+/// Extra wait for a handler that had started answering when the deadline passed.
+const GRACE: Duration = Duration::from_millis(50);
+/// The most frames per thread, whatever `max_frames` asks for.
+const MAX_FRAMES_LIMIT: usize = 1024;
+/// Room for the handler's own frames (handler, signal trampoline) above the interrupted code.
+const HANDLER_FRAMES: usize = 4;
+/// Room for the dumper's own frames above its caller, for the dumping thread.
+const SELF_FRAMES: usize = 32;
+/// How long `capture` waits for a dump already in progress.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Serializes dumps: they share the slot pool and the generation counter.
+static DUMP_LOCK: Mutex<()> = Mutex::new(());
 
 /// Options for one capture.
 #[derive(Debug, Clone)]
@@ -18,30 +72,932 @@ pub(crate) struct DumpOptions {
 }
 
 /// Installs the capture handler for `signal` (idempotent for the same signal) and warms the unwinder up.
-pub(crate) fn install_handler(_signal: libc::c_int) -> Result<()> {
-    todo!()
+///
+/// Fails with [`ErrorKind::Signal`] when the signal cannot be used or already has a handler
+/// (or is ignored) that is not ours: an existing handler is never replaced.
+pub(crate) fn install_handler(signal: libc::c_int) -> Result<()> {
+    capture::install(signal)
 }
 
 /// Captures and symbolizes the stack of every thread of the process.
-pub(crate) fn capture(_options: &DumpOptions) -> Result<StackDump> {
-    todo!()
+///
+/// One dump runs at a time (a second caller waits up to 10 s, then gets an error). It never
+/// hangs: the capture is bounded by `options.timeout` after the signals are sent and by
+/// [`HARD_CAP`] in all; symbolizing by five seconds. If our handler no longer owns the signal, no
+/// signal is sent and the threads are listed from `/proc` only, each with a note.
+pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
+    let _one_at_a_time = DUMP_LOCK.try_lock_for(LOCK_WAIT).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Io,
+            "another stack dump has been running for more than 10 s",
+        )
+    })?;
+    let started = Instant::now();
+    let taken_at = SystemTime::now();
+    let max_frames = options.max_frames.clamp(1, MAX_FRAMES_LIMIT);
+    let signal = options.signal;
+    let me = nix::unistd::gettid().as_raw();
+
+    let refusal = match capture::disposition(signal) {
+        Ok(Disposition::Ours) => None,
+        Ok(other) => Some(format!(
+            "not signalled: signal {signal} is now handled by {}, not by manhole",
+            other.describe()
+        )),
+        Err(e) => Some(format!(
+            "not signalled: cannot read the disposition of signal {signal}: {e}"
+        )),
+    };
+    let tids = procfs::thread_ids().map_err(|e| {
+        Error::with_source(
+            ErrorKind::Unsupported,
+            "cannot list the threads in /proc/self/task",
+            e,
+        )
+    })?;
+    let mut threads: Vec<Pending> = tids
+        .iter()
+        .map(|&tid| plan(tid, me, signal, refusal.as_deref()))
+        .collect();
+
+    let to_signal: Vec<i32> = threads
+        .iter()
+        .filter(|t| t.plan == Plan::Signal)
+        .map(|t| t.tid)
+        .collect();
+    let requests = capture::signal_threads(signal, &to_signal, max_frames + HANDLER_FRAMES);
+    let own_stack = trace_self(max_frames + SELF_FRAMES);
+    let deadline = (Instant::now() + options.timeout.min(HARD_CAP)).min(started + HARD_CAP);
+    let mut answers = requests.collect(deadline, GRACE).into_iter();
+    for thread in &mut threads {
+        match thread.plan {
+            Plan::Signal => {
+                let answer = answers.next().unwrap_or(Answer::Silent { started: false });
+                thread.take_answer(answer, signal, options.timeout.min(HARD_CAP), max_frames);
+            }
+            Plan::Myself => thread.take_own_stack(&own_stack),
+            Plan::Skip => {}
+        }
+        thread.read_proc_details();
+    }
+    let capture_time = started.elapsed();
+
+    let symbolizing = Instant::now();
+    let mut symbolizer = Symbolizer::new();
+    let threads = threads
+        .into_iter()
+        .map(|t| t.finish(&mut symbolizer, max_frames))
+        .collect();
+    Ok(StackDump {
+        pid: std::process::id(),
+        signal,
+        taken_at,
+        capture_time,
+        symbolize_time: symbolizing.elapsed(),
+        ignored_signals: capture::ignored_signals(),
+        threads,
+    })
+}
+
+/// The calling thread's stack, raw, in normal context (this takes the `backtrace` lock).
+#[inline(never)]
+fn trace_self(limit: usize) -> Vec<usize> {
+    let mut ips = Vec::with_capacity(limit.min(256));
+    backtrace::trace(|frame| {
+        ips.push(frame.ip() as usize);
+        ips.len() < limit
+    });
+    ips
+}
+
+/// Warnings about this platform that make dumps less reliable, one sentence each (empty when
+/// all is well): a glibc older than 2.35 (the unwinder then takes the loader lock inside the
+/// handler and can deadlock against `dlopen`), a C library other than glibc (unwinding through
+/// the signal frame is untested), or no readable `/proc/self/task` (dumps are impossible).
+pub fn platform_warnings() -> Vec<String> {
+    let mut warnings = Vec::new();
+    match capture::glibc_version() {
+        Some((major, minor)) if (major, minor) < (2, 35) => warnings.push(format!(
+            "glibc {major}.{minor} is older than 2.35: unwinding in the dump handler may take the loader lock and deadlock against a concurrent dlopen"
+        )),
+        Some(_) => {}
+        None => warnings
+            .push("the C library is not glibc: unwinding through the signal frame is not known to work".to_string()),
+    }
+    if let Err(e) = procfs::thread_ids() {
+        warnings.push(format!(
+            "cannot list /proc/self/task ({e}): thread dumps are impossible"
+        ));
+    }
+    warnings
+}
+
+/// How one thread is to be captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    /// Send it the dump signal.
+    Signal,
+    /// It is the dumping thread: trace it directly.
+    Myself,
+    /// Do not signal it; `/proc` details only.
+    Skip,
+}
+
+/// A thread during the capture, before symbolization.
+struct Pending {
+    tid: i32,
+    name: String,
+    state: ThreadState,
+    plan: Plan,
+    method: CaptureMethod,
+    outcome: Outcome,
+    note: Option<String>,
+    raw: Vec<RawFrame>,
+    truncated: bool,
+    /// Drop leading frames of the dump machinery once symbolized (the dumping thread).
+    trim_machinery: bool,
+    wchan: Option<String>,
+    syscall: Option<SyscallState>,
+}
+
+fn plan(tid: i32, me: i32, signal: libc::c_int, refusal: Option<&str>) -> Pending {
+    let mut thread = Pending {
+        tid,
+        name: String::new(),
+        state: ThreadState::from_letter('?'),
+        plan: Plan::Skip,
+        method: CaptureMethod::Proc,
+        outcome: Outcome::NoAnswer,
+        note: None,
+        raw: Vec::new(),
+        truncated: false,
+        trim_machinery: false,
+        wchan: None,
+        syscall: None,
+    };
+    let status = match procfs::thread_status(tid) {
+        Ok(status) => status,
+        Err(_) => {
+            thread.outcome = Outcome::Exited;
+            thread.note = Some("exited before it could be signalled".into());
+            return thread;
+        }
+    };
+    thread.name = status.name.clone();
+    thread.state = status.state;
+    if tid == me {
+        thread.plan = Plan::Myself;
+        thread.method = CaptureMethod::SelfThread;
+        thread.outcome = Outcome::Captured;
+    } else if status.state.is_gone() {
+        thread.outcome = Outcome::Exited;
+        thread.note = Some(format!("exited ({})", status.state.name()));
+    } else if let Some(refusal) = refusal {
+        thread.note = Some(refusal.to_string());
+    } else if status.blocks(signal) {
+        thread.outcome = Outcome::Blocked;
+        thread.note = Some(format!(
+            "signal blocked: the thread blocks signal {signal}, so it was not sent"
+        ));
+    } else if status.has_pending(signal) {
+        thread.note = Some(format!(
+            "signal already pending: an earlier request (signal {signal}) was never handled, none sent"
+        ));
+    } else {
+        thread.plan = Plan::Signal;
+    }
+    thread
+}
+
+impl Pending {
+    fn take_answer(
+        &mut self,
+        answer: Answer,
+        signal: libc::c_int,
+        waited: Duration,
+        max_frames: usize,
+    ) {
+        match answer {
+            Answer::Captured {
+                tid,
+                ips,
+                pc,
+                truncated,
+            } => {
+                self.method = CaptureMethod::Signal;
+                self.outcome = Outcome::Captured;
+                self.truncated = truncated;
+                if tid != self.tid {
+                    self.note = Some(format!("answered from tid {tid}"));
+                }
+                match ips.iter().position(|&ip| pc != 0 && ip == pc) {
+                    Some(at) => {
+                        self.raw = ips[at..]
+                            .iter()
+                            .enumerate()
+                            .map(|(i, &ip)| RawFrame { ip, exact: i == 0 })
+                            .collect();
+                    }
+                    None if pc != 0 => {
+                        self.raw = vec![RawFrame {
+                            ip: pc,
+                            exact: true,
+                        }];
+                        self.note = Some("could not unwind past the signal frame; only the interrupted instruction is shown".into());
+                    }
+                    None => {
+                        // No program counter on this architecture: drop the handler by name.
+                        self.raw = ips
+                            .iter()
+                            .map(|&ip| RawFrame { ip, exact: false })
+                            .collect();
+                        self.trim_machinery = true;
+                    }
+                }
+                if self.raw.len() > max_frames && !self.trim_machinery {
+                    self.raw.truncate(max_frames);
+                    self.truncated = true;
+                }
+            }
+            Answer::NotSent(SendError::Exited) => {
+                self.outcome = Outcome::Exited;
+                self.note = Some("exited before the signal reached it".into());
+            }
+            Answer::NotSent(SendError::QueueFull) => {
+                self.note = Some(
+                    "signal queue full: too many pending real-time signals (RLIMIT_SIGPENDING)"
+                        .into(),
+                );
+            }
+            Answer::NotSent(SendError::Other(e)) => {
+                self.note = Some(format!("could not be signalled: {e}"));
+            }
+            Answer::Silent { started } => {
+                let millis = waited.as_millis();
+                self.note = Some(match procfs::thread_status(self.tid) {
+                    Err(_) => {
+                        self.outcome = Outcome::Exited;
+                        "exited while the dump waited for it".to_string()
+                    }
+                    Ok(_) if started => {
+                        format!("started answering but did not finish within {millis} ms")
+                    }
+                    Ok(now) if now.blocks(signal) => {
+                        self.outcome = Outcome::Blocked;
+                        format!(
+                            "signal blocked: the thread blocked signal {signal} before it arrived"
+                        )
+                    }
+                    Ok(now) if matches!(now.state.letter(), 'T' | 't' | 'D') => {
+                        format!(
+                            "no answer within {millis} ms: the thread is {}",
+                            now.state.name()
+                        )
+                    }
+                    Ok(_) => format!("no answer within {millis} ms"),
+                });
+            }
+        }
+    }
+
+    fn take_own_stack(&mut self, ips: &[usize]) {
+        self.raw = ips
+            .iter()
+            .map(|&ip| RawFrame { ip, exact: false })
+            .collect();
+        self.trim_machinery = true;
+    }
+
+    /// Wait channel for every live thread; `/proc/.../syscall` for those without a stack.
+    fn read_proc_details(&mut self) {
+        if self.outcome == Outcome::Exited {
+            return;
+        }
+        self.wchan = procfs::thread_wchan(self.tid).ok().flatten();
+        if self.outcome != Outcome::Captured {
+            self.syscall = procfs::thread_syscall(self.tid).ok();
+            if let Some(pc) = self.syscall.and_then(|s| s.pc()).filter(|&pc| pc != 0) {
+                self.raw = vec![RawFrame {
+                    ip: pc as usize,
+                    exact: false,
+                }];
+            }
+        }
+    }
+
+    fn finish(self, symbolizer: &mut Symbolizer, max_frames: usize) -> ThreadStack {
+        let mut frames = symbolizer.frames(&self.raw);
+        let mut truncated = self.truncated;
+        if self.trim_machinery {
+            let machinery = frames
+                .iter()
+                .take_while(|f| symbolize::is_machinery(f))
+                .count();
+            // If everything looks like machinery, symbols are missing: keep the frames.
+            if machinery < frames.len() {
+                frames.drain(..machinery);
+            }
+            if frames.len() > max_frames {
+                frames.truncate(max_frames);
+                truncated = true;
+            }
+        }
+        ThreadStack {
+            tid: self.tid,
+            name: self.name,
+            state: self.state,
+            method: self.method,
+            outcome: self.outcome,
+            note: self.note,
+            frames,
+            truncated,
+            wchan: self.wchan,
+            syscall: self.syscall,
+        }
+    }
+}
+
+/// What became of one thread, for the counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Captured,
+    Blocked,
+    NoAnswer,
+    Exited,
 }
 
 /// A symbolized backtrace of every thread of the process at one moment.
 #[derive(Debug, Clone)]
-pub struct StackDump {}
+pub struct StackDump {
+    pid: u32,
+    signal: libc::c_int,
+    taken_at: SystemTime,
+    capture_time: Duration,
+    symbolize_time: Duration,
+    ignored_signals: u64,
+    threads: Vec<ThreadStack>,
+}
+
+/// How many threads a dump saw, and what became of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DumpCounts {
+    threads: usize,
+    captured: usize,
+    blocked: usize,
+    no_answer: usize,
+    exited: usize,
+}
+
+impl DumpCounts {
+    /// Every thread listed.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+    /// Threads whose stack was captured (by signal or, for the dumping thread, directly).
+    pub fn captured(&self) -> usize {
+        self.captured
+    }
+    /// Threads that block the dump signal, so they were not asked.
+    pub fn blocked(&self) -> usize {
+        self.blocked
+    }
+    /// Threads that did not answer in time, could not be signalled, or were not asked because
+    /// the signal was already pending or no longer ours.
+    pub fn no_answer(&self) -> usize {
+        self.no_answer
+    }
+    /// Threads that exited during the dump.
+    pub fn exited(&self) -> usize {
+        self.exited
+    }
+}
 
 impl StackDump {
-    /// The dump as text, as the REPL shows it.
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The signal used to ask the threads.
+    pub fn signal(&self) -> libc::c_int {
+        self.signal
+    }
+
+    /// When the dump started.
+    pub fn taken_at(&self) -> SystemTime {
+        self.taken_at
+    }
+
+    /// How long capturing took (signals sent, answers collected, `/proc` read).
+    pub fn capture_time(&self) -> Duration {
+        self.capture_time
+    }
+
+    /// How long symbolizing took.
+    pub fn symbolize_time(&self) -> Duration {
+        self.symbolize_time
+    }
+
+    /// Dump signals ignored since the process started, as of this dump: sent by someone else,
+    /// or answers that came after their dump had given up on them.
+    pub fn ignored_signals(&self) -> u64 {
+        self.ignored_signals
+    }
+
+    /// Every thread, in `/proc/self/task` order (the main thread first).
+    pub fn threads(&self) -> &[ThreadStack] {
+        &self.threads
+    }
+
+    /// The counts of threads by outcome.
+    pub fn counts(&self) -> DumpCounts {
+        let mut counts = DumpCounts {
+            threads: self.threads.len(),
+            ..DumpCounts::default()
+        };
+        for thread in &self.threads {
+            match thread.outcome {
+                Outcome::Captured => counts.captured += 1,
+                Outcome::Blocked => counts.blocked += 1,
+                Outcome::NoAnswer => counts.no_answer += 1,
+                Outcome::Exited => counts.exited += 1,
+            }
+        }
+        counts
+    }
+
+    /// The dump as text, as the REPL shows it (see `docs/protocol.md`).
+    ///
+    /// The header's "without answer" counts every thread with no captured stack that was not
+    /// blocked, exited ones included; [`DumpCounts`] and the JSON tell them apart.
     pub fn to_text(&self) -> String {
-        todo!()
+        let counts = self.counts();
+        let mut text = String::new();
+        let _ = writeln!(
+            text,
+            "Threads: {} ({} captured, {} blocked, {} without answer) in {} capture + {} symbolize",
+            counts.threads,
+            counts.captured,
+            counts.blocked,
+            counts.no_answer + counts.exited,
+            HumanDuration(self.capture_time),
+            HumanDuration(self.symbolize_time),
+        );
+        for thread in &self.threads {
+            text.push('\n');
+            thread.write_text(&mut text);
+        }
+        text
     }
-    /// The dump as JSON (see docs/protocol.md).
-    pub fn to_json(&self) -> serde_json::Value {
-        todo!()
+
+    /// The dump as JSON (see `docs/protocol.md`, "The stack dump as data").
+    pub fn to_json(&self) -> Value {
+        let counts = self.counts();
+        let taken_at_ms = self
+            .taken_at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        json!({
+            "pid": self.pid,
+            "taken_at_unix_ms": taken_at_ms,
+            "signal": self.signal,
+            "capture_micros": self.capture_time.as_micros() as u64,
+            "symbolize_micros": self.symbolize_time.as_micros() as u64,
+            "counts": {
+                "threads": counts.threads,
+                "captured": counts.captured,
+                "blocked": counts.blocked,
+                "no_answer": counts.no_answer,
+                "exited": counts.exited,
+            },
+            "threads": self.threads.iter().map(ThreadStack::to_json).collect::<Vec<_>>(),
+        })
     }
-    /// Only the threads whose tid equals `filter` or whose name contains it.
-    pub fn filtered(&self, _filter: &str) -> StackDump {
-        todo!()
+
+    /// Only the threads whose tid equals `filter` or whose name contains it. The counts follow
+    /// the threads kept; the times stay those of the whole dump.
+    pub fn filtered(&self, filter: &str) -> StackDump {
+        let tid = filter.trim().parse::<i32>().ok();
+        StackDump {
+            threads: self
+                .threads
+                .iter()
+                .filter(|t| Some(t.tid) == tid || t.name.contains(filter))
+                .cloned()
+                .collect(),
+            ..self.clone_without_threads()
+        }
+    }
+
+    fn clone_without_threads(&self) -> StackDump {
+        StackDump {
+            pid: self.pid,
+            signal: self.signal,
+            taken_at: self.taken_at,
+            capture_time: self.capture_time,
+            symbolize_time: self.symbolize_time,
+            ignored_signals: self.ignored_signals,
+            threads: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Display for StackDump {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_text())
+    }
+}
+
+/// How a thread's stack was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CaptureMethod {
+    /// The thread walked its own stack in the dump signal handler.
+    Signal,
+    /// The thread is the one that took the dump; it walked its stack directly.
+    SelfThread,
+    /// The thread did not answer (or was not asked): at most the program counter from
+    /// `/proc/self/task/<tid>/syscall`, and a note saying why.
+    Proc,
+}
+
+impl CaptureMethod {
+    /// `signal`, `self` or `proc`, as in the text and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaptureMethod::Signal => "signal",
+            CaptureMethod::SelfThread => "self",
+            CaptureMethod::Proc => "proc",
+        }
+    }
+}
+
+impl fmt::Display for CaptureMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One thread of a [`StackDump`].
+#[derive(Debug, Clone)]
+pub struct ThreadStack {
+    tid: i32,
+    name: String,
+    state: ThreadState,
+    method: CaptureMethod,
+    outcome: Outcome,
+    note: Option<String>,
+    frames: Vec<Frame>,
+    truncated: bool,
+    wchan: Option<String>,
+    syscall: Option<SyscallState>,
+}
+
+impl ThreadStack {
+    /// The kernel thread id.
+    pub fn tid(&self) -> i32 {
+        self.tid
+    }
+
+    /// The thread name as the kernel knows it (at most 15 bytes; the main thread's is the
+    /// program name).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The scheduler state when the dump started.
+    pub fn state(&self) -> ThreadState {
+        self.state
+    }
+
+    /// How the stack was obtained.
+    pub fn method(&self) -> CaptureMethod {
+        self.method
+    }
+
+    /// Why the stack is missing or partial, if it is.
+    pub fn note(&self) -> Option<&str> {
+        self.note.as_deref()
+    }
+
+    /// The frames, innermost first.
+    pub fn frames(&self) -> &[Frame] {
+        &self.frames
+    }
+
+    /// Whether the stack had more frames than were kept.
+    pub fn truncated(&self) -> bool {
+        self.truncated
+    }
+
+    /// The kernel function the thread sleeps in, if any.
+    pub fn wchan(&self) -> Option<&str> {
+        self.wchan.as_deref()
+    }
+
+    /// For a thread without a captured stack: where `/proc` says it is blocked.
+    pub fn syscall(&self) -> Option<SyscallState> {
+        self.syscall
+    }
+
+    fn write_text(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "Thread {} \"{}\" ({} {}) [{}]",
+            self.tid,
+            self.name,
+            self.state.letter(),
+            self.state.name(),
+            self.method
+        );
+        if let Some(note) = &self.note {
+            let _ = writeln!(out, "  note: {note}");
+        }
+        match self.syscall {
+            Some(SyscallState::InSyscall { nr, .. }) => {
+                let _ = writeln!(
+                    out,
+                    "  in system call {nr}{}",
+                    wchan_suffix(self.wchan.as_deref())
+                );
+            }
+            Some(SyscallState::Blocked { .. }) => {
+                let _ = writeln!(
+                    out,
+                    "  blocked outside a system call{}",
+                    wchan_suffix(self.wchan.as_deref())
+                );
+            }
+            Some(SyscallState::Running) => {
+                let _ = writeln!(out, "  running on a CPU (no registers available)");
+            }
+            None => {}
+        }
+        for (index, frame) in self.frames.iter().enumerate() {
+            frame.write_text(index, out);
+        }
+        if self.truncated {
+            let _ = writeln!(out, "  [truncated after {} frames]", self.frames.len());
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "tid": self.tid,
+            "name": self.name,
+            "state": self.state.letter().to_string(),
+            "state_name": self.state.name(),
+            "method": self.method.as_str(),
+            "note": self.note,
+            "truncated": self.truncated,
+            "wchan": self.wchan,
+            "syscall": self.syscall.map(syscall_json),
+            "frames": self.frames.iter().map(Frame::to_json).collect::<Vec<_>>(),
+        })
+    }
+}
+
+fn wchan_suffix(wchan: Option<&str>) -> String {
+    wchan.map(|w| format!(" (wchan {w})")).unwrap_or_default()
+}
+
+fn syscall_json(state: SyscallState) -> Value {
+    match state {
+        SyscallState::Running => {
+            json!({"running": true, "nr": null, "args": null, "sp": null, "pc": null})
+        }
+        SyscallState::Blocked { sp, pc } => {
+            json!({"running": false, "nr": null, "args": null, "sp": hex(sp as usize), "pc": hex(pc as usize)})
+        }
+        SyscallState::InSyscall { nr, args, sp, pc } => json!({
+            "running": false,
+            "nr": nr,
+            "args": args.iter().map(|&a| hex(a as usize)).collect::<Vec<_>>(),
+            "sp": hex(sp as usize),
+            "pc": hex(pc as usize),
+        }),
+    }
+}
+
+fn hex(value: usize) -> String {
+    format!("{value:#x}")
+}
+
+/// One stack frame: an address, where it lies, and what it resolves to.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    ip: usize,
+    module: Option<Arc<str>>,
+    module_offset: Option<usize>,
+    symbols: Arc<[FrameSymbol]>,
+}
+
+impl Frame {
+    /// The instruction address: the interrupted instruction for a signalled thread's first
+    /// frame, a return address for the others.
+    pub fn ip(&self) -> usize {
+        self.ip
+    }
+
+    /// The path of the loaded object (executable, library, vDSO) that contains the address.
+    pub fn module(&self) -> Option<&str> {
+        self.module.as_deref()
+    }
+
+    /// The address relative to the module's load bias, for offline symbolization
+    /// (`addr2line -e <module> <offset>`).
+    pub fn module_offset(&self) -> Option<usize> {
+        self.module_offset
+    }
+
+    /// The functions at this address, innermost first: more than one when code was inlined,
+    /// none when nothing was found.
+    pub fn symbols(&self) -> &[FrameSymbol] {
+        &self.symbols
+    }
+
+    fn write_text(&self, index: usize, out: &mut String) {
+        let number = format!("#{index}");
+        let location = match (&self.module, self.module_offset) {
+            (Some(module), Some(offset)) => format!("{module}+{offset:#x}"),
+            _ => "??".to_string(),
+        };
+        if self.symbols.is_empty() {
+            let _ = writeln!(out, "  {number:<3} {:#018x} {location}", self.ip);
+            return;
+        }
+        let last = self.symbols.len() - 1;
+        for (i, symbol) in self.symbols.iter().enumerate() {
+            let name = symbol.name.as_deref().unwrap_or("??");
+            let place = match (&symbol.file, symbol.line) {
+                (Some(file), Some(line)) => format!("{file}:{line}"),
+                (Some(file), None) => file.clone(),
+                _ => location.clone(),
+            };
+            let inlined = if i < last { " (inlined)" } else { "" };
+            if i == 0 {
+                let _ = writeln!(
+                    out,
+                    "  {number:<3} {:#018x} {name} ({place}){inlined}",
+                    self.ip
+                );
+            } else {
+                let _ = writeln!(out, "  {:<3} {:18} {name} ({place}){inlined}", "", "");
+            }
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "ip": hex(self.ip),
+            "module": self.module.as_deref(),
+            "module_offset": self.module_offset.map(hex),
+            "symbols": self.symbols.iter().map(|s| json!({"name": s.name, "file": s.file, "line": s.line})).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// A function a [`Frame`] resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameSymbol {
+    name: Option<String>,
+    file: Option<String>,
+    line: Option<u32>,
+}
+
+impl FrameSymbol {
+    /// The demangled function name, without the hash suffix.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// The source file, shortened where its prefix is known (see the `symbolize` docs).
+    pub fn file(&self) -> Option<&str> {
+        self.file.as_deref()
+    }
+
+    /// The source line.
+    pub fn line(&self) -> Option<u32> {
+        self.line
+    }
+}
+
+/// `812 µs`, `1.2 ms`, `1.23 s`.
+struct HumanDuration(Duration);
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let micros = self.0.as_micros();
+        if micros < 1000 {
+            write!(f, "{micros} µs")
+        } else if micros < 1_000_000 {
+            write!(f, "{:.1} ms", micros as f64 / 1000.0)
+        } else {
+            write!(f, "{:.2} s", self.0.as_secs_f64())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> StackDump {
+        let symbol = FrameSymbol {
+            name: Some("demo::worker".into()),
+            file: Some("src/demo.rs".into()),
+            line: Some(40),
+        };
+        let inlined = FrameSymbol {
+            name: Some("demo::inner".into()),
+            file: Some("src/demo.rs".into()),
+            line: Some(12),
+        };
+        let frame = Frame {
+            ip: 0x5581_f0a1_b2c3,
+            module: Some("/usr/bin/demo".into()),
+            module_offset: Some(0x1b2c3),
+            symbols: vec![inlined, symbol].into(),
+        };
+        let bare = Frame {
+            ip: 0x7f00_0000_1000,
+            module: Some("/lib/libc.so.6".into()),
+            module_offset: Some(0x1000),
+            symbols: Arc::from([]),
+        };
+        let thread = |tid, name: &str, outcome, method| ThreadStack {
+            tid,
+            name: name.into(),
+            state: ThreadState::from_letter('S'),
+            method,
+            outcome,
+            note: None,
+            frames: vec![frame.clone(), bare.clone()],
+            truncated: false,
+            wchan: Some("futex_wait_queue".into()),
+            syscall: None,
+        };
+        StackDump {
+            pid: 4242,
+            signal: 41,
+            taken_at: UNIX_EPOCH + Duration::from_millis(1_760_000_000_000),
+            capture_time: Duration::from_micros(812),
+            symbolize_time: Duration::from_micros(3400),
+            ignored_signals: 0,
+            threads: vec![
+                thread(4242, "demo", Outcome::Captured, CaptureMethod::Signal),
+                thread(4243, "worker-1", Outcome::Blocked, CaptureMethod::Proc),
+            ],
+        }
+    }
+
+    #[test]
+    fn text_matches_the_protocol_shape() {
+        let text = sample().to_text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "Threads: 2 (1 captured, 1 blocked, 0 without answer) in 812 µs capture + 3.4 ms symbolize"
+        );
+        assert_eq!(lines[2], "Thread 4242 \"demo\" (S sleeping) [signal]");
+        assert_eq!(
+            lines[3],
+            "  #0  0x00005581f0a1b2c3 demo::inner (src/demo.rs:12) (inlined)"
+        );
+        assert_eq!(
+            lines[4],
+            "                         demo::worker (src/demo.rs:40)"
+        );
+        assert_eq!(lines[5], "  #1  0x00007f0000001000 /lib/libc.so.6+0x1000");
+    }
+
+    #[test]
+    fn json_matches_the_protocol_shape() {
+        let json = sample().to_json();
+        assert_eq!(
+            json["counts"],
+            json!({"threads": 2, "captured": 1, "blocked": 1, "no_answer": 0, "exited": 0})
+        );
+        assert_eq!(json["capture_micros"], 812);
+        let thread = &json["threads"][0];
+        assert_eq!(thread["state"], "S");
+        assert_eq!(thread["method"], "signal");
+        assert_eq!(thread["note"], Value::Null);
+        assert_eq!(thread["frames"][0]["ip"], "0x5581f0a1b2c3");
+        assert_eq!(thread["frames"][0]["module_offset"], "0x1b2c3");
+        assert_eq!(
+            thread["frames"][0]["symbols"][1],
+            json!({"name": "demo::worker", "file": "src/demo.rs", "line": 40})
+        );
+        assert_eq!(thread["frames"][1]["symbols"], json!([]));
+    }
+
+    #[test]
+    fn filter_by_tid_or_name_substring() {
+        let dump = sample();
+        assert_eq!(dump.filtered("4243").threads().len(), 1);
+        assert_eq!(dump.filtered("work").threads()[0].tid(), 4243);
+        assert_eq!(dump.filtered("de").counts().threads(), 1);
+        assert!(dump.filtered("nothing").threads().is_empty());
     }
 }

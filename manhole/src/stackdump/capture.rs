@@ -1,0 +1,772 @@
+//! The signal side of the stack dump: installing the handler, asking each thread for its stack,
+//! and the handler itself. This is the only file of the dump with `unsafe` code.
+//!
+//! # How a thread is asked
+//!
+//! The dumper (a normal thread) prepares one *slot* per thread in a pool of preallocated memory,
+//! bumps the dump *generation*, and sends each thread the dump signal with
+//! `rt_tgsigqueueinfo(getpid(), tid, signal, info)`, where `info` has `si_code = SI_QUEUE`, our pid
+//! and uid, and the value `(generation << 20) | slot_index`. It sends to every thread first and
+//! then waits, so a dump costs about as much as the slowest thread, not the sum. The wait sleeps on
+//! a futex word that every handler bumps when it is done; it never polls.
+//!
+//! # Rules for the code that runs in the handler
+//!
+//! [`on_dump_signal`] runs on an arbitrary thread at an arbitrary instruction, so it may only do
+//! what is async-signal-safe:
+//!
+//! * no allocation, no locks (not even `parking_lot` or std's), no `std::io`, no formatting, no
+//!   lazily initialised `thread_local!`, no panics (every index is a `get`, every arithmetic step
+//!   cannot overflow);
+//! * `errno` is saved on entry and restored on exit ([`ErrnoGuard`]);
+//! * only raw syscalls (`getpid`, `gettid`, `futex`) and the unwinder: `backtrace::
+//!   trace_unsynchronized` (libgcc's `_Unwind_Backtrace`, whose FDE lookup goes through glibc's
+//!   async-signal-safe `_dl_find_object` on glibc >= 2.35), reading nothing but `frame.ip()`;
+//! * it writes only into a slot that it first claimed with a compare-exchange from *sent in this
+//!   generation* to *running*, so a late or foreign signal can never write anywhere: anything that
+//!   is not `SI_QUEUE` from our own pid with the current generation is counted and ignored.
+//!
+//! Pools are grow-only and never freed (an outgrown pool is leaked), so a handler that runs late,
+//! after the dumper gave up on it, still writes into live memory. The dumper gives up on a slot by
+//! moving it from *sent* to *abandoned*; a handler already *running* gets a short grace period.
+//!
+//! The handler runs on the thread's own stack (no `SA_ONSTACK`: Rust's 8 KiB alternate stacks
+//! are too small for an unwinder), with every signal blocked while it runs, and `SA_RESTART`.
+
+use std::ffi::{CStr, c_int, c_void};
+use std::io;
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::{Error, ErrorKind, Result};
+
+/// Bits of the signal value that carry the slot index; the rest carry the generation.
+const INDEX_BITS: u32 = 20;
+/// The most slots a pool can have (one per thread).
+const MAX_SLOTS: usize = 1 << INDEX_BITS;
+/// Generations are kept below this so that they fit both the signal value and a slot's state
+/// word next to the state bits.
+const GENERATION_LIMIT: usize = 1 << (usize::BITS - INDEX_BITS);
+
+/// Slot states, in the low bits of the state word; the generation is in the high bits.
+const STATE_BITS: u32 = 3;
+const STATE_MASK: usize = (1 << STATE_BITS) - 1;
+const IDLE: usize = 0;
+const SENT: usize = 1;
+const RUNNING: usize = 2;
+const DONE: usize = 3;
+const ABANDONED: usize = 4;
+
+const fn state_word(generation: usize, state: usize) -> usize {
+    (generation << STATE_BITS) | state
+}
+
+/// One thread's answer: written by the handler, read by the dumper after it sees `DONE`.
+struct Slot {
+    /// `state_word(generation, state)`; the handler claims it `SENT -> RUNNING`.
+    state: AtomicUsize,
+    /// The tid the handler ran on.
+    tid: AtomicI32,
+    /// The interrupted program counter from the signal context (0 if unknown).
+    pc: AtomicUsize,
+    /// How many entries of `ips` are valid.
+    len: AtomicUsize,
+    /// Whether the stack had more frames than `ips` holds.
+    truncated: AtomicBool,
+    /// Return addresses, innermost first (the handler's own frames included).
+    ips: Box<[AtomicUsize]>,
+}
+
+impl Slot {
+    fn new(frames: usize) -> Slot {
+        Slot {
+            state: AtomicUsize::new(IDLE),
+            tid: AtomicI32::new(0),
+            pc: AtomicUsize::new(0),
+            len: AtomicUsize::new(0),
+            truncated: AtomicBool::new(false),
+            ips: (0..frames).map(|_| AtomicUsize::new(0)).collect(),
+        }
+    }
+}
+
+/// A set of slots. Leaked on creation: it lives as long as the process.
+struct Pool {
+    slots: Box<[Slot]>,
+    frames: usize,
+}
+
+/// The pool the handler writes into.
+static POOL: AtomicPtr<Pool> = AtomicPtr::new(ptr::null_mut());
+/// The generation of the dump in progress (0: none yet).
+static GENERATION: AtomicUsize = AtomicUsize::new(0);
+/// Futex word: bumped by every handler that finished a slot.
+static WAKE: AtomicU32 = AtomicU32::new(0);
+/// Dump signals that were not ours or came too late.
+static IGNORED: AtomicUsize = AtomicUsize::new(0);
+/// Serializes `install` so two callers cannot both see `SIG_DFL` and race.
+static INSTALL_LOCK: Mutex<()> = Mutex::new(());
+
+/// The leading fields of the kernel's `siginfo_t` for a queued signal (`_sifields._rt`). The union
+/// holds pointers, so it starts at pointer alignment: offset 16 on 64-bit targets, 12 on 32-bit.
+#[repr(C)]
+struct QueuedInfo {
+    signo: c_int,
+    errno: c_int,
+    code: c_int,
+    rt: QueuedFields,
+}
+
+#[repr(C)]
+struct QueuedFields {
+    pid: libc::pid_t,
+    uid: libc::uid_t,
+    /// `sigval`: we use the whole pointer-sized value.
+    value: usize,
+}
+
+const _: () = assert!(std::mem::size_of::<QueuedInfo>() <= std::mem::size_of::<libc::siginfo_t>());
+const _: () =
+    assert!(std::mem::align_of::<QueuedInfo>() <= std::mem::align_of::<libc::siginfo_t>());
+
+/// Saves `errno` on creation and puts it back on drop, so the interrupted code never sees ours.
+struct ErrnoGuard(c_int);
+
+impl ErrnoGuard {
+    fn save() -> ErrnoGuard {
+        // SAFETY: `__errno_location` returns the calling thread's errno slot, valid for the
+        // thread's lifetime; reading an int from it is async-signal-safe.
+        ErrnoGuard(unsafe { *libc::__errno_location() })
+    }
+}
+
+impl Drop for ErrnoGuard {
+    fn drop(&mut self) {
+        // SAFETY: as in `save`; writing the saved value back is what signal handlers must do.
+        unsafe { *libc::__errno_location() = self.0 };
+    }
+}
+
+/// The dump signal handler. See the module docs for what it may do.
+extern "C" fn on_dump_signal(_signal: c_int, info: *mut libc::siginfo_t, context: *mut c_void) {
+    let _errno = ErrnoGuard::save();
+    if !answer(info, context) {
+        IGNORED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Records this thread's stack into the slot the signal names. Returns false if the signal was
+/// not a current request of ours (or the dumper gave up on it).
+fn answer(info: *const libc::siginfo_t, context: *const c_void) -> bool {
+    if info.is_null() {
+        return false;
+    }
+    // SAFETY: with SA_SIGINFO the kernel passes a pointer to a complete `siginfo_t` that stays
+    // valid for the whole handler; `QueuedInfo` is a prefix of it with no stricter alignment
+    // (checked at compile time), and every field is plain data, so any bit pattern is valid.
+    let request = unsafe { &*info.cast::<QueuedInfo>() };
+    // SAFETY: `getpid` is async-signal-safe and has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    if request.code != libc::SI_QUEUE || request.rt.pid != pid {
+        return false;
+    }
+    let generation = request.rt.value >> INDEX_BITS;
+    let index = request.rt.value & (MAX_SLOTS - 1);
+    if generation == 0 || generation != GENERATION.load(Ordering::Acquire) {
+        return false;
+    }
+    let pool = POOL.load(Ordering::Acquire);
+    if pool.is_null() {
+        return false;
+    }
+    // SAFETY: pools are created with `Box::leak` and never freed, so a non-null pointer loaded
+    // from POOL is valid for the rest of the process; the handler only reads and atomically
+    // writes through the shared reference.
+    let pool = unsafe { &*pool };
+    let Some(slot) = pool.slots.get(index) else {
+        return false;
+    };
+    let claimed = slot.state.compare_exchange(
+        state_word(generation, SENT),
+        state_word(generation, RUNNING),
+        Ordering::AcqRel,
+        Ordering::Relaxed,
+    );
+    if claimed.is_err() {
+        return false;
+    }
+    slot.tid.store(raw_gettid(), Ordering::Relaxed);
+    slot.pc.store(context_pc(context), Ordering::Relaxed);
+    let mut len = 0usize;
+    let mut truncated = false;
+    // SAFETY: `trace_unsynchronized` only skips the `backtrace` crate's global lock (which a
+    // handler must not take); libgcc's `_Unwind_Backtrace` is itself thread-safe and was warmed
+    // up by `install`. The callback reads only `frame.ip()` (no `symbol_address`, no clone),
+    // does not allocate and cannot panic.
+    unsafe {
+        backtrace::trace_unsynchronized(|frame| match slot.ips.get(len) {
+            Some(cell) => {
+                cell.store(frame.ip() as usize, Ordering::Relaxed);
+                len += 1;
+                true
+            }
+            None => {
+                truncated = true;
+                false
+            }
+        });
+    }
+    slot.len.store(len, Ordering::Relaxed);
+    slot.truncated.store(truncated, Ordering::Relaxed);
+    slot.state
+        .store(state_word(generation, DONE), Ordering::Release);
+    WAKE.fetch_add(1, Ordering::Release);
+    futex_wake(&WAKE);
+    true
+}
+
+/// `gettid` as a raw syscall (async-signal-safe, no libc wrapper state).
+fn raw_gettid() -> i32 {
+    // SAFETY: the gettid syscall takes no arguments and cannot fail.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+    tid as i32
+}
+
+/// The interrupted program counter from the handler's `ucontext_t`.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn context_pc(context: *const c_void) -> usize {
+    if context.is_null() {
+        return 0;
+    }
+    // SAFETY: with SA_SIGINFO the third handler argument points to the kernel-built
+    // `ucontext_t` of the interrupted code, valid while the handler runs.
+    let context = unsafe { &*context.cast::<libc::ucontext_t>() };
+    context
+        .uc_mcontext
+        .gregs
+        .get(libc::REG_RIP as usize)
+        .map_or(0, |&rip| rip as usize)
+}
+
+/// The interrupted program counter from the handler's `ucontext_t`.
+#[cfg(all(target_os = "linux", target_arch = "aarch64"))]
+fn context_pc(context: *const c_void) -> usize {
+    if context.is_null() {
+        return 0;
+    }
+    // SAFETY: with SA_SIGINFO the third handler argument points to the kernel-built
+    // `ucontext_t` of the interrupted code, valid while the handler runs.
+    let context = unsafe { &*context.cast::<libc::ucontext_t>() };
+    context.uc_mcontext.pc as usize
+}
+
+/// Other architectures: no program counter; frames are trimmed by name instead.
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+fn context_pc(_context: *const c_void) -> usize {
+    0
+}
+
+/// Wakes every waiter on `word`.
+fn futex_wake(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE only uses the address as a key; `word` is a live, aligned u32.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            i32::MAX,
+        );
+    }
+}
+
+/// Sleeps until `word` is woken, no longer holds `expected`, or `timeout` passes.
+fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let timeout = libc::timespec {
+        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `word` is a live, aligned u32 and `timeout` a valid relative timespec on our
+    // stack; the kernel only reads them. Every outcome (woken, EAGAIN, EINTR, ETIMEDOUT) is
+    // handled by the caller re-checking the slots.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            &timeout as *const libc::timespec,
+        );
+    }
+}
+
+/// Who currently handles a signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Disposition {
+    /// Our dump handler.
+    Ours,
+    /// `SIG_DFL` (for real-time signals: terminate the process).
+    Default,
+    /// `SIG_IGN`.
+    Ignored,
+    /// Somebody else's handler.
+    Other,
+}
+
+impl Disposition {
+    pub(super) fn describe(self) -> &'static str {
+        match self {
+            Disposition::Ours => "the manhole dump handler",
+            Disposition::Default => "the default action (SIG_DFL, which terminates the process)",
+            Disposition::Ignored => "SIG_IGN",
+            Disposition::Other => "another handler",
+        }
+    }
+}
+
+fn our_handler() -> libc::sighandler_t {
+    on_dump_signal as extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) as libc::sighandler_t
+}
+
+/// Reads the current disposition of `signal` without changing it.
+pub(super) fn disposition(signal: c_int) -> io::Result<Disposition> {
+    // SAFETY: an all-zero `sigaction` is a valid value for the kernel to overwrite.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a null `act` only queries; `old` is a valid, writable `sigaction`.
+    if unsafe { libc::sigaction(signal, ptr::null(), &mut old) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(classify(&old))
+}
+
+fn classify(action: &libc::sigaction) -> Disposition {
+    match action.sa_sigaction {
+        libc::SIG_DFL => Disposition::Default,
+        libc::SIG_IGN => Disposition::Ignored,
+        handler if handler == our_handler() => Disposition::Ours,
+        _ => Disposition::Other,
+    }
+}
+
+/// Checks that `signal` can carry dump requests at all.
+fn check_signal(signal: c_int) -> Result<()> {
+    let forbidden = [
+        libc::SIGKILL,
+        libc::SIGSTOP,
+        libc::SIGSEGV,
+        libc::SIGBUS,
+        libc::SIGILL,
+        libc::SIGFPE,
+        libc::SIGTRAP,
+        libc::SIGABRT,
+    ];
+    let reserved = signal > 31 && signal < libc::SIGRTMIN();
+    if signal < 1 || signal > libc::SIGRTMAX() || reserved || forbidden.contains(&signal) {
+        return Err(Error::new(
+            ErrorKind::Signal,
+            format!(
+                "signal {signal} cannot be the dump signal (use a real-time signal in {}..={}, e.g. SIGRTMIN+7)",
+                libc::SIGRTMIN(),
+                libc::SIGRTMAX()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Installs the dump handler for `signal`. Idempotent while our handler is in place; refuses when
+/// anything but `SIG_DFL` is there.
+pub(super) fn install(signal: c_int) -> Result<()> {
+    check_signal(signal)?;
+    let _serial = INSTALL_LOCK.lock();
+    let cannot_read = |e| {
+        Error::with_source(
+            ErrorKind::Signal,
+            format!("cannot read the disposition of signal {signal}"),
+            e,
+        )
+    };
+    match disposition(signal).map_err(cannot_read)? {
+        Disposition::Ours => return Ok(()),
+        Disposition::Default => {}
+        other => {
+            return Err(Error::new(
+                ErrorKind::Signal,
+                format!(
+                    "signal {signal} is already handled by {} and manhole will not replace it; choose another dump signal",
+                    other.describe()
+                ),
+            ));
+        }
+    }
+    warm_up();
+    // SAFETY: an all-zero `sigaction` is valid; we fill in every field we rely on below.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = our_handler();
+    action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+    // SAFETY: `sa_mask` is a valid `sigset_t` inside `action`.
+    unsafe { libc::sigfillset(&mut action.sa_mask) };
+    // SAFETY: an all-zero `sigaction` is a valid value for the kernel to overwrite.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: `action` is fully initialised and `on_dump_signal` is an `extern "C"` function
+    // with the SA_SIGINFO signature that lives for the whole program; `old` is writable.
+    if unsafe { libc::sigaction(signal, &action, &mut old) } != 0 {
+        return Err(Error::with_source(
+            ErrorKind::Signal,
+            format!("cannot install the dump handler for signal {signal}"),
+            io::Error::last_os_error(),
+        ));
+    }
+    let previous = classify(&old);
+    if previous != Disposition::Default && previous != Disposition::Ours {
+        // Someone installed a handler between our check and ours: give theirs back.
+        // SAFETY: `old` is exactly what the kernel returned, so it is a valid action to restore.
+        unsafe { libc::sigaction(signal, &old, ptr::null_mut()) };
+        return Err(Error::new(
+            ErrorKind::Signal,
+            format!(
+                "signal {signal} got {} while manhole was installing; left it alone",
+                previous.describe()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs the unwinder once in normal context so its one-time initialisation (libgcc's
+/// `pthread_once`, the `backtrace` crate's lock) never happens inside a handler.
+fn warm_up() {
+    let mut frames = 0usize;
+    backtrace::trace(|_| {
+        frames += 1;
+        frames < 4
+    });
+}
+
+/// Dump signals ignored since the process started: foreign senders, other `si_code`s, stale
+/// generations, and late answers the dumper had given up on.
+pub(super) fn ignored_signals() -> u64 {
+    IGNORED.load(Ordering::Relaxed) as u64
+}
+
+/// Why a request could not be sent.
+#[derive(Debug)]
+pub(super) enum SendError {
+    /// `ESRCH`: the thread is gone.
+    Exited,
+    /// `EAGAIN`: the per-user queue of pending real-time signals is full.
+    QueueFull,
+    /// Anything else (e.g. `EPERM` from a seccomp filter).
+    Other(io::Error),
+}
+
+/// What came of asking one thread.
+#[derive(Debug)]
+pub(super) enum Answer {
+    /// The handler ran: raw return addresses innermost first (handler frames included) and the
+    /// interrupted PC (0 if unknown).
+    Captured {
+        tid: i32,
+        ips: Vec<usize>,
+        pc: usize,
+        truncated: bool,
+    },
+    /// The signal could not be sent.
+    NotSent(SendError),
+    /// No answer in time; `started` when the handler had begun but not finished.
+    Silent { started: bool },
+}
+
+/// Requests sent in one generation, waiting for their answers.
+pub(super) struct Pending {
+    pool: &'static Pool,
+    generation: usize,
+    /// Per requested thread: the slot index, or the send failure.
+    requests: Vec<std::result::Result<usize, SendError>>,
+}
+
+/// Sends the dump request to every thread of `tids`, each with room for `frames` addresses.
+/// Returns at once; [`Pending::collect`] waits for the answers.
+pub(super) fn signal_threads(signal: c_int, tids: &[i32], frames: usize) -> Pending {
+    let pool = pool_for(tids.len(), frames);
+    let generation = next_generation();
+    let mut requests = Vec::with_capacity(tids.len());
+    for (index, &tid) in tids.iter().enumerate() {
+        let Some(slot) = pool.slots.get(index) else {
+            requests.push(Err(SendError::Other(io::Error::other(
+                "too many threads for one dump",
+            ))));
+            continue;
+        };
+        slot.len.store(0, Ordering::Relaxed);
+        slot.truncated.store(false, Ordering::Relaxed);
+        slot.state
+            .store(state_word(generation, SENT), Ordering::Release);
+        let sent = queue_signal(tid, signal, (generation << INDEX_BITS) | index);
+        requests.push(match sent {
+            Ok(()) => Ok(index),
+            Err(error) => {
+                // Nobody will answer this slot; make sure a stray signal cannot claim it.
+                slot.state
+                    .store(state_word(generation, ABANDONED), Ordering::Release);
+                Err(match error.raw_os_error() {
+                    Some(libc::ESRCH) => SendError::Exited,
+                    Some(libc::EAGAIN) => SendError::QueueFull,
+                    _ => SendError::Other(error),
+                })
+            }
+        });
+    }
+    Pending {
+        pool,
+        generation,
+        requests,
+    }
+}
+
+impl Pending {
+    /// Waits until every request is answered or `deadline` passes, gives up on the rest, and
+    /// waits up to `grace` more for handlers that had already started. One answer per thread,
+    /// in the order of the `tids` given to [`signal_threads`].
+    pub(super) fn collect(self, deadline: Instant, grace: Duration) -> Vec<Answer> {
+        let sent: Vec<usize> = self
+            .requests
+            .iter()
+            .filter_map(|r| r.as_ref().ok().copied())
+            .collect();
+        let done = state_word(self.generation, DONE);
+        self.wait_for(&sent, done, deadline);
+        let mut started = Vec::new();
+        for &index in &sent {
+            let slot = &self.pool.slots[index];
+            let gave_up = slot.state.compare_exchange(
+                state_word(self.generation, SENT),
+                state_word(self.generation, ABANDONED),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+            if gave_up == Err(state_word(self.generation, RUNNING)) {
+                started.push(index);
+            }
+        }
+        if !started.is_empty() {
+            self.wait_for(&started, done, Instant::now() + grace);
+        }
+        let generation = self.generation;
+        let pool = self.pool;
+        self.requests
+            .into_iter()
+            .map(|request| match request {
+                Err(error) => Answer::NotSent(error),
+                Ok(index) => read_slot(&pool.slots[index], generation),
+            })
+            .collect()
+    }
+
+    /// Sleeps on the futex word until every slot of `indices` is `done` or `deadline` passes.
+    fn wait_for(&self, indices: &[usize], done: usize, deadline: Instant) {
+        let mut next = 0;
+        loop {
+            let seen = WAKE.load(Ordering::Acquire);
+            while next < indices.len()
+                && self.pool.slots[indices[next]].state.load(Ordering::Acquire) == done
+            {
+                next += 1;
+            }
+            let now = Instant::now();
+            if next == indices.len() || now >= deadline {
+                return;
+            }
+            futex_wait(&WAKE, seen, deadline - now);
+        }
+    }
+}
+
+fn read_slot(slot: &Slot, generation: usize) -> Answer {
+    let state = slot.state.load(Ordering::Acquire);
+    if state != state_word(generation, DONE) {
+        return Answer::Silent {
+            started: state == state_word(generation, RUNNING),
+        };
+    }
+    let len = slot.len.load(Ordering::Relaxed).min(slot.ips.len());
+    Answer::Captured {
+        tid: slot.tid.load(Ordering::Relaxed),
+        ips: slot.ips[..len]
+            .iter()
+            .map(|ip| ip.load(Ordering::Relaxed))
+            .collect(),
+        pc: slot.pc.load(Ordering::Relaxed),
+        truncated: slot.truncated.load(Ordering::Relaxed),
+    }
+}
+
+/// The pool for a dump of `threads` threads with `frames` addresses each: the current one if it
+/// is big enough and no handler is still writing into it, else a new, bigger one (the old one is
+/// leaked, never freed, so a late handler writes into live memory).
+fn pool_for(threads: usize, frames: usize) -> &'static Pool {
+    let current = POOL.load(Ordering::Acquire);
+    if !current.is_null() {
+        // SAFETY: pools are leaked and never freed (see `answer`).
+        let pool: &'static Pool = unsafe { &*current };
+        let busy = pool
+            .slots
+            .iter()
+            .any(|s| s.state.load(Ordering::Acquire) & STATE_MASK == RUNNING);
+        if pool.slots.len() >= threads && pool.frames >= frames && !busy {
+            return pool;
+        }
+    }
+    let previous_frames = if current.is_null() {
+        0
+    } else {
+        // SAFETY: as above.
+        unsafe { &*current }.frames
+    };
+    let count = (threads + threads / 4).clamp(16, MAX_SLOTS);
+    let frames = frames.max(previous_frames);
+    let pool: &'static Pool = Box::leak(Box::new(Pool {
+        slots: (0..count).map(|_| Slot::new(frames)).collect(),
+        frames,
+    }));
+    POOL.store(ptr::from_ref(pool).cast_mut(), Ordering::Release);
+    pool
+}
+
+/// Starts a new generation (never 0, always below `GENERATION_LIMIT`).
+fn next_generation() -> usize {
+    let next = match GENERATION.load(Ordering::Relaxed) + 1 {
+        n if n >= GENERATION_LIMIT => 1,
+        n => n,
+    };
+    GENERATION.store(next, Ordering::Release);
+    next
+}
+
+/// `rt_tgsigqueueinfo(getpid(), tid, signal, {SI_QUEUE, our pid and uid, value})`.
+fn queue_signal(tid: i32, signal: c_int, value: usize) -> io::Result<()> {
+    // SAFETY: an all-zero `siginfo_t` is valid plain data.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `getpid` and `getuid` have no preconditions.
+    let (pid, uid) = unsafe { (libc::getpid(), libc::getuid()) };
+    let queued = QueuedInfo {
+        signo: signal,
+        errno: 0,
+        code: libc::SI_QUEUE,
+        rt: QueuedFields { pid, uid, value },
+    };
+    // SAFETY: `QueuedInfo` is a prefix of `siginfo_t` (size and alignment checked at compile
+    // time) and `info` is a live local, so writing it at the start of `info` stays in bounds.
+    unsafe { ptr::write(ptr::from_mut(&mut info).cast::<QueuedInfo>(), queued) };
+    // SAFETY: the syscall reads one `siginfo_t` from a valid pointer; the other arguments are
+    // plain integers. Sending to a thread of our own process with SI_QUEUE needs no privilege.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_rt_tgsigqueueinfo,
+            pid,
+            tid,
+            signal,
+            &info as *const libc::siginfo_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// One loaded object (the executable, a shared library, the vDSO) from `dl_iterate_phdr`.
+#[derive(Debug, Clone)]
+pub(super) struct LoadedObject {
+    /// Its path as the loader knows it; empty for the main executable.
+    pub(super) path: String,
+    /// The load bias: file virtual addresses are `address - base`.
+    pub(super) base: usize,
+    /// Mapped `PT_LOAD` ranges `[start, end)` in process addresses.
+    pub(super) segments: Vec<(usize, usize)>,
+}
+
+/// Lists the loaded objects. Normal context only: `dl_iterate_phdr` takes the loader lock.
+pub(super) fn loaded_objects() -> Vec<LoadedObject> {
+    let mut objects: Vec<LoadedObject> = Vec::new();
+    // SAFETY: the callback matches the declared signature and only uses `data` as the
+    // `Vec<LoadedObject>` we pass here, which outlives the call.
+    unsafe {
+        libc::dl_iterate_phdr(
+            Some(collect_object),
+            ptr::from_mut(&mut objects).cast::<c_void>(),
+        )
+    };
+    objects
+}
+
+/// `dl_iterate_phdr` callback: records one object; never panics (it would abort).
+unsafe extern "C" fn collect_object(
+    info: *mut libc::dl_phdr_info,
+    _size: usize,
+    data: *mut c_void,
+) -> c_int {
+    if info.is_null() || data.is_null() {
+        return 0;
+    }
+    // SAFETY: `data` is the `&mut Vec<LoadedObject>` given to `dl_iterate_phdr` in
+    // `loaded_objects`, exclusively ours for the duration of the call.
+    let objects = unsafe { &mut *data.cast::<Vec<LoadedObject>>() };
+    // SAFETY: the loader passes a valid `dl_phdr_info` for the duration of the callback.
+    let info = unsafe { &*info };
+    let path = if info.dlpi_name.is_null() {
+        String::new()
+    } else {
+        // SAFETY: `dlpi_name` is a NUL-terminated string owned by the loader, valid during the
+        // callback.
+        unsafe { CStr::from_ptr(info.dlpi_name) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    let headers = if info.dlpi_phdr.is_null() {
+        &[][..]
+    } else {
+        // SAFETY: the loader guarantees `dlpi_phnum` program headers at `dlpi_phdr`.
+        unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) }
+    };
+    let base = info.dlpi_addr as usize;
+    let segments = headers
+        .iter()
+        .filter(|header| header.p_type == libc::PT_LOAD)
+        .map(|header| {
+            let start = base.wrapping_add(header.p_vaddr as usize);
+            (start, start.wrapping_add(header.p_memsz as usize))
+        })
+        .collect();
+    objects.push(LoadedObject {
+        path,
+        base,
+        segments,
+    });
+    0
+}
+
+/// The C library version when it is glibc (`gnu_get_libc_version`), e.g. `(2, 36)`.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub(super) fn glibc_version() -> Option<(u32, u32)> {
+    // SAFETY: returns a pointer to a static NUL-terminated string.
+    let version = unsafe { CStr::from_ptr(libc::gnu_get_libc_version()) };
+    let mut parts = version
+        .to_str()
+        .ok()?
+        .split('.')
+        .map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??))
+}
+
+/// Not glibc.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub(super) fn glibc_version() -> Option<(u32, u32)> {
+    None
+}
