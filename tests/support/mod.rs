@@ -419,16 +419,46 @@ impl Client {
         }
     }
 
-    /// Skips the banner and the thread dump: reads up to the first prompt.
+    /// Reads up to the next prompt: a `>>> ` at the start of a line (symbol names in a dump can
+    /// contain `>>> ` too). Returns the text before it.
+    pub fn read_prompt(&mut self) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(rest) = self.pending.strip_prefix(">>> ") {
+                self.pending = rest.to_string();
+                return String::new();
+            }
+            if let Some(pos) = self.pending.find("\n>>> ") {
+                let rest = self.pending.split_off(pos + 5);
+                let mut answer = std::mem::replace(&mut self.pending, rest);
+                answer.truncate(pos + 1);
+                return answer;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for a prompt; got {:?}",
+                self.pending
+            );
+            match self.read_some() {
+                Ok(true) => {}
+                Ok(false) => panic!("server closed before a prompt; got {:?}", self.pending),
+                Err(e) => panic!(
+                    "read failed waiting for a prompt: {e}; got {:?}",
+                    self.pending
+                ),
+            }
+        }
+    }
+
+    /// Skips the banner and the thread dump: reads up to the first prompt, returns the greeting.
     pub fn skip_greeting(&mut self) -> String {
-        self.read_until(">>> ")
+        self.read_prompt()
     }
 
     /// Runs one REPL command and returns its answer (without the prompt).
     pub fn command(&mut self, line: &str) -> String {
         self.send(line);
-        let answer = self.read_until(">>> ");
-        answer.trim_end_matches(">>> ").to_string()
+        self.read_prompt()
     }
 
     /// The underlying stream.

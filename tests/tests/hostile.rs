@@ -32,19 +32,16 @@ fn garbage_input_gets_one_line_errors_and_the_session_goes_on() {
         c.send_raw(&vec![b'a'; 1 << 20]).unwrap();
         c.send_raw(b"\n").unwrap();
         assert!(
-            c.read_until(">>> ")
+            c.read_prompt()
                 .starts_with("error: line longer than 65536 bytes")
         );
         // NUL bytes, invalid UTF-8 and telnet negotiation are cleaned, never fatal.
         c.send_raw(b"echo a\0b\n").unwrap();
-        assert_eq!(c.read_until(">>> ").trim_end_matches(">>> ").trim(), "a b");
+        assert_eq!(c.read_prompt().trim(), "a b");
         c.send_raw(b"echo \xff\xfd\x18\xc3\x28ok\r\n").unwrap();
-        assert_eq!(
-            c.read_until(">>> ").trim_end_matches(">>> ").trim(),
-            "\u{fffd}(ok"
-        );
+        assert_eq!(c.read_prompt().trim(), "\u{fffd}(ok");
         c.send_raw(b"\xfe\xfe\xfe\n").unwrap();
-        let answer = c.read_until(">>> ");
+        let answer = c.read_prompt();
         assert!(answer.starts_with("error: unknown command"), "{answer:?}");
         assert_eq!(c.command("echo fine").trim(), "fine");
     });
