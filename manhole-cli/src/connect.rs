@@ -112,16 +112,11 @@ pub fn open(path: &Path, timeout: Duration, expect: &Expect<'_>) -> Result<UnixS
                 )
                 .with_hint("the process may not start a manhole on that signal; a longer -t may help if it is slow"));
             }
-            let mut err = Error::new(ErrorKind::NoSocket, format!("no manhole socket at {shown}"));
-            if let Some((pid, status)) = expect.process
-                && status.catches(Signal::SIGUSR2)
-            {
-                err = err.with_hint(format!(
-                    "process {pid} ({}) catches SIGUSR2: if its manhole starts on a signal, try `manhole-cli -s USR2 {pid}`",
-                    status.name
-                ));
-            }
-            return Err(err);
+            let err = Error::new(ErrorKind::NoSocket, format!("no manhole socket at {shown}"));
+            return Err(match expect.process {
+                Some((pid, status)) => with_discovery_hint(err, pid, status),
+                None => err,
+            });
         }
         Err(Failure::NotSocket) => {
             return Err(Error::new(
@@ -159,6 +154,49 @@ pub fn open(path: &Path, timeout: Duration, expect: &Expect<'_>) -> Result<UnixS
         check_peer(&stream, path, pid)?;
     }
     Ok(stream)
+}
+
+/// Suggests where the process's manhole may be instead: another socket it listens on, or the
+/// activation signal it catches.
+fn with_discovery_hint(err: Error, pid: i32, status: &ProcStatus) -> Error {
+    let mut places: Vec<String> = Vec::new();
+    for path in crate::target::listening_socket_paths(pid) {
+        let place = if fs::symlink_metadata(&path).is_ok_and(|meta| meta.file_type().is_socket()) {
+            format!("on {}", path.display())
+        } else if let Some(dir) = bound_then_linked_into(&path) {
+            // The manhole binds in a private directory, then links the socket into place: the
+            // bound path is gone, but its directory's parent is where the socket lives.
+            format!("on a socket in {}", dir.display())
+        } else {
+            continue;
+        };
+        if !places.contains(&place) {
+            places.push(place);
+        }
+    }
+    if !places.is_empty() {
+        return err.with_hint(format!(
+            "process {pid} ({}) listens {}: if that is its manhole (a custom socket_path), pass that path as TARGET",
+            status.name,
+            places.join(", ")
+        ));
+    }
+    if status.catches(Signal::SIGUSR2) {
+        return err.with_hint(format!(
+            "process {pid} ({}) catches SIGUSR2: if its manhole starts on a signal, try `manhole-cli -s USR2 {pid}`",
+            status.name
+        ));
+    }
+    err
+}
+
+/// For a bound path `DIR/.manhole-XXXXXX/s` (the manhole's private bind directory), `DIR`.
+fn bound_then_linked_into(path: &Path) -> Option<&Path> {
+    let private = path.parent()?;
+    let name = private.file_name()?.to_str()?;
+    name.starts_with(".manhole-")
+        .then(|| private.parent())
+        .flatten()
 }
 
 /// ` (owned by uid N, mode 0600)`, to explain a permission error.
@@ -379,6 +417,15 @@ mod tests {
             );
         }
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_private_bind_directory_points_at_its_parent() {
+        assert_eq!(
+            bound_then_linked_into(Path::new("/run/app/.manhole-2CyL0Q/s")),
+            Some(Path::new("/run/app"))
+        );
+        assert_eq!(bound_then_linked_into(Path::new("/run/app/other/s")), None);
     }
 
     #[test]

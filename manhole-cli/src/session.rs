@@ -128,7 +128,7 @@ impl Frame {
 /// Finds the `exec` frame in a line of output: the frame may follow a prompt on the same line
 /// when the hello came too late and the session started as a REPL.
 pub fn exec_frame(line: &str) -> Option<Frame> {
-    if !line.contains("\"command\":\"exec\"") {
+    if !line.contains("exec") {
         return None;
     }
     let frame = Frame::parse(&line[line.find('{')?..])?;
@@ -716,6 +716,7 @@ mod tests {
     fn the_exec_frame_is_found_after_a_prompt() {
         let hello = r#"{"ok":true,"command":"exec","text":"","data":{"protocol":1,"pid":4242}}"#;
         assert!(exec_frame(hello).is_some());
+        assert!(exec_frame(r#"{"command": "exec", "ok": true, "data": {}}"#).is_some());
         assert!(exec_frame(&format!(">>> {hello}\n")).is_some());
         assert!(exec_frame("Thread 1 \"exec\"").is_none());
         assert!(

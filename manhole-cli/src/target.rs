@@ -242,6 +242,56 @@ pub fn send_signal(pid: i32, status: &ProcStatus, signal: Signal) -> Result<()> 
     })
 }
 
+/// The filesystem paths of the unix stream sockets process `pid` listens on, as far as this
+/// user may see (`/proc/<pid>/fd` needs the same user or root). Used for a hint when the
+/// default socket is missing: the process may listen on a custom `socket_path`.
+pub fn listening_socket_paths(pid: i32) -> Vec<PathBuf> {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let inodes: Vec<u64> = fds
+        .flatten()
+        .filter_map(|fd| fs::read_link(fd.path()).ok())
+        .filter_map(|link| {
+            link.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect();
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    let table = fs::read_to_string(format!("/proc/{pid}/net/unix")).unwrap_or_default();
+    parse_unix_listeners(&table)
+        .into_iter()
+        .filter(|(inode, _)| inodes.contains(inode))
+        .map(|(_, path)| path)
+        .collect()
+}
+
+/// The listening stream sockets with a filesystem path in a `/proc/net/unix` table, by inode.
+fn parse_unix_listeners(table: &str) -> Vec<(u64, PathBuf)> {
+    /// `__SO_ACCEPTCON`: the socket is listening.
+    const ACCEPTING: u32 = 0x0001_0000;
+    /// `SOCK_STREAM`.
+    const STREAM: u32 = 1;
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            // Num RefCount Protocol Flags Type St Inode Path
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = u32::from_str_radix(fields.get(3)?, 16).ok()?;
+            let kind = u32::from_str_radix(fields.get(4)?, 16).ok()?;
+            let inode = fields.get(6)?.parse().ok()?;
+            let path = fields.get(7).filter(|path| path.starts_with('/'))?;
+            (flags & ACCEPTING != 0 && kind == STREAM).then(|| (inode, PathBuf::from(path)))
+        })
+        .collect()
+}
+
 /// Whether the process behind a socket is still there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Liveness {
@@ -619,6 +669,31 @@ SigIgn:\t0000000000001000\nSigCgt:\t0000000180000800\n";
             read_status(i32::MAX).unwrap_err().kind(),
             ErrorKind::NoSuchProcess
         );
+    }
+
+    #[test]
+    fn listening_sockets_are_found_in_proc_net_unix() {
+        let table = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+0000000000000000: 00000002 00000000 00010000 0001 01 1001 /tmp/mhx/app.sock\n\
+0000000000000000: 00000002 00000000 00010000 0001 01 1002 @abstract\n\
+0000000000000000: 00000003 00000000 00000000 0001 03 1003 /run/connected.sock\n\
+0000000000000000: 00000002 00000000 00010000 0005 01 1004 /run/seqpacket\n\
+0000000000000000: 00000003 00000000 00000000 0001 03 1005\n";
+        assert_eq!(
+            parse_unix_listeners(table),
+            vec![(1001, PathBuf::from("/tmp/mhx/app.sock"))]
+        );
+    }
+
+    #[test]
+    fn our_own_listening_socket_is_found() {
+        let dir = std::env::temp_dir().join(format!("manhole-cli-listen-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let found = listening_socket_paths(std::process::id() as i32);
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(found.contains(&path), "{found:?}");
     }
 
     #[test]
