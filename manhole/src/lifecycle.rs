@@ -217,10 +217,10 @@ pub fn dump_threads() -> Result<StackDump> {
 }
 
 fn install_exit_hook() {
-    if !EXIT_HOOK.swap(true, Ordering::SeqCst) {
-        if let Err(e) = crate::sys::at_exit(remove_socket_at_exit) {
-            log_event!("Cannot register the exit hook; the socket will stay after exit: {e}");
-        }
+    if !EXIT_HOOK.swap(true, Ordering::SeqCst)
+        && let Err(e) = crate::sys::at_exit(remove_socket_at_exit)
+    {
+        log_event!("Cannot register the exit hook; the socket will stay after exit: {e}");
     }
 }
 

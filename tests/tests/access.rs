@@ -73,7 +73,7 @@ fn another_uid_is_refused_by_file_mode_and_by_peer_credentials() {
         !out.contains("Manhole "),
         "no banner for a refused peer: {out}"
     );
-    app.wait_for_stderr(&format!("Access denied to pid"));
+    app.wait_for_stderr("Access denied to pid");
     assert!(
         app.stderr()
             .contains(&format!("uid {NOBODY}, gid {NOBODY}")),
