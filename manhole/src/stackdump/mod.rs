@@ -284,6 +284,8 @@ impl Pending {
                 pc,
                 truncated,
             } => {
+                // The unwinder ends some stacks with a null return address.
+                let ips: Vec<usize> = ips.into_iter().filter(|&ip| ip != 0).collect();
                 self.method = CaptureMethod::Signal;
                 self.outcome = Outcome::Captured;
                 self.truncated = truncated;
@@ -363,6 +365,7 @@ impl Pending {
     fn take_own_stack(&mut self, ips: &[usize]) {
         self.raw = ips
             .iter()
+            .filter(|&&ip| ip != 0)
             .map(|&ip| RawFrame { ip, exact: false })
             .collect();
         self.trim_machinery = true;

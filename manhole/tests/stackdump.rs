@@ -1,0 +1,879 @@
+//! Stack dump scenarios, each run in a fresh child process.
+//!
+//! A dump installs a process-wide signal handler and leaks its slot pools on purpose, and some
+//! scenarios break the process's signal setup on purpose, so no two scenarios share a process:
+//! `main` re-executes this binary once per scenario with `MANHOLE_STACKDUMP_SCENARIO` set (as
+//! `rust-lang/backtrace-rs:tests/concurrent-panics.rs` does). Each child arms `alarm` as a
+//! watchdog, so a hang becomes a failure instead of a stuck test run. The parent prints one
+//! line per scenario and `N passed, M failed`, and fails if any child did.
+//!
+//! Threads are synchronised with barriers and channels, never with sleeps; the only polling is
+//! for a signal sent by another process, whose arrival cannot be awaited otherwise. Timing is
+//! printed (run with `--nocapture`-style output: it is always shown) but never asserted, except
+//! that a dump does not wait for a thread it must not signal.
+
+use std::env;
+use std::hint::black_box;
+use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use manhole::procfs;
+use manhole::stackdump::{CaptureMethod, StackDump, ThreadStack};
+
+const SCENARIO_ENV: &str = "MANHOLE_STACKDUMP_SCENARIO";
+/// Seconds before a child's watchdog kills it.
+const WATCHDOG_SECS: u32 = 120;
+
+type Outcome = Result<(), String>;
+/// A scenario: its name (a behaviour sentence) and the function the child runs.
+type Scenario = (&'static str, fn() -> Outcome);
+
+const SCENARIOS: &[Scenario] = &[
+    (
+        "named_threads_appear_in_their_marker_functions",
+        named_threads_appear_in_their_marker_functions,
+    ),
+    (
+        "busy_thread_is_captured_at_its_exact_pc",
+        busy_thread_is_captured_at_its_exact_pc,
+    ),
+    (
+        "thread_blocking_signals_is_reported_and_never_signalled",
+        thread_blocking_signals_is_reported_and_never_signalled,
+    ),
+    ("deep_recursion_is_truncated", deep_recursion_is_truncated),
+    (
+        "thread_churn_during_50_dumps_does_not_crash",
+        thread_churn_during_50_dumps_does_not_crash,
+    ),
+    (
+        "a_thousand_threads_are_all_captured",
+        a_thousand_threads_are_all_captured,
+    ),
+    ("foreign_signals_are_ignored", foreign_signals_are_ignored),
+    (
+        "late_request_is_ignored_and_the_next_dump_is_correct",
+        late_request_is_ignored_and_the_next_dump_is_correct,
+    ),
+    (
+        "reset_disposition_makes_capture_refuse_cleanly",
+        reset_disposition_makes_capture_refuse_cleanly,
+    ),
+    (
+        "install_refuses_a_signal_with_a_handler",
+        install_refuses_a_signal_with_a_handler,
+    ),
+    (
+        "second_dump_gives_the_same_frames",
+        second_dump_gives_the_same_frames,
+    ),
+];
+
+fn main() -> ExitCode {
+    if let Ok(name) = env::var(SCENARIO_ENV) {
+        return run_child(&name);
+    }
+    let filters: Vec<String> = env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let exe = env::current_exe().expect("current_exe");
+    let (mut passed, mut failed) = (0, 0);
+    for (name, _) in SCENARIOS {
+        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        let output = Command::new(&exe)
+            .env(SCENARIO_ENV, name)
+            .output()
+            .expect("spawn the scenario child");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if output.status.success() {
+            passed += 1;
+            println!("scenario {name} ... ok");
+            for line in stdout.lines() {
+                println!("    {line}");
+            }
+        } else {
+            failed += 1;
+            println!("scenario {name} ... FAILED ({})", output.status);
+            for line in stdout.lines().chain(stderr.lines()) {
+                println!("    | {line}");
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn run_child(name: &str) -> ExitCode {
+    nix::unistd::alarm::set(WATCHDOG_SECS);
+    let Some((_, scenario)) = SCENARIOS.iter().find(|(n, _)| *n == name) else {
+        println!("unknown scenario {name}");
+        return ExitCode::FAILURE;
+    };
+    match scenario() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            println!("FAILED: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+fn dump_signal() -> i32 {
+    libc::SIGRTMIN() + 7
+}
+
+fn install(timeout: Duration, max_frames: usize) -> Result<manhole::Manhole, String> {
+    manhole::install(
+        manhole::Options::new()
+            .thread(false)
+            .verbose(false)
+            .dump_signal(dump_signal())
+            .dump_timeout(timeout)
+            .max_frames(max_frames),
+    )
+    .map_err(|e| format!("install: {e}"))
+}
+
+fn dump() -> Result<StackDump, String> {
+    let dump = manhole::dump_threads().map_err(|e| format!("dump: {e}"))?;
+    check_consistent(&dump)?;
+    Ok(dump)
+}
+
+/// Properties every dump has, whatever the scenario.
+fn check_consistent(dump: &StackDump) -> Outcome {
+    let counts = dump.counts();
+    let sum = counts.captured() + counts.blocked() + counts.no_answer() + counts.exited();
+    ensure(
+        counts.threads() == dump.threads().len() && sum == counts.threads(),
+        || {
+            format!(
+                "counts do not add up: {counts:?} for {} threads",
+                dump.threads().len()
+            )
+        },
+    )?;
+    let me = nix::unistd::gettid().as_raw();
+    let own = thread_by_tid(dump, me)?;
+    ensure(own.method() == CaptureMethod::SelfThread, || {
+        format!("dumping thread not captured directly: {own:?}")
+    })?;
+    let first = own
+        .frames()
+        .first()
+        .and_then(|f| f.symbols().last())
+        .and_then(|s| s.name())
+        .unwrap_or("");
+    ensure(
+        !first.starts_with("manhole::stackdump") && !first.starts_with("backtrace::"),
+        || format!("dump machinery left at the top of the dumping thread: {first}"),
+    )?;
+    for thread in dump.threads() {
+        for frame in thread.frames() {
+            ensure(
+                frame.module().is_some() && frame.module_offset().is_some(),
+                || {
+                    format!(
+                        "frame {:#x} of thread {} has no module",
+                        frame.ip(),
+                        thread.tid()
+                    )
+                },
+            )?;
+        }
+        let captured = matches!(
+            thread.method(),
+            CaptureMethod::Signal | CaptureMethod::SelfThread
+        );
+        ensure(captured || thread.note().is_some(), || {
+            format!("thread {} not captured and no note", thread.tid())
+        })?;
+    }
+    let json = dump.to_json();
+    ensure(
+        json["threads"].as_array().map(Vec::len) == Some(dump.threads().len()),
+        || "JSON thread count".into(),
+    )?;
+    ensure(
+        dump.to_text()
+            .starts_with(&format!("Threads: {} (", counts.threads())),
+        || "text header".into(),
+    )?;
+    Ok(())
+}
+
+fn ensure(condition: bool, message: impl FnOnce() -> String) -> Outcome {
+    if condition { Ok(()) } else { Err(message()) }
+}
+
+fn thread_by_tid(dump: &StackDump, tid: i32) -> Result<&ThreadStack, String> {
+    dump.threads()
+        .iter()
+        .find(|t| t.tid() == tid)
+        .ok_or_else(|| format!("thread {tid} missing from the dump"))
+}
+
+fn thread_by_name<'a>(dump: &'a StackDump, name: &str) -> Result<&'a ThreadStack, String> {
+    dump.threads()
+        .iter()
+        .find(|t| t.name() == name)
+        .ok_or_else(|| format!("thread {name:?} missing from the dump"))
+}
+
+/// Whether any frame of `thread` resolves to a function whose name ends with `function`.
+fn has_function(thread: &ThreadStack, function: &str) -> bool {
+    thread
+        .frames()
+        .iter()
+        .flat_map(|f| f.symbols())
+        .any(|s| s.name().is_some_and(|n| n.ends_with(function)))
+}
+
+fn describe(thread: &ThreadStack) -> String {
+    let names: Vec<&str> = thread
+        .frames()
+        .iter()
+        .map(|f| f.symbols().last().and_then(|s| s.name()).unwrap_or("??"))
+        .collect();
+    format!(
+        "{} {:?} [{}] note={:?} frames={names:?}",
+        thread.tid(),
+        thread.name(),
+        thread.method(),
+        thread.note()
+    )
+}
+
+fn millis(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Marker functions: distinct, never inlined, and doing work after the blocking call so the call
+// is not a tail call (their frame stays on the stack).
+
+#[inline(never)]
+fn park_in_marker_alpha(ready: &mpsc::Sender<i32>, release: &mpsc::Receiver<()>) -> usize {
+    ready.send(nix::unistd::gettid().as_raw()).unwrap();
+    black_box(release.recv().is_ok()) as usize
+}
+
+#[inline(never)]
+fn park_in_marker_bravo(ready: &mpsc::Sender<i32>, release: &mpsc::Receiver<()>) -> usize {
+    ready.send(nix::unistd::gettid().as_raw()).unwrap();
+    black_box(release.recv().is_ok()) as usize + 1
+}
+
+#[inline(never)]
+fn park_in_marker_charlie(ready: &mpsc::Sender<i32>, release: &mpsc::Receiver<()>) -> usize {
+    ready.send(nix::unistd::gettid().as_raw()).unwrap();
+    black_box(release.recv().is_ok()) as usize + 2
+}
+
+#[inline(never)]
+fn park_in_marker_delta(ready: &mpsc::Sender<i32>, release: &mpsc::Receiver<()>) -> usize {
+    ready.send(nix::unistd::gettid().as_raw()).unwrap();
+    black_box(release.recv().is_ok()) as usize + 3
+}
+
+/// Spins until `stop`, with no calls or syscalls in the loop except a check of `stop` once
+/// every million rounds (even unoptimized, `+=` and `&` on integers are inline code).
+#[inline(never)]
+fn spin_in_marker(started: mpsc::Sender<i32>, stop: &AtomicBool) -> u64 {
+    let _ = started.send(nix::unistd::gettid().as_raw());
+    drop(started);
+    let mut n = 0u64;
+    loop {
+        n += 1;
+        if n & 0xf_ffff == 0 && stop.load(Ordering::Relaxed) {
+            return n;
+        }
+    }
+}
+
+/// Waits until `/proc` shows thread `tid` asleep (it has reached its blocking call). Only
+/// `/proc` can tell, so this polls it, yielding in between, for at most 10 s.
+fn wait_until_sleeping(tid: i32) -> Outcome {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if procfs::thread_stat(tid)
+            .map_err(|e| e.to_string())?
+            .1
+            .letter()
+            == 'S'
+        {
+            return Ok(());
+        }
+        thread::yield_now();
+    }
+    Err(format!("thread {tid} never went to sleep"))
+}
+
+#[inline(never)]
+fn recurse_then_park(depth: usize, ready: &Barrier, release: &mpsc::Receiver<()>) -> usize {
+    if depth == 0 {
+        ready.wait();
+        return black_box(release.recv().is_ok()) as usize;
+    }
+    black_box(recurse_then_park(depth - 1, ready, release)) + 1
+}
+
+/// Threads parked in marker functions; [`Parked::release`] lets them finish and joins them.
+struct Parked {
+    releases: Vec<mpsc::Sender<()>>,
+    handles: Vec<thread::JoinHandle<usize>>,
+}
+
+impl Parked {
+    fn release(self) -> Outcome {
+        drop(self.releases);
+        for handle in self.handles {
+            handle.join().map_err(|_| "a marker thread panicked")?;
+        }
+        Ok(())
+    }
+}
+
+/// Starts one named thread per marker and returns once each is asleep in its marker's `recv`.
+fn park_in_markers<'a>(
+    markers: impl IntoIterator<Item = (&'a str, Marker)>,
+) -> Result<Parked, String> {
+    let (ready, tids) = mpsc::channel();
+    let mut parked = Parked {
+        releases: Vec::new(),
+        handles: Vec::new(),
+    };
+    for (name, marker) in markers {
+        let (release, wait) = mpsc::channel();
+        let ready = ready.clone();
+        parked.releases.push(release);
+        parked.handles.push(
+            thread::Builder::new()
+                .name(name.into())
+                .spawn(move || marker(&ready, &wait))
+                .unwrap(),
+        );
+    }
+    // Each thread reports after it has its name and before its only blocking call, so once
+    // `/proc` shows it asleep it is parked in `recv`.
+    for _ in 0..parked.handles.len() {
+        wait_until_sleeping(tids.recv().map_err(|_| "a marker thread did not start")?)?;
+    }
+    Ok(parked)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+
+type Marker = fn(&mpsc::Sender<i32>, &mpsc::Receiver<()>) -> usize;
+
+fn named_threads_appear_in_their_marker_functions() -> Outcome {
+    install(Duration::from_secs(2), 128)?;
+    let markers: [(&str, Marker, &str); 4] = [
+        ("marker-alpha", park_in_marker_alpha, "park_in_marker_alpha"),
+        ("marker-bravo", park_in_marker_bravo, "park_in_marker_bravo"),
+        (
+            "marker-charlie",
+            park_in_marker_charlie,
+            "park_in_marker_charlie",
+        ),
+        ("marker-delta", park_in_marker_delta, "park_in_marker_delta"),
+    ];
+    let parked = park_in_markers(markers.iter().map(|&(name, marker, _)| (name, marker)))?;
+    let dump = dump()?;
+    for (name, _, function) in markers {
+        let thread = thread_by_name(&dump, name)?;
+        ensure(thread.method() == CaptureMethod::Signal, || {
+            format!("not captured by signal: {}", describe(thread))
+        })?;
+        ensure(has_function(thread, function), || {
+            format!("{function} not on {name}'s stack: {}", describe(thread))
+        })?;
+        for (_, _, other) in markers.iter().filter(|(n, _, _)| *n != name) {
+            ensure(!has_function(thread, other), || {
+                format!("{other} on {name}'s stack")
+            })?;
+        }
+    }
+    parked.release()?;
+    let counts = dump.counts();
+    println!(
+        "{} threads, all captured: {}",
+        counts.threads(),
+        counts.captured() == counts.threads()
+    );
+    println!("{}", dump.filtered("marker-alpha").to_text().trim_end());
+    Ok(())
+}
+
+fn busy_thread_is_captured_at_its_exact_pc() -> Outcome {
+    install(Duration::from_secs(2), 128)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (started, started_rx) = mpsc::channel();
+    let spinning = stop.clone();
+    let handle = thread::Builder::new()
+        .name("busy".into())
+        .spawn(move || spin_in_marker(started, &spinning))
+        .unwrap();
+    let tid = started_rx.recv().map_err(|_| "busy thread did not start")?;
+    let mut result = Ok(());
+    // The loop body has no calls, so the interrupted PC is inside `spin_in_marker` whenever the
+    // signal lands in the loop; the very first frame must then be that function itself (the
+    // handler and the signal trampoline dropped, no off-by-one into a neighbour).
+    for _ in 0..5 {
+        let dump = dump()?;
+        let thread = thread_by_tid(&dump, tid)?;
+        result = ensure(thread.method() == CaptureMethod::Signal, || {
+            format!("not captured: {}", describe(thread))
+        })
+        .and_then(|()| {
+            let first = thread
+                .frames()
+                .first()
+                .and_then(|f| f.symbols().last())
+                .and_then(|s| s.name());
+            ensure(first.is_some_and(|n| n.ends_with("spin_in_marker")), || {
+                format!("frame #0 is not spin_in_marker: {}", describe(thread))
+            })
+        });
+        if result.is_ok() {
+            println!("{}", dump.filtered(&tid.to_string()).to_text().trim_end());
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    handle.join().map_err(|_| "busy thread panicked")?;
+    result
+}
+
+fn thread_blocking_signals_is_reported_and_never_signalled() -> Outcome {
+    // A long timeout: had the dump signalled the blocked thread it would wait for all of it.
+    let timeout = Duration::from_secs(2);
+    install(timeout, 128)?;
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let (release, parked) = mpsc::channel::<()>();
+    let handle = thread::Builder::new()
+        .name("blocks-all".into())
+        .spawn(move || {
+            nix::sys::signal::SigSet::all().thread_block().unwrap();
+            tid_tx.send(nix::unistd::gettid().as_raw()).unwrap();
+            black_box(parked.recv().is_ok())
+        })
+        .unwrap();
+    let tid = tid_rx.recv().map_err(|_| "blocking thread did not start")?;
+    wait_until_sleeping(tid)?;
+    let dump = dump()?;
+    let thread = thread_by_tid(&dump, tid)?;
+    ensure(thread.method() == CaptureMethod::Proc, || {
+        format!("blocked thread captured? {}", describe(thread))
+    })?;
+    ensure(
+        thread.note().is_some_and(|n| n.contains("signal blocked")),
+        || format!("note: {}", describe(thread)),
+    )?;
+    ensure(dump.counts().blocked() == 1, || {
+        format!("counts: {:?}", dump.counts())
+    })?;
+    ensure(
+        dump.capture_time() < timeout - Duration::from_millis(100),
+        || {
+            format!(
+                "the dump waited for a thread it never signalled: {}",
+                millis(dump.capture_time())
+            )
+        },
+    )?;
+    // The thread is in a syscall (futex) so /proc gives a PC, symbolized as one frame.
+    ensure(
+        thread.syscall().and_then(|s| s.pc()).is_some() && thread.frames().len() == 1,
+        || {
+            format!(
+                "no /proc/.../syscall frame: {:?} {}",
+                thread.syscall(),
+                describe(thread)
+            )
+        },
+    )?;
+    let status = procfs::thread_status(tid).map_err(|e| format!("status: {e}"))?;
+    ensure(!status.has_pending(dump_signal()), || {
+        "the dump signal is pending on the blocked thread".into()
+    })?;
+    println!("{}", dump.filtered("blocks-all").to_text().trim_end());
+    drop(release);
+    handle.join().map_err(|_| "blocking thread panicked")?;
+    Ok(())
+}
+
+fn deep_recursion_is_truncated() -> Outcome {
+    install(Duration::from_secs(2), 32)?;
+    let ready = Arc::new(Barrier::new(2));
+    let (release, parked) = mpsc::channel();
+    let waiting = ready.clone();
+    let handle = thread::Builder::new()
+        .name("deep".into())
+        .stack_size(1 << 20)
+        .spawn(move || recurse_then_park(200, &waiting, &parked))
+        .unwrap();
+    ready.wait();
+    let dump = dump()?;
+    let thread = thread_by_name(&dump, "deep")?;
+    ensure(thread.truncated() && thread.frames().len() == 32, || {
+        format!(
+            "truncated={} with {} frames",
+            thread.truncated(),
+            thread.frames().len()
+        )
+    })?;
+    ensure(has_function(thread, "recurse_then_park"), || {
+        describe(thread)
+    })?;
+    ensure(
+        dump.to_text().contains("[truncated after 32 frames]"),
+        || "no truncation line in the text".into(),
+    )?;
+    drop(release);
+    handle.join().map_err(|_| "deep thread panicked")?;
+    Ok(())
+}
+
+fn thread_churn_during_50_dumps_does_not_crash() -> Outcome {
+    install(Duration::from_millis(250), 128)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let churning = stop.clone();
+    // A new thread takes its name only once it runs: wait for that before the first dump.
+    let (started, started_rx) = mpsc::channel();
+    let churner = thread::Builder::new()
+        .name("churner".into())
+        .spawn(move || {
+            started.send(()).unwrap();
+            let mut spawned = 0u64;
+            while !churning.load(Ordering::Relaxed) {
+                let child = thread::Builder::new()
+                    .name("churn".into())
+                    .spawn(|| black_box(1 + 1))
+                    .unwrap();
+                child.join().unwrap();
+                spawned += 1;
+            }
+            spawned
+        })
+        .unwrap();
+    started_rx.recv().map_err(|_| "churner did not start")?;
+    let (mut exited, mut churner_blocked) = (0, 0);
+    for round in 0..50 {
+        let dump = dump()?;
+        exited += dump.counts().exited();
+        let churner = thread_by_name(&dump, "churner")?;
+        match churner.method() {
+            CaptureMethod::Signal => ensure(!churner.frames().is_empty(), || describe(churner))?,
+            // glibc blocks every signal around clone() in pthread_create.
+            _ if churner.note().is_some_and(|n| n.contains("signal blocked")) => {
+                churner_blocked += 1
+            }
+            _ => {
+                return Err(format!(
+                    "round {round}: churner not captured: {}",
+                    describe(churner)
+                ));
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let spawned = churner.join().map_err(|_| "churner panicked")?;
+    let signal = dump_signal();
+    for tid in procfs::thread_ids().map_err(|e| e.to_string())? {
+        if let Ok(status) = procfs::thread_status(tid) {
+            ensure(!status.has_pending(signal), || {
+                format!("dump signal left pending on thread {tid}")
+            })?;
+        }
+    }
+    let last = dump()?;
+    println!(
+        "{spawned} threads churned; {exited} listed as exited over 50 dumps; churner blocked {churner_blocked} times; {} ignored late signals",
+        last.ignored_signals()
+    );
+    Ok(())
+}
+
+fn a_thousand_threads_are_all_captured() -> Outcome {
+    const THREADS: usize = 1000;
+    install(Duration::from_secs(2), 128)?;
+    let ready = Arc::new(Barrier::new(THREADS + 1));
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release = Arc::new(std::sync::Mutex::new(release_rx));
+    let mut handles = Vec::with_capacity(THREADS);
+    for i in 0..THREADS {
+        let ready = ready.clone();
+        let release = release.clone();
+        let handle = thread::Builder::new()
+            .name(format!("many-{i}"))
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                ready.wait();
+                // Everyone queues on the mutex; the holder waits on the channel.
+                let guard = release.lock().unwrap();
+                black_box(guard.recv().is_ok())
+            })
+            .map_err(|e| format!("spawning thread {i}: {e}"))?;
+        handles.push(handle);
+    }
+    ready.wait();
+    let first = dump()?;
+    let second = dump()?;
+    for (which, dump) in [("first", &first), ("second", &second)] {
+        let counts = dump.counts();
+        let many = dump
+            .threads()
+            .iter()
+            .filter(|t| t.name().starts_with("many-"))
+            .count();
+        ensure(many == THREADS, || {
+            format!("{which} dump lists {many} of {THREADS} threads")
+        })?;
+        ensure(counts.captured() == counts.threads(), || {
+            let missing: Vec<String> = dump
+                .threads()
+                .iter()
+                .filter(|t| t.method() == CaptureMethod::Proc)
+                .take(5)
+                .map(describe)
+                .collect();
+            format!("{which} dump: {counts:?}; e.g. {missing:?}")
+        })?;
+        println!(
+            "{which} dump of {} threads: capture {}, symbolize {}",
+            counts.threads(),
+            millis(dump.capture_time()),
+            millis(dump.symbolize_time())
+        );
+    }
+    drop(release_tx);
+    for handle in handles {
+        handle.join().map_err(|_| "a waiting thread panicked")?;
+    }
+    Ok(())
+}
+
+fn foreign_signals_are_ignored() -> Outcome {
+    install(Duration::from_secs(2), 128)?;
+    let signal = dump_signal();
+    let before = dump()?.ignored_signals();
+    // In-process, thread-directed (tgkill): si_code SI_TKILL, delivered before raise returns.
+    // SAFETY: raising a signal whose handler is installed has no memory-safety preconditions.
+    let raised = unsafe { libc::raise(signal) };
+    ensure(raised == 0, || "raise failed".into())?;
+    let after_raise = dump()?.ignored_signals();
+    ensure(after_raise > before, || {
+        format!("raise not counted as ignored ({before} -> {after_raise})")
+    })?;
+    // From another process: si_code SI_USER, foreign pid. Its delivery is asynchronous and only
+    // visible through the counter, so poll it (bounded).
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(std::process::id().to_string())
+        .status()
+        .map_err(|e| format!("running kill: {e}"))?;
+    ensure(status.success(), || format!("kill exited with {status}"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut latest = dump()?;
+    while latest.ignored_signals() <= after_raise && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+        latest = dump()?;
+    }
+    ensure(latest.ignored_signals() > after_raise, || {
+        "the kill from another process was not seen".into()
+    })?;
+    // The process survived, and dumps still work.
+    ensure(
+        latest.counts().captured() == latest.counts().threads(),
+        || format!("{:?}", latest.counts()),
+    )?;
+    println!(
+        "ignored: {before} before, {after_raise} after raise, {} after kill",
+        latest.ignored_signals()
+    );
+    Ok(())
+}
+
+fn late_request_is_ignored_and_the_next_dump_is_correct() -> Outcome {
+    install(Duration::from_secs(2), 128)?;
+    let signal = dump_signal();
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let (unblock_tx, unblock_rx) = mpsc::channel::<()>();
+    let (release, parked) = mpsc::channel::<()>();
+    let handle = thread::Builder::new()
+        .name("late".into())
+        .spawn(move || {
+            // Queue ourselves a request that looks like one from a long-gone dump (same pid,
+            // SI_QUEUE, a generation no dump has reached) while the signal is blocked.
+            nix::sys::signal::SigSet::all().thread_block().unwrap();
+            let stale = libc::sigval {
+                sival_ptr: (0xfffusize << 20) as *mut libc::c_void,
+            };
+            // SAFETY: `pthread_self()` is the calling thread, which is alive; the value is plain data.
+            let rc = unsafe { libc::pthread_sigqueue(libc::pthread_self(), signal, stale) };
+            assert_eq!(rc, 0, "pthread_sigqueue");
+            tid_tx.send(nix::unistd::gettid().as_raw()).unwrap();
+            unblock_rx.recv().unwrap();
+            // The stale request is handled right here, before this call returns.
+            nix::sys::signal::SigSet::all().thread_unblock().unwrap();
+            park_in_marker_delta(&tid_tx, &parked)
+        })
+        .unwrap();
+    let tid = tid_rx.recv().map_err(|_| "late thread did not start")?;
+    wait_until_sleeping(tid)?;
+    let first = dump()?;
+    let late = thread_by_tid(&first, tid)?;
+    ensure(
+        late.note().is_some_and(|n| n.contains("signal blocked")),
+        || describe(late),
+    )?;
+    let status = procfs::thread_status(tid).map_err(|e| e.to_string())?;
+    ensure(status.has_pending(signal), || {
+        "the stale request is not pending".into()
+    })?;
+    unblock_tx.send(()).map_err(|_| "late thread gone")?;
+    ensure(tid_rx.recv() == Ok(tid), || {
+        "late thread did not reach its marker".into()
+    })?;
+    wait_until_sleeping(tid)?;
+    let second = dump()?;
+    let late = thread_by_tid(&second, tid)?;
+    ensure(second.ignored_signals() > first.ignored_signals(), || {
+        "the stale request was not ignored".into()
+    })?;
+    ensure(
+        late.method() == CaptureMethod::Signal && has_function(late, "park_in_marker_delta"),
+        || describe(late),
+    )?;
+    ensure(
+        second.counts().captured() == second.counts().threads(),
+        || format!("{:?}", second.counts()),
+    )?;
+    let status = procfs::thread_status(tid).map_err(|e| e.to_string())?;
+    ensure(!status.has_pending(signal), || {
+        "the dump signal is still pending".into()
+    })?;
+    println!(
+        "ignored signals: {} after the first dump, {} after the second",
+        first.ignored_signals(),
+        second.ignored_signals()
+    );
+    drop(release);
+    handle.join().map_err(|_| "late thread panicked")?;
+    Ok(())
+}
+
+fn reset_disposition_makes_capture_refuse_cleanly() -> Outcome {
+    install(Duration::from_secs(2), 128)?;
+    let signal = dump_signal();
+    let parked = park_in_markers([("bystander", park_in_marker_alpha as Marker)])?;
+    ensure(dump()?.counts().captured() == 2, || {
+        "baseline dump incomplete".into()
+    })?;
+    // Somebody resets the dump signal to its default action, which would kill the process.
+    // SAFETY: `signal` is a valid signal number and SIG_DFL a valid disposition.
+    let previous = unsafe { libc::signal(signal, libc::SIG_DFL) };
+    ensure(previous != libc::SIG_ERR, || "signal() failed".into())?;
+    let dump = dump()?;
+    let bystander = thread_by_name(&dump, "bystander")?;
+    ensure(bystander.method() == CaptureMethod::Proc, || {
+        describe(bystander)
+    })?;
+    ensure(
+        bystander
+            .note()
+            .is_some_and(|n| n.contains("not signalled") && n.contains("SIG_DFL")),
+        || describe(bystander),
+    )?;
+    ensure(dump.counts().captured() == 1, || {
+        format!("{:?}", dump.counts())
+    })?;
+    let status = procfs::thread_status(bystander.tid()).map_err(|e| e.to_string())?;
+    ensure(!status.has_pending(signal), || {
+        "a signal was sent anyway".into()
+    })?;
+    println!("{}", dump.filtered("bystander").to_text().trim_end());
+    parked.release()?;
+    Ok(())
+}
+
+fn install_refuses_a_signal_with_a_handler() -> Outcome {
+    let signal = dump_signal();
+    // SAFETY: `signal` is a valid signal number and SIG_IGN a valid disposition.
+    let previous = unsafe { libc::signal(signal, libc::SIG_IGN) };
+    ensure(previous == libc::SIG_DFL, || {
+        "the signal was not at its default".into()
+    })?;
+    let error = match install(Duration::from_secs(1), 128) {
+        Ok(_) => return Err("install replaced an existing disposition".into()),
+        Err(e) => e,
+    };
+    ensure(error.contains("already handled"), || error.clone())?;
+    // SAFETY: as above; restoring the default returns the current disposition.
+    let current = unsafe { libc::signal(signal, libc::SIG_DFL) };
+    ensure(current == libc::SIG_IGN, || {
+        "install changed the disposition it refused".into()
+    })?;
+    println!("{error}");
+    Ok(())
+}
+
+fn second_dump_gives_the_same_frames() -> Outcome {
+    install(Duration::from_secs(2), 128)?;
+    let parked = park_in_markers([
+        ("same-bravo", park_in_marker_bravo as Marker),
+        ("same-charlie", park_in_marker_charlie),
+    ])?;
+    let first = dump()?;
+    let second = dump()?;
+    for name in ["same-bravo", "same-charlie"] {
+        let (a, b) = (
+            thread_by_name(&first, name)?,
+            thread_by_name(&second, name)?,
+        );
+        let key = |t: &ThreadStack| -> Vec<(usize, Vec<Option<String>>)> {
+            t.frames()
+                .iter()
+                .map(|f| {
+                    (
+                        f.ip(),
+                        f.symbols()
+                            .iter()
+                            .map(|s| s.name().map(String::from))
+                            .collect(),
+                    )
+                })
+                .collect()
+        };
+        // Parked threads are interrupted at the same place, so both dumps agree frame for frame.
+        ensure(key(a) == key(b), || {
+            format!("dumps differ:\n{}\n{}", describe(a), describe(b))
+        })?;
+    }
+    println!(
+        "first dump: capture {}, symbolize {}; second: capture {}, symbolize {}",
+        millis(first.capture_time()),
+        millis(first.symbolize_time()),
+        millis(second.capture_time()),
+        millis(second.symbolize_time())
+    );
+    parked.release()?;
+    Ok(())
+}
