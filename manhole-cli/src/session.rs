@@ -159,11 +159,20 @@ pub fn one_shot(
     answer_timeout: Duration,
 ) -> Result<Outcome> {
     let request = format!("exec\n{command}\n");
-    (&stream)
-        .write_all(request.as_bytes())
-        .map_err(|err| Error::io("sending the command", &err))?;
-    // End of input: the server ends the session after answering.
-    let _ = stream.shutdown(Shutdown::Write);
+    match (&stream).write_all(request.as_bytes()) {
+        // A server that refuses the session writes its one line and closes, possibly before
+        // the request arrives: the line is still there to read.
+        Err(err)
+            if matches!(
+                err.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) => {}
+        Err(err) => return Err(Error::io("sending the command", &err)),
+        // End of input: the server ends the session after answering.
+        Ok(()) => {
+            let _ = stream.shutdown(Shutdown::Write);
+        }
+    }
     stream
         .set_read_timeout(Some(answer_timeout))
         .map_err(|err| Error::io("setting a timeout", &err))?;
@@ -331,8 +340,12 @@ const PROMPT_QUIET: Duration = Duration::from_millis(25);
 /// How long the server must be quiet after a complete line before the client stops waiting for a
 /// prompt (a server in exec mode sends none).
 const ANSWER_QUIET: Duration = Duration::from_millis(300);
-/// How long to wait for a first byte (the banner, or an answer) before showing a prompt anyway.
+/// How long to wait for the server's first byte after connecting before showing a prompt anyway
+/// (a server in exec mode sends nothing until asked).
 const FIRST_BYTE_WAIT: Duration = Duration::from_secs(1);
+/// How long the server may stay silent, while the client waits for its prompt, before the client
+/// shows the prompt anyway (whatever comes later is printed above the line being edited).
+const SILENCE_WAIT: Duration = Duration::from_secs(3);
 /// How often a waiting main thread looks at Ctrl-C.
 const WAIT_TICK: Duration = Duration::from_millis(50);
 
@@ -351,10 +364,14 @@ enum Closed {
 struct State {
     /// The server's current prompt (its last partial line).
     prompt: String,
-    /// Incremented each time the server goes quiet (a prompt or an answer is complete).
+    /// Incremented each time a partial line became the prompt.
+    prompt_count: u64,
+    /// Incremented each time the server goes quiet (for servers that send no prompt at all).
     quiet_count: u64,
     /// Bytes received so far.
     received: u64,
+    /// When the last byte came.
+    last_byte: Option<Instant>,
     closed: Option<Closed>,
     /// The main thread is (about to be) blocked in rustyline.
     in_readline: bool,
@@ -449,7 +466,11 @@ fn read_server<P: ExternalPrinter>(mut stream: UnixStream, shared: Arc<Shared>, 
             Ok(n) => {
                 pending.extend_from_slice(&buf[..n]);
                 quiet = false;
-                shared.lock().received += n as u64;
+                {
+                    let mut state = shared.lock();
+                    state.received += n as u64;
+                    state.last_byte = Some(Instant::now());
+                }
                 if !checked {
                     if may_be_refusal(&pending) {
                         continue;
@@ -478,6 +499,7 @@ fn read_server<P: ExternalPrinter>(mut stream: UnixStream, shared: Arc<Shared>, 
                 if !pending.is_empty() {
                     state.prompt =
                         String::from_utf8_lossy(&std::mem::take(&mut pending)).into_owned();
+                    state.prompt_count += 1;
                 }
                 state.quiet_count += 1;
                 shared.changed.notify_all();
@@ -572,12 +594,18 @@ fn converse(
     editor: &mut Editor<(), DefaultHistory>,
     interrupted: &AtomicBool,
 ) -> Result<Outcome> {
-    // Wait for the banner and the first prompt (or stop after a second of silence).
+    // Wait for the banner, the dump and the first prompt. The dump may take a while to come
+    // (symbolizing), so only a prompt, the end, or a long silence ends this wait.
     let started = Instant::now();
     let first = shared.wait_until(
         interrupted,
-        |state| state.received == 0 && started.elapsed() >= FIRST_BYTE_WAIT,
-        |state| state.quiet_count > 0 || state.closed.is_some(),
+        |state| {
+            (state.received == 0 && started.elapsed() >= FIRST_BYTE_WAIT)
+                || state
+                    .last_byte
+                    .is_some_and(|at| at.elapsed() >= SILENCE_WAIT)
+        },
+        |state| state.prompt_count > 0 || state.closed.is_some(),
     );
     if first == Wait::Interrupted {
         println!();
@@ -600,9 +628,9 @@ fn converse(
                     continue;
                 }
                 let _ = editor.add_history_entry(line.as_str());
-                let (quiet_before, received_before) = {
+                let (prompts_before, quiet_before) = {
                     let state = shared.lock();
-                    (state.quiet_count, state.received)
+                    (state.prompt_count, state.quiet_count)
                 };
                 let sent_at = Instant::now();
                 let mut request = line.into_bytes();
@@ -612,12 +640,19 @@ fn converse(
                     shared.wait_until(interrupted, |_| false, |state| state.closed.is_some());
                     continue;
                 }
+                // The answer is complete when the next prompt comes; a server that never sent a
+                // prompt (exec mode) is done when it goes quiet.
                 let waited = shared.wait_until(
                     interrupted,
                     |state| {
-                        state.received == received_before && sent_at.elapsed() >= FIRST_BYTE_WAIT
+                        let since = state.last_byte.map_or(sent_at, |at| at.max(sent_at));
+                        since.elapsed() >= SILENCE_WAIT
                     },
-                    |state| state.quiet_count > quiet_before || state.closed.is_some(),
+                    |state| {
+                        state.prompt_count > prompts_before
+                            || (state.prompt_count == 0 && state.quiet_count > quiet_before)
+                            || state.closed.is_some()
+                    },
                 );
                 if waited == Wait::Interrupted {
                     // The terminal echoed ^C; the answer, if it comes, is printed above the prompt.
@@ -785,6 +820,17 @@ mod tests {
         );
         let outcome = one_shot(client, "nosuch", false, Duration::from_secs(5)).unwrap();
         assert_eq!(outcome, Outcome::CommandFailed);
+    }
+
+    #[test]
+    fn one_shot_reads_a_refusal_that_raced_its_request() {
+        let (client, mut server) = UnixStream::pair().unwrap();
+        server
+            .write_all(b"manhole: access denied: peer uid 1 is not allowed\n")
+            .unwrap();
+        drop(server);
+        let err = one_shot(client, "info", false, Duration::from_secs(5)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::AccessDenied, "{err}");
     }
 
     #[test]
