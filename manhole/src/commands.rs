@@ -13,6 +13,7 @@ use crate::credentials::PeerCred;
 use crate::local::Access;
 use crate::log::log_event;
 use crate::registry::{self, Entry};
+use crate::runtime;
 use crate::session::Settings;
 use crate::stackdump;
 use crate::threads::run_bounded;
@@ -118,6 +119,16 @@ pub(crate) const BUILTINS: &[(&str, &str, &str)] = &[
         "exec",
         "switch to exec framing: one JSON frame per answer, no prompt",
     ),
+    (
+        "runtime",
+        "runtime",
+        "the tokio runtime: workers, alive tasks, queues, busy time",
+    ),
+    (
+        "tasks",
+        "tasks [FILTER]",
+        "every tokio task's async backtrace (needs --cfg tokio_unstable)",
+    ),
     ("exit", "exit", "end the session (alias: quit)"),
 ];
 
@@ -156,6 +167,21 @@ pub(crate) fn run(line: &str, settings: &Settings, peer: &PeerCred) -> Reply {
         )
         .then(Action::Exec),
         "exit" | "quit" => Reply::ok(word, "", json!({})).then(Action::Exit),
+        "runtime" => match args {
+            [] => answered(word, runtime::runtime_command(&settings.runtime)),
+            _ => Reply::err(word, "usage: runtime"),
+        },
+        "tasks" => match args {
+            [] | [_] => answered(
+                word,
+                runtime::tasks_command(
+                    &settings.runtime,
+                    args.first().copied(),
+                    settings.command_timeout,
+                ),
+            ),
+            _ => Reply::err(word, "usage: tasks [FILTER]"),
+        },
         name => match registry::lookup(name) {
             Some(Entry::Value(_)) if args.is_empty() => get(name, settings),
             Some(Entry::Value(_)) => Reply::err(
@@ -165,7 +191,7 @@ pub(crate) fn run(line: &str, settings: &Settings, peer: &PeerCred) -> Reply {
             Some(Entry::Command { run, .. }) => {
                 let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
                 log_event!("Session of {peer} runs command {name} {}", args.join(" "));
-                match run_bounded(settings.command_timeout, move || run.call(&args)) {
+                match run.run(args, &settings.runtime, settings.command_timeout) {
                     Ok(Ok(output)) => Reply::ok(
                         name,
                         output.clone(),
@@ -183,6 +209,14 @@ pub(crate) fn run(line: &str, settings: &Settings, peer: &PeerCred) -> Reply {
                 ),
             ),
         },
+    }
+}
+
+/// The reply of a command that answers with text and data or a one-line error.
+fn answered(word: &str, result: Result<(String, Value), String>) -> Reply {
+    match result {
+        Ok((text, data)) => Reply::ok(word, text, data),
+        Err(message) => Reply::err(word, message),
     }
 }
 
@@ -241,7 +275,7 @@ fn locals() -> Reply {
     for (name, entry) in entries {
         let (kind, type_name, settable) = match &entry {
             Entry::Value(local) => ("value", local.type_name(), local.is_settable()),
-            Entry::Command { .. } => ("command", "command".to_string(), false),
+            Entry::Command { run, .. } => ("command", run.kind().to_string(), false),
         };
         let mark = if settable {
             "settable"
@@ -280,6 +314,17 @@ fn get(name: &str, settings: &Settings) -> Reply {
     let Some(Entry::Value(local)) = registry::lookup(name) else {
         return Reply::err("get", no_such(name));
     };
+    #[cfg(feature = "tokio")]
+    if let Some(reader) = local.async_reader() {
+        return match reader.read(&settings.runtime, settings.command_timeout) {
+            Ok(value) => Reply::ok(
+                "get",
+                value.clone(),
+                json!({"name": name, "type": local.type_name(), "value": value, "settable": false}),
+            ),
+            Err(unanswered) => Reply::err("get", format!("{name}: reading it {unanswered}")),
+        };
+    }
     let access = access(settings);
     let reader = local.clone();
     match run_bounded(settings.command_timeout, move || reader.read(access)) {

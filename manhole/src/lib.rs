@@ -120,6 +120,7 @@ mod log;
 mod options;
 pub mod procfs;
 mod registry;
+mod runtime;
 mod session;
 mod socket;
 #[allow(unsafe_code)]
@@ -134,4 +135,6 @@ pub use lifecycle::{Manhole, dump_threads, install};
 pub use local::{Atomic, Local, Lock};
 pub use options::{ConnectionHandler, Options, default_socket_path, parse_signal};
 pub use registry::{Registration, register, register_command};
+#[cfg(feature = "tokio")]
+pub use runtime::register_async_command;
 pub use stackdump::StackDump;

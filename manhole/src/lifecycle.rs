@@ -126,6 +126,8 @@ pub fn install(options: Options) -> Result<Manhole> {
             timeout: options.dump_timeout,
             max_frames: options.max_frames,
         },
+        banner: options.banner.clone(),
+        runtime: options.runtime.for_install(),
     });
     let mut installation = Installation {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),

@@ -32,11 +32,16 @@ pub(crate) struct Access {
 pub(crate) type Outcome<T> = std::result::Result<T, String>;
 
 /// How the manhole reads (and maybe sets) one registered value.
-trait Slot: Send + Sync {
+pub(crate) trait Slot: Send + Sync {
     fn type_name(&self) -> String;
     fn read(&self, access: Access) -> Outcome<String>;
     /// `None` when the value is read-only; otherwise the old and the new text.
     fn set(&self, _text: &str, _access: Access) -> Option<Outcome<(String, String)>> {
+        None
+    }
+    /// For a value read by a future on the tokio runtime, that reader (then `read` is not used).
+    #[cfg(feature = "tokio")]
+    fn async_reader(&self) -> Option<crate::runtime::AsyncRead> {
         None
     }
 }
@@ -58,7 +63,7 @@ impl Debug for Local {
 }
 
 impl Local {
-    fn new(slot: impl Slot + 'static, settable: bool) -> Local {
+    pub(crate) fn new(slot: impl Slot + 'static, settable: bool) -> Local {
         Local {
             slot: Arc::new(slot),
             settable,
@@ -127,6 +132,12 @@ impl Local {
         self.slot.read(access)
     }
 
+    /// The future-based reader of a value made by `Local::from_async_fn`.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn async_reader(&self) -> Option<crate::runtime::AsyncRead> {
+        self.slot.async_reader()
+    }
+
     pub(crate) fn set(&self, text: &str, access: Access) -> Outcome<(String, String)> {
         self.slot
             .set(text, access)
@@ -134,7 +145,7 @@ impl Local {
     }
 }
 
-fn short_type_name<T: ?Sized>() -> String {
+pub(crate) fn short_type_name<T: ?Sized>() -> String {
     // `alloc::string::String` reads better as `String`: keep the last path segment of each part.
     let full = std::any::type_name::<T>();
     let mut out = String::with_capacity(full.len());
@@ -414,21 +425,54 @@ impl<A: Atomic> Slot for AtomicSlot<A> {
 
 /// The body of a registered command: takes the argument words, returns text or a one-line error.
 #[derive(Clone)]
-pub(crate) struct CommandFn(
-    #[allow(clippy::type_complexity)]
-    Arc<dyn Fn(&[String]) -> std::result::Result<String, String> + Send + Sync>,
-);
+pub(crate) enum CommandFn {
+    /// A closure run on a manhole worker thread.
+    Blocking(
+        #[allow(clippy::type_complexity)]
+        Arc<dyn Fn(&[String]) -> std::result::Result<String, String> + Send + Sync>,
+    ),
+    /// A closure whose future runs as a task on the tokio runtime.
+    #[cfg(feature = "tokio")]
+    Async(crate::runtime::AsyncCommand),
+}
 
 impl CommandFn {
     pub(crate) fn new<F>(run: F) -> CommandFn
     where
         F: Fn(&[String]) -> std::result::Result<String, String> + Send + Sync + 'static,
     {
-        CommandFn(Arc::new(run))
+        CommandFn::Blocking(Arc::new(run))
     }
 
-    pub(crate) fn call(&self, args: &[String]) -> std::result::Result<String, String> {
-        (self.0)(args)
+    /// How `locals` lists it.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            CommandFn::Blocking(_) => "command",
+            #[cfg(feature = "tokio")]
+            CommandFn::Async(_) => "async command",
+        }
+    }
+
+    /// Runs the command with `args`, waiting at most `timeout`: a blocking one on a worker
+    /// thread, an async one as a task on its runtime. The outer error says why there is no
+    /// answer (still running, cancelled, panicked).
+    pub(crate) fn run(
+        &self,
+        args: Vec<String>,
+        runtime: &crate::runtime::Attached,
+        timeout: Duration,
+    ) -> std::result::Result<std::result::Result<String, String>, String> {
+        let _ = runtime;
+        match self {
+            CommandFn::Blocking(run) => {
+                let run = run.clone();
+                crate::threads::run_bounded(timeout, move || run(&args)).map_err(|u| u.to_string())
+            }
+            #[cfg(feature = "tokio")]
+            CommandFn::Async(command) => command
+                .run(args, runtime, timeout)
+                .map_err(|u| u.to_string()),
+        }
     }
 }
 

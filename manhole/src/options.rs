@@ -50,6 +50,8 @@ pub struct Options {
     pub(crate) socket_path: Option<PathBuf>,
     pub(crate) locals: Vec<(String, Local)>,
     pub(crate) commands: Vec<(String, String, CommandFn)>,
+    pub(crate) banner: String,
+    pub(crate) runtime: crate::runtime::Attached,
     pub(crate) strict: bool,
     pub(crate) connection_handler: ConnectionHandler,
     pub(crate) max_sessions: usize,
@@ -71,6 +73,8 @@ impl Default for Options {
             socket_path: None,
             locals: Vec::new(),
             commands: Vec::new(),
+            banner: String::new(),
+            runtime: crate::runtime::Attached::default(),
             strict: true,
             connection_handler: ConnectionHandler::Repl,
             max_sessions: Options::DEFAULT_MAX_SESSIONS,
@@ -100,6 +104,8 @@ impl fmt::Debug for Options {
                 "commands",
                 &self.commands.iter().map(|(n, _, _)| n).collect::<Vec<_>>(),
             )
+            .field("banner", &self.banner)
+            .field("runtime", &self.runtime)
             .field("strict", &self.strict)
             .field("connection_handler", &self.connection_handler)
             .field("max_sessions", &self.max_sessions)
@@ -213,6 +219,45 @@ impl Options {
     {
         self.commands
             .push((name.into(), help.into(), CommandFn::new(run)));
+        self
+    }
+
+    /// Registers an async command for the lifetime of this installation: `name ARGS...` in a
+    /// session calls `run` with the argument words and runs the future it returns as a task on
+    /// the tokio runtime (the one this is called from, else the attached one); after
+    /// `command_timeout` the task is aborted and the session says so. Run-time registrations use
+    /// [`register_async_command`](crate::register_async_command).
+    /// Defaults to none.
+    #[cfg(feature = "tokio")]
+    pub fn async_command<F, Fut>(
+        mut self,
+        name: impl Into<String>,
+        help: impl Into<String>,
+        run: F,
+    ) -> Options
+    where
+        F: Fn(Vec<String>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = std::result::Result<String, String>> + Send + 'static,
+    {
+        let run = CommandFn::Async(crate::runtime::AsyncCommand::new(run));
+        self.commands.push((name.into(), help.into(), run));
+        self
+    }
+
+    /// The tokio runtime that async commands and values run on and that the `runtime` and
+    /// `tasks` commands inspect.
+    /// Defaults to the runtime `install` is called from, if any (`Handle::try_current`).
+    #[cfg(feature = "tokio")]
+    pub fn tokio_runtime(mut self, handle: tokio::runtime::Handle) -> Options {
+        self.runtime = crate::runtime::Attached::new(handle);
+        self
+    }
+
+    /// Extra text shown to a REPL session after the built-in banner line, before the thread
+    /// dump (aiomanhole's `banner`); a missing final newline is added.
+    /// Defaults to none.
+    pub fn banner(mut self, text: impl Into<String>) -> Options {
+        self.banner = text.into();
         self
     }
 

@@ -39,6 +39,10 @@ pub(crate) struct Settings {
     pub write_timeout: Duration,
     pub idle_timeout: Option<Duration>,
     pub dump: DumpOptions,
+    /// The application's extra greeting text (`Options::banner`), possibly empty.
+    pub banner: String,
+    /// The tokio runtime the installation is attached to, if any.
+    pub runtime: crate::runtime::Attached,
 }
 
 /// Why reading the next line stopped.
@@ -257,6 +261,15 @@ impl Session {
             nix::unistd::geteuid(),
         );
         self.write(banner.as_bytes())?;
+        if let Some(runtime) = self.settings.runtime.greeting() {
+            self.write(runtime.as_bytes())?;
+        }
+        if !self.settings.banner.is_empty() {
+            self.write(self.settings.banner.as_bytes())?;
+            if !self.settings.banner.ends_with('\n') {
+                self.write(b"\n")?;
+            }
+        }
         let dump = commands::run("threads", &self.settings, &self.peer);
         match &dump.result {
             Ok(answer) => self.write(answer.text.as_bytes())?,

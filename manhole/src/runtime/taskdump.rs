@@ -1,0 +1,323 @@
+//! The `tasks` command: every tokio task's async backtrace, from `Handle::dump`.
+//!
+//! tokio offers task dumps only with `--cfg tokio_unstable` and its `taskdump` feature, on Linux
+//! x86, x86_64, aarch64 and s390x; elsewhere `tasks` answers with one line saying how to get them.
+//!
+//! The dump is requested from a task spawned on the application's runtime (a current-thread
+//! runtime only allows that), and the session waits for it on a channel at most
+//! `command_timeout`: tokio's dump pauses every worker and never finishes while one is blocked.
+//! The requesting task itself is left out of the answer. Symbolizing (the slow part: it parses
+//! debug info) happens afterwards on the session thread, never on the runtime.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::Attached;
+
+#[cfg(all(
+    tokio_unstable,
+    target_os = "linux",
+    any(
+        target_arch = "x86",
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "s390x"
+    )
+))]
+pub(super) fn dump(
+    attached: &Attached,
+    filter: Option<&str>,
+    timeout: Duration,
+) -> Result<(String, Value), String> {
+    let handle = attached.handle().ok_or(super::NO_RUNTIME)?;
+    imp::dump(handle, filter, timeout)
+}
+
+#[cfg(not(all(
+    tokio_unstable,
+    target_os = "linux",
+    any(
+        target_arch = "x86",
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "s390x"
+    )
+)))]
+pub(super) fn dump(
+    _attached: &Attached,
+    _filter: Option<&str>,
+    _timeout: Duration,
+) -> Result<(String, Value), String> {
+    Err(
+        "task dumps need tokio's unstable taskdump support: build the application with \
+         RUSTFLAGS=\"--cfg tokio_unstable\" (Linux on x86, x86_64, aarch64 or s390x)"
+            .to_string(),
+    )
+}
+
+#[cfg(all(
+    tokio_unstable,
+    target_os = "linux",
+    any(
+        target_arch = "x86",
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "s390x"
+    )
+))]
+mod imp {
+    use std::fmt::Write as _;
+    use std::sync::mpsc::{self, RecvTimeoutError};
+    use std::time::{Duration, Instant};
+
+    use serde_json::{Value, json};
+    use tokio::runtime::Handle;
+    use tokio::runtime::dump::{Backtrace, BacktraceSymbol};
+
+    /// One task of the dump, symbolized.
+    struct TaskTrace {
+        id: String,
+        /// One backtrace per leaf future the task is waiting in, innermost frame first.
+        backtraces: Vec<Backtrace>,
+    }
+
+    impl TaskTrace {
+        fn matches(&self, filter: &str) -> bool {
+            self.backtraces.iter().any(|backtrace| {
+                backtrace
+                    .frames()
+                    .flat_map(|frame| frame.symbols())
+                    .any(|symbol| {
+                        symbol.name_demangled().is_some_and(|n| n.contains(filter))
+                            || symbol
+                                .filename()
+                                .is_some_and(|f| f.to_string_lossy().contains(filter))
+                    })
+            })
+        }
+
+        fn write_text(&self, out: &mut String) {
+            let count = self.backtraces.len();
+            match count {
+                0 => {
+                    let _ = writeln!(
+                        out,
+                        "Task {}: no traced await point (tokio traces timers, channels, locks \
+                         and joins, not I/O readiness)",
+                        self.id
+                    );
+                }
+                1 => {
+                    let _ = writeln!(out, "Task {} (1 await point)", self.id);
+                }
+                _ => {
+                    let _ = writeln!(out, "Task {} ({count} await points)", self.id);
+                }
+            }
+            for (i, backtrace) in self.backtraces.iter().enumerate() {
+                if count > 1 {
+                    let _ = writeln!(out, "  await point {} of {count}:", i + 1);
+                }
+                for (index, frame) in backtrace.frames().enumerate() {
+                    let number = format!("#{index}");
+                    let ip = frame.ip() as usize;
+                    let symbols: Vec<&BacktraceSymbol> = frame.symbols().collect();
+                    if symbols.is_empty() {
+                        let _ = writeln!(out, "  {number:<3} {ip:#018x} ??");
+                        continue;
+                    }
+                    let last = symbols.len() - 1;
+                    for (k, symbol) in symbols.iter().enumerate() {
+                        let inlined = if k < last { " (inlined)" } else { "" };
+                        let line = format!("{} ({}){inlined}", name(symbol), place(symbol));
+                        if k == 0 {
+                            let _ = writeln!(out, "  {number:<3} {ip:#018x} {line}");
+                        } else {
+                            let _ = writeln!(out, "  {:<3} {:18} {line}", "", "");
+                        }
+                    }
+                }
+            }
+        }
+
+        fn to_json(&self) -> Value {
+            let backtraces: Vec<Value> = self
+                .backtraces
+                .iter()
+                .map(|backtrace| {
+                    let frames: Vec<Value> = backtrace
+                        .frames()
+                        .map(|frame| {
+                            let symbols: Vec<Value> = frame
+                                .symbols()
+                                .map(|s| {
+                                    json!({
+                                        "name": s.name_demangled().map(strip_hash),
+                                        "file": s.filename().map(|f| short_path(&f.to_string_lossy())),
+                                        "line": s.lineno(),
+                                        "column": s.colno(),
+                                    })
+                                })
+                                .collect();
+                            json!({"ip": format!("{:#x}", frame.ip() as usize), "symbols": symbols})
+                        })
+                        .collect();
+                    Value::Array(frames)
+                })
+                .collect();
+            json!({"id": self.id, "backtraces": backtraces})
+        }
+    }
+
+    fn name(symbol: &BacktraceSymbol) -> String {
+        symbol
+            .name_demangled()
+            .map(strip_hash)
+            .unwrap_or_else(|| "??".to_string())
+    }
+
+    fn place(symbol: &BacktraceSymbol) -> String {
+        match (symbol.filename(), symbol.lineno()) {
+            (Some(file), Some(line)) => format!("{}:{line}", short_path(&file.to_string_lossy())),
+            (Some(file), None) => short_path(&file.to_string_lossy()),
+            _ => "??".to_string(),
+        }
+    }
+
+    pub(super) fn dump(
+        handle: &Handle,
+        filter: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(String, Value), String> {
+        let started = Instant::now();
+        let (tx, rx) = mpsc::sync_channel(1);
+        let dumper = handle.clone();
+        let task = handle.spawn(async move {
+            let me = tokio::task::id();
+            let dump = dumper.dump().await;
+            let _ = tx.send((me, dump));
+        });
+        let (me, dump) = match rx.recv_timeout(timeout) {
+            Ok(answer) => answer,
+            Err(RecvTimeoutError::Timeout) => {
+                task.abort();
+                return Err(format!(
+                    "the runtime gave no task dump within {:.1} s (a dump waits for every worker: \
+                     is one blocked? \"threads tokio\" shows them)",
+                    timeout.as_secs_f64()
+                ));
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err("the runtime dropped the dump request (is it shutting down?)".into());
+            }
+        };
+        let dumped_in = started.elapsed();
+        let symbolizing = Instant::now();
+        let mut tasks: Vec<TaskTrace> = dump
+            .tasks()
+            .iter()
+            .filter(|task| task.id() != me)
+            .map(|task| TaskTrace {
+                id: task.id().to_string(),
+                backtraces: task.trace().resolve_backtraces(),
+            })
+            .collect();
+        let total = tasks.len();
+        if let Some(filter) = filter {
+            tasks.retain(|task| task.matches(filter));
+        }
+        let symbolized_in = symbolizing.elapsed();
+
+        let mut text = format!(
+            "Tasks: {total} idle task{} traced in {:.1} ms + {:.1} ms symbolize",
+            if total == 1 { "" } else { "s" },
+            dumped_in.as_secs_f64() * 1e3,
+            symbolized_in.as_secs_f64() * 1e3
+        );
+        if let Some(filter) = filter {
+            let _ = write!(text, "; {} with a frame matching {filter:?}", tasks.len());
+        }
+        text.push('\n');
+        for task in &tasks {
+            text.push('\n');
+            task.write_text(&mut text);
+        }
+        let data = json!({
+            "total": total,
+            "dump_micros": dumped_in.as_micros() as u64,
+            "symbolize_micros": symbolized_in.as_micros() as u64,
+            "filter": filter,
+            "tasks": tasks.iter().map(TaskTrace::to_json).collect::<Vec<_>>(),
+        });
+        Ok((text, data))
+    }
+
+    /// `foo::bar::h0123456789abcdef` without its hash.
+    fn strip_hash(name: &str) -> String {
+        match name.rsplit_once("::h") {
+            Some((head, hash))
+                if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                head.to_string()
+            }
+            _ => name.to_string(),
+        }
+    }
+
+    /// Source paths as the thread dump shows them: the standard library as `library/...`,
+    /// registry crates as `<crate>-<version>/...`, files under the current directory relative.
+    fn short_path(text: &str) -> String {
+        if let Some(rest) = text.strip_prefix("/rustc/")
+            && let Some((_commit, inside)) = rest.split_once('/')
+        {
+            return inside.to_string();
+        }
+        if let Some(at) = text.find("/registry/src/")
+            && let Some((_index, inside)) = text[at + "/registry/src/".len()..].split_once('/')
+        {
+            return inside.to_string();
+        }
+        if let Ok(cwd) = std::env::current_dir()
+            && let Ok(inside) = std::path::Path::new(text).strip_prefix(&cwd)
+        {
+            return inside.display().to_string();
+        }
+        text.to_string()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        async fn parked_in_a_named_function(wait: tokio::sync::oneshot::Receiver<()>) {
+            let _ = wait.await;
+        }
+
+        #[test]
+        fn a_waiting_task_is_listed_with_its_own_frames() {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .build()
+                .unwrap();
+            let (stop, wait) = tokio::sync::oneshot::channel::<()>();
+            rt.spawn(parked_in_a_named_function(wait));
+            let (text, data) = dump(rt.handle(), None, Duration::from_secs(20)).unwrap();
+            // rustc names an async fn's body `{async_fn#0}` in its debug info, without the
+            // path: the file and line say whose body it is.
+            assert!(text.contains("src/runtime/taskdump.rs:"), "{text}");
+            assert!(text.contains("oneshot::Receiver<T>"), "{text}");
+            assert_eq!(data["total"], 1, "the requesting task is left out: {data}");
+            let (_, filtered) =
+                dump(rt.handle(), Some("no_such_fn"), Duration::from_secs(20)).unwrap();
+            assert_eq!(filtered["tasks"].as_array().unwrap().len(), 0);
+            let _ = stop.send(());
+        }
+
+        #[test]
+        fn hashes_are_stripped() {
+            assert_eq!(strip_hash("a::b::h0123456789abcdef"), "a::b");
+            assert_eq!(strip_hash("a::hello"), "a::hello");
+        }
+    }
+}
