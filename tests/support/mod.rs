@@ -114,7 +114,14 @@ pub struct App {
 impl App {
     /// Starts `name` with `args` and `env`, stdout and stderr captured.
     pub fn start(name: &str, args: &[&str], env: &[(&str, &str)]) -> App {
-        let mut command = Command::new(bin(name));
+        App::start_exe(&bin(name), args, env)
+    }
+
+    /// Starts the executable at `exe` (say, a build from another target directory) with `args`
+    /// and `env`, stdout and stderr captured.
+    pub fn start_exe(exe: &Path, args: &[&str], env: &[(&str, &str)]) -> App {
+        let name = exe.display().to_string();
+        let mut command = Command::new(exe);
         command
             .args(args)
             .stdin(Stdio::null())
