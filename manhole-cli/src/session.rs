@@ -9,7 +9,9 @@
 //! * **interactive** (stdin and stdout are terminals): rustyline reads lines with editing and
 //!   history; a reader thread prints what the server sends. The last partial line the server sent
 //!   (its prompt, `>>> `) becomes rustyline's prompt once the server has been quiet for a moment.
-//!   After each command the main thread waits for that prompt (Ctrl-C stops waiting). Output that
+//!   After each command the main thread waits for that prompt, however long the command takes
+//!   (Ctrl-C stops waiting; a server that sends no prompt, in exec mode, is done when it goes
+//!   quiet). Output that
 //!   arrives while the operator types goes through rustyline's external printer, which redraws
 //!   the line being edited. When the server closes, the reader interrupts rustyline with SIGINT,
 //!   repeated until the main thread notices, so the client exits at once and the terminal is
@@ -342,10 +344,7 @@ const PROMPT_QUIET: Duration = Duration::from_millis(25);
 const ANSWER_QUIET: Duration = Duration::from_millis(300);
 /// How long to wait for the server's first byte after connecting before showing a prompt anyway
 /// (a server in exec mode sends nothing until asked).
-const FIRST_BYTE_WAIT: Duration = Duration::from_secs(1);
-/// How long the server may stay silent, while the client waits for its prompt, before the client
-/// shows the prompt anyway (whatever comes later is printed above the line being edited).
-const SILENCE_WAIT: Duration = Duration::from_secs(3);
+const FIRST_BYTE_WAIT: Duration = Duration::from_secs(2);
 /// How often a waiting main thread looks at Ctrl-C.
 const WAIT_TICK: Duration = Duration::from_millis(50);
 
@@ -370,8 +369,6 @@ struct State {
     quiet_count: u64,
     /// Bytes received so far.
     received: u64,
-    /// When the last byte came.
-    last_byte: Option<Instant>,
     closed: Option<Closed>,
     /// The main thread is (about to be) blocked in rustyline.
     in_readline: bool,
@@ -469,7 +466,6 @@ fn read_server<P: ExternalPrinter>(mut stream: UnixStream, shared: Arc<Shared>, 
                 {
                     let mut state = shared.lock();
                     state.received += n as u64;
-                    state.last_byte = Some(Instant::now());
                 }
                 if !checked {
                     if may_be_refusal(&pending) {
@@ -594,17 +590,13 @@ fn converse(
     editor: &mut Editor<(), DefaultHistory>,
     interrupted: &AtomicBool,
 ) -> Result<Outcome> {
-    // Wait for the banner, the dump and the first prompt. The dump may take a while to come
-    // (symbolizing), so only a prompt, the end, or a long silence ends this wait.
+    // Wait for the banner, the dump and the first prompt. The dump may take seconds to come
+    // (symbolizing), so only the prompt, the end or Ctrl-C ends this wait, or, for a server
+    // that says nothing before it is asked (exec mode), a first byte that does not come.
     let started = Instant::now();
     let first = shared.wait_until(
         interrupted,
-        |state| {
-            (state.received == 0 && started.elapsed() >= FIRST_BYTE_WAIT)
-                || state
-                    .last_byte
-                    .is_some_and(|at| at.elapsed() >= SILENCE_WAIT)
-        },
+        |state| state.received == 0 && started.elapsed() >= FIRST_BYTE_WAIT,
         |state| state.prompt_count > 0 || state.closed.is_some(),
     );
     if first == Wait::Interrupted {
@@ -632,7 +624,6 @@ fn converse(
                     let state = shared.lock();
                     (state.prompt_count, state.quiet_count)
                 };
-                let sent_at = Instant::now();
                 let mut request = line.into_bytes();
                 request.push(b'\n');
                 if (&*stream).write_all(&request).is_err() {
@@ -640,14 +631,12 @@ fn converse(
                     shared.wait_until(interrupted, |_| false, |state| state.closed.is_some());
                     continue;
                 }
-                // The answer is complete when the next prompt comes; a server that never sent a
-                // prompt (exec mode) is done when it goes quiet.
+                // The answer is complete when the next prompt comes (a server that never sent a
+                // prompt, in exec mode, is done when it goes quiet). A slow command is waited for
+                // as long as it takes; Ctrl-C gives the prompt back at once.
                 let waited = shared.wait_until(
                     interrupted,
-                    |state| {
-                        let since = state.last_byte.map_or(sent_at, |at| at.max(sent_at));
-                        since.elapsed() >= SILENCE_WAIT
-                    },
+                    |_| false,
                     |state| {
                         state.prompt_count > prompts_before
                             || (state.prompt_count == 0 && state.quiet_count > quiet_before)

@@ -213,7 +213,7 @@ fn one_shot_prints_only_the_answer() {
     assert!(!ran.stdout.contains("Manhole "), "{ran:#?}");
     assert!(ran.stdout.starts_with("Threads: "), "{ran:#?}");
     assert!(
-        ran.stdout.contains("\"worker-0\"") && ran.stdout.contains("demo_worker_loop"),
+        ran.stdout.contains("\"worker-0\"") && ran.stdout.contains("\"worker-3\""),
         "{ran:#?}"
     );
 }
