@@ -83,7 +83,7 @@
 //!   users do) are never signalled: they are listed with their `/proc` state, `wchan` and the
 //!   program counter from `/proc/self/task/<tid>/syscall`, and a note saying why.
 //! - **Threads that cannot run a handler in time** (stopped, traced, in an uninterruptible
-//!   sleep) are listed the same way after the dump timeout (250 ms by default).
+//!   sleep) are listed the same way after the dump timeout (1 s by default; a dump waits only as long as the slowest thread).
 //! - **The unwinder needs unwind tables.** Rust keeps `.eh_frame` by default; C code built
 //!   without them, or a corrupt stack, ends a backtrace early. Frames the symbolizer cannot name
 //!   are printed as `module+offset`, so they can be symbolized offline.

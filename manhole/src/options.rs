@@ -126,7 +126,7 @@ impl Options {
     /// The most sessions open at once.
     pub const DEFAULT_MAX_SESSIONS: usize = 8;
     /// How long a dump waits for the threads to answer.
-    pub const DEFAULT_DUMP_TIMEOUT: Duration = Duration::from_millis(250);
+    pub const DEFAULT_DUMP_TIMEOUT: Duration = Duration::from_secs(1);
     /// The most frames recorded for one thread.
     pub const DEFAULT_MAX_FRAMES: usize = 128;
     /// How long reading a value tries to take its lock.
@@ -278,7 +278,9 @@ impl Options {
 
     /// How long a dump waits for the threads to answer before listing the silent ones from
     /// `/proc`.
-    /// Defaults to [`Options::DEFAULT_DUMP_TIMEOUT`] (250 ms).
+    /// The wait ends as soon as every thread has answered, so this only costs time when a
+    /// thread cannot answer (stopped, or starved of CPU on a loaded machine).
+    /// Defaults to [`Options::DEFAULT_DUMP_TIMEOUT`] (1 s).
     pub fn dump_timeout(mut self, timeout: Duration) -> Options {
         self.dump_timeout = timeout;
         self
