@@ -2,8 +2,8 @@
 //! error paths a healthy server never shows, small servers played by the test itself).
 //!
 //! Covered: piped sessions, one-shot commands with and without `--json`, custom socket paths, an
-//! exec-handler server, a closed stdout, signal refusal (the target stays alive), a caught
-//! signal followed by a timeout, `--list`/`--prune`, every error exit code (5 and 6 need root to
+//! exec-handler server, a closed stdout, signal refusal (the target stays alive), `-s USR2`
+//! starting `bare`'s signal-activated manhole, a caught signal followed by a timeout, `--list`/`--prune`, every error exit code (5 and 6 need root to
 //! run the client as another uid), and interactive sessions through a pseudo-terminal (line
 //! editing, history, Ctrl-C, Ctrl-D, `exit`, the server going away).
 //!
@@ -451,25 +451,23 @@ fn signal_options_are_exclusive_and_need_a_pid() {
 }
 
 /// `-s USR2` against a process whose manhole starts on SIGUSR2 (`bare` with
-/// `MANHOLE=activate_on=USR2`). Skipped, with a note, while the environment-variable
-/// installation is not there yet.
+/// `MANHOLE=activate_on=USR2`): without the signal there is no socket (and the hint says what to
+/// do), with it the client connects.
 #[test]
 fn signal_activates_a_manhole() {
     let mut app = App::start("bare", &[], &[("MANHOLE", "activate_on=USR2")]);
     app.wait_for_line("ready pid=");
-    let status = fs::read_to_string(format!("/proc/{}/status", app.pid())).unwrap();
-    let caught = status
-        .lines()
-        .find_map(|l| l.strip_prefix("SigCgt:"))
-        .map(str::trim)
-        .unwrap_or("0");
-    let catches_usr2 = u64::from_str_radix(caught, 16).unwrap_or(0) & (1 << 11) != 0;
-    if !catches_usr2 {
-        eprintln!("skipped: bare with MANHOLE=activate_on=USR2 does not catch SIGUSR2 yet");
-        return;
-    }
     app.socket = Some(PathBuf::from(format!("/tmp/manhole-{}", app.pid())));
     let pid = app.pid().to_string();
+
+    let ran = run_cli(&["-t", "0", &pid, "echo", "x"]);
+    assert_fails(&ran, 4, "no manhole socket");
+    assert!(
+        ran.stderr
+            .contains(&format!("try `manhole-cli -s USR2 {pid}`")),
+        "{ran:#?}"
+    );
+
     let ran = run_cli(&["-s", "USR2", "-t", "10", &pid, "echo", "activated"]);
     assert_eq!(
         (ran.code, ran.stdout.as_str()),
@@ -477,6 +475,9 @@ fn signal_activates_a_manhole() {
         "{ran:#?}"
     );
     assert!(app.alive());
+    // Once up, the manhole answers without another signal.
+    let ran = run_cli(&[&pid, "echo", "again"]);
+    assert_eq!((ran.code, ran.stdout.as_str()), (0, "again\n"), "{ran:#?}");
 }
 
 // ---------------------------------------------------------------------------------------------
