@@ -3,9 +3,10 @@
 //!
 //! Covered: piped sessions, one-shot commands with and without `--json`, custom socket paths, an
 //! exec-handler server, a closed stdout, signal refusal (the target stays alive), `-s USR2`
-//! starting `bare`'s signal-activated manhole, a caught signal followed by a timeout, `--list`/`--prune`, every error exit code (5 and 6 need root to
-//! run the client as another uid), and interactive sessions through a pseudo-terminal (line
-//! editing, history, Ctrl-C, Ctrl-D, `exit`, the server going away).
+//! starting `bare`'s signal-activated manhole, a caught signal followed by a timeout,
+//! `--list`/`--prune`, every error exit code (5 and 6 need root to run the client as another
+//! uid), and interactive sessions through a pseudo-terminal (line editing, history, Ctrl-C,
+//! Ctrl-D, `exit`, the server going away).
 //!
 //! Every process a test starts is owned by a guard ([`App`], [`Proc`], [`Pty`]) that kills and
 //! reaps it on drop; sockets live in per-test [`TempDir`]s or are removed by [`App`]. Waits are
