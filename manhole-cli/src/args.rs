@@ -93,8 +93,13 @@ pub struct Args {
     #[arg(long, requires = "list")]
     pub prune: bool,
 
-    /// Where manhole-<pid> sockets live: for --list and for a pid TARGET
-    #[arg(long, value_name = "DIR", default_value = "/tmp")]
+    /// Where `manhole-<pid>` sockets live (the help text says the same without the backticks).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/tmp",
+        help = "Where manhole-<pid> sockets live: for --list and for a pid TARGET"
+    )]
     pub dir: PathBuf,
 }
 
