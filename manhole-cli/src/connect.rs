@@ -61,7 +61,8 @@ enum Failure {
 
 /// Tries to connect until it works or `timeout` has passed.
 fn connect_with_retry(path: &Path, timeout: Duration) -> std::result::Result<UnixStream, Failure> {
-    let deadline = Instant::now() + timeout;
+    // A timeout too large for the clock means "keep trying".
+    let deadline = Instant::now().checked_add(timeout);
     let mut pause = FIRST_PAUSE;
     loop {
         let failure = match try_connect(path) {
@@ -78,10 +79,13 @@ fn connect_with_retry(path: &Path, timeout: Duration) -> std::result::Result<Uni
             },
         };
         let now = Instant::now();
-        if now >= deadline {
+        let left = deadline.map_or(MAX_PAUSE, |deadline| {
+            deadline.saturating_duration_since(now)
+        });
+        if left.is_zero() {
             return Err(failure);
         }
-        thread::sleep(pause.min(deadline - now));
+        thread::sleep(pause.min(left));
         pause = (pause * 2).min(MAX_PAUSE);
     }
 }

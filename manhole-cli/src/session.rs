@@ -569,7 +569,9 @@ pub fn interactive(stream: UnixStream) -> Result<Outcome> {
         .try_clone()
         .map_err(|err| Error::io("duplicating the socket", &err))?;
     let reader_shared = Arc::clone(&shared);
-    let reader = thread::spawn(move || read_server(reader_stream, reader_shared, printer));
+    // Not joined at the end: it may be blocked handing a line to rustyline's printer, and the
+    // process exits when this thread returns anyway.
+    thread::spawn(move || read_server(reader_stream, reader_shared, printer));
 
     let result = converse(&stream, &shared, &mut editor, &interrupted);
 
@@ -579,7 +581,6 @@ pub fn interactive(stream: UnixStream) -> Result<Outcome> {
         let _ = editor.save_history(path);
     }
     let _ = stream.shutdown(Shutdown::Both);
-    let _ = reader.join();
     result
 }
 
