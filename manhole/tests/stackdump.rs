@@ -173,16 +173,41 @@ fn check_consistent(dump: &StackDump) -> Outcome {
     ensure(own.method() == CaptureMethod::SelfThread, || {
         format!("dumping thread not captured directly: {own:?}")
     })?;
+    // The dump machinery (the unwinder, `trace_self`, `capture`) must not show on its own stack.
+    let machinery = own
+        .frames()
+        .iter()
+        .flat_map(|f| f.symbols())
+        .filter_map(|s| s.name())
+        .find(|name| {
+            [
+                "trace_self",
+                "trace_unsynchronized",
+                "backtrace::",
+                "stackdump::capture",
+            ]
+            .iter()
+            .any(|m| name.contains(m))
+                || *name == "capture"
+        });
+    ensure(machinery.is_none(), || {
+        format!(
+            "dump machinery on the dumping thread's stack: {}",
+            describe(own)
+        )
+    })?;
+    // The stack starts at the caller of the dump.
     let first = own
         .frames()
         .first()
         .and_then(|f| f.symbols().last())
-        .and_then(|s| s.name())
-        .unwrap_or("");
-    ensure(
-        !first.starts_with("manhole::stackdump") && !first.starts_with("backtrace::"),
-        || format!("dump machinery left at the top of the dumping thread: {first}"),
-    )?;
+        .and_then(|s| s.name());
+    ensure(first.is_some_and(|n| n.ends_with("dump_threads")), || {
+        format!(
+            "dumping thread does not start at dump_threads: {}",
+            describe(own)
+        )
+    })?;
     for thread in dump.threads() {
         for frame in thread.frames() {
             ensure(

@@ -483,7 +483,7 @@ pub(super) enum Answer {
 }
 
 /// Requests sent in one generation, waiting for their answers.
-pub(super) struct Pending {
+pub(super) struct Requests {
     pool: &'static Pool,
     generation: usize,
     /// Per requested thread: the slot index, or the send failure.
@@ -491,8 +491,8 @@ pub(super) struct Pending {
 }
 
 /// Sends the dump request to every thread of `tids`, each with room for `frames` addresses.
-/// Returns at once; [`Pending::collect`] waits for the answers.
-pub(super) fn signal_threads(signal: c_int, tids: &[i32], frames: usize) -> Pending {
+/// Returns at once; [`Requests::collect`] waits for the answers.
+pub(super) fn signal_threads(signal: c_int, tids: &[i32], frames: usize) -> Requests {
     let pool = pool_for(tids.len(), frames);
     let generation = next_generation();
     let mut requests = Vec::with_capacity(tids.len());
@@ -522,14 +522,14 @@ pub(super) fn signal_threads(signal: c_int, tids: &[i32], frames: usize) -> Pend
             }
         });
     }
-    Pending {
+    Requests {
         pool,
         generation,
         requests,
     }
 }
 
-impl Pending {
+impl Requests {
     /// Waits until every request is answered or `deadline` passes, gives up on the rest, and
     /// waits up to `grace` more for handlers that had already started. One answer per thread,
     /// in the order of the `tids` given to [`signal_threads`].

@@ -52,7 +52,7 @@ const GRACE: Duration = Duration::from_millis(50);
 const MAX_FRAMES_LIMIT: usize = 1024;
 /// Room for the handler's own frames (handler, signal trampoline) above the interrupted code.
 const HANDLER_FRAMES: usize = 4;
-/// Room for the dumper's own frames above its caller, for the dumping thread.
+/// Room for the dump machinery's own frames above its caller, on the dumping thread.
 const SELF_FRAMES: usize = 32;
 /// How long `capture` waits for a dump already in progress.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
@@ -82,9 +82,13 @@ pub(crate) fn install_handler(signal: libc::c_int) -> Result<()> {
 /// Captures and symbolizes the stack of every thread of the process.
 ///
 /// One dump runs at a time (a second caller waits up to 10 s, then gets an error). It never
-/// hangs: the capture is bounded by `options.timeout` after the signals are sent and by
-/// [`HARD_CAP`] in all; symbolizing by five seconds. If our handler no longer owns the signal, no
-/// signal is sent and the threads are listed from `/proc` only, each with a note.
+/// hangs: the wait for answers ends `options.timeout` after the signals are sent and at most
+/// [`HARD_CAP`] after the dump started (plus 50 ms for a handler caught mid-answer); resolving
+/// symbols stops after five seconds. If our handler no longer owns the signal, no signal is sent
+/// and the threads are listed from `/proc` only, each with a note. Fails only when
+/// `/proc/self/task` cannot be read or another dump holds the lock too long.
+// Never inlined: the dumping thread's stack is cut at this function's frame (see `trace_self`).
+#[inline(never)]
 pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
     let _one_at_a_time = DUMP_LOCK.try_lock_for(LOCK_WAIT).ok_or_else(|| {
         Error::new(
@@ -92,6 +96,9 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
             "another stack dump has been running for more than 10 s",
         )
     })?;
+    // Marks this function's frame on the stack, to cut the dumping thread's own stack here.
+    let anchor = 0u8;
+    let here = std::hint::black_box(&anchor) as *const u8 as usize;
     let started = Instant::now();
     let taken_at = SystemTime::now();
     let max_frames = options.max_frames.clamp(1, MAX_FRAMES_LIMIT);
@@ -126,14 +133,17 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
         .map(|t| t.tid)
         .collect();
     let requests = capture::signal_threads(signal, &to_signal, max_frames + HANDLER_FRAMES);
-    let own_stack = trace_self(max_frames + SELF_FRAMES);
-    let deadline = (Instant::now() + options.timeout.min(HARD_CAP)).min(started + HARD_CAP);
+    let sent_at = Instant::now();
+    let deadline = (sent_at + options.timeout.min(HARD_CAP)).min(started + HARD_CAP);
+    // The other threads answer meanwhile.
+    let own_stack = trace_self(here, max_frames);
     let mut answers = requests.collect(deadline, GRACE).into_iter();
+    let waited = deadline.saturating_duration_since(sent_at);
     for thread in &mut threads {
         match thread.plan {
             Plan::Signal => {
                 let answer = answers.next().unwrap_or(Answer::Silent { started: false });
-                thread.take_answer(answer, signal, options.timeout.min(HARD_CAP), max_frames);
+                thread.take_answer(answer, signal, waited, max_frames);
             }
             Plan::Myself => thread.take_own_stack(&own_stack),
             Plan::Skip => {}
@@ -159,15 +169,49 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
     })
 }
 
-/// The calling thread's stack, raw, in normal context (this takes the `backtrace` lock).
+/// The dumping thread's own stack, raw.
+struct OwnStack {
+    /// Return addresses, innermost first.
+    ips: Vec<usize>,
+    /// Whether there were more frames than kept.
+    truncated: bool,
+    /// Whether the dump machinery's frames are still at the top (to be dropped by name).
+    untrimmed: bool,
+}
+
+/// The dumping thread's stack, raw, in normal context (this takes the `backtrace` lock): return
+/// addresses from the caller of [`capture()`] outwards, at most `limit`. `here` is the address of a
+/// local of `capture`.
+///
+/// The dump machinery's own frames are left out by stack address, not by name (inlining and
+/// line-tables-only debug info make names unreliable). For each frame the unwinder reports the
+/// stack pointer at its call site (`_Unwind_GetCFA`), the lowest address of that frame: for
+/// `capture` and everything it calls that is at or below `here`, for `capture`'s caller it is
+/// above. Stacks grow down on every Linux target Rust supports; if no frame is above, the frames
+/// are dropped by name after symbolizing instead.
 #[inline(never)]
-fn trace_self(limit: usize) -> Vec<usize> {
-    let mut ips = Vec::with_capacity(limit.min(256));
+fn trace_self(here: usize, limit: usize) -> OwnStack {
+    let cap = limit + SELF_FRAMES;
+    let mut frames: Vec<(usize, usize)> = Vec::with_capacity(cap.min(256));
     backtrace::trace(|frame| {
-        ips.push(frame.ip() as usize);
-        ips.len() < limit
+        frames.push((frame.ip() as usize, frame.sp() as usize));
+        frames.len() < cap
     });
-    ips
+    let capped = frames.len() == cap;
+    let (mut ips, untrimmed): (Vec<usize>, bool) =
+        match frames.iter().position(|&(_, cfa)| cfa > here) {
+            Some(caller) => (frames[caller..].iter().map(|&(ip, _)| ip).collect(), false),
+            None => (frames.iter().map(|&(ip, _)| ip).collect(), true),
+        };
+    let truncated = capped || ips.len() > limit;
+    if !untrimmed {
+        ips.truncate(limit);
+    }
+    OwnStack {
+        ips,
+        truncated,
+        untrimmed,
+    }
 }
 
 /// Warnings about this platform that make dumps less reliable, one sentence each (empty when
@@ -362,13 +406,15 @@ impl Pending {
         }
     }
 
-    fn take_own_stack(&mut self, ips: &[usize]) {
-        self.raw = ips
+    fn take_own_stack(&mut self, own: &OwnStack) {
+        self.raw = own
+            .ips
             .iter()
             .filter(|&&ip| ip != 0)
             .map(|&ip| RawFrame { ip, exact: false })
             .collect();
-        self.trim_machinery = true;
+        self.truncated = own.truncated;
+        self.trim_machinery = own.untrimmed;
     }
 
     /// Wait channel for every live thread; `/proc/.../syscall` for those without a stack.

@@ -183,15 +183,19 @@ fn short_path(path: &Path) -> String {
     text.into_owned()
 }
 
-/// Whether a resolved frame belongs to the dump machinery (this module's callers in
-/// `manhole::stackdump`, or the `backtrace` crate) rather than to the application.
+/// Whether a resolved frame belongs to the dump machinery (`manhole::stackdump` or the
+/// `backtrace` crate) rather than to the application. Only a fallback for when frames cannot be
+/// told apart by stack address: names from line-tables-only debug info can be unqualified. The
+/// frame's function is its outermost symbol; symbols inlined into it do not count.
 pub(super) fn is_machinery(frame: &Frame) -> bool {
-    frame.symbols.iter().any(|symbol| {
-        symbol.name.as_deref().is_some_and(|name| {
+    frame
+        .symbols
+        .last()
+        .and_then(|symbol| symbol.name.as_deref())
+        .is_some_and(|name| {
             let name = name.trim_start_matches('<');
             name.starts_with("manhole::stackdump::") || name.starts_with("backtrace::")
         })
-    })
 }
 
 #[cfg(test)]
