@@ -19,9 +19,10 @@
 //!   lazily initialised `thread_local!`, no panics (every index is a `get`, every arithmetic step
 //!   cannot overflow);
 //! * `errno` is saved on entry and restored on exit ([`ErrnoGuard`]);
-//! * only raw syscalls (`getpid`, `gettid`, `futex`) and the unwinder: `backtrace::
-//!   trace_unsynchronized` (libgcc's `_Unwind_Backtrace`, whose FDE lookup goes through glibc's
-//!   async-signal-safe `_dl_find_object` on glibc >= 2.35), reading nothing but `frame.ip()`;
+//! * only raw syscalls (`getpid`, `gettid`, `futex`), `clock_gettime` (vDSO, to time itself)
+//!   and the unwinder: `backtrace::trace_unsynchronized` (libgcc's `_Unwind_Backtrace`, whose
+//!   FDE lookup goes through glibc's async-signal-safe `_dl_find_object` on glibc >= 2.35),
+//!   reading nothing but `frame.ip()`;
 //! * it writes only into a slot that it first claimed with a compare-exchange from *sent in this
 //!   generation* to *running*, so a late or foreign signal can never write anywhere: anything that
 //!   is not `SI_QUEUE` from our own pid with the current generation is counted and ignored.
@@ -36,7 +37,9 @@
 use std::ffi::{CStr, c_int, c_void};
 use std::io;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -76,6 +79,8 @@ struct Slot {
     len: AtomicUsize,
     /// Whether the stack had more frames than `ips` holds.
     truncated: AtomicBool,
+    /// Nanoseconds from handler entry to just before the final `DONE` store (and futex wake).
+    nanos: AtomicU64,
     /// Return addresses, innermost first (the handler's own frames included).
     ips: Box<[AtomicUsize]>,
 }
@@ -88,6 +93,7 @@ impl Slot {
             pc: AtomicUsize::new(0),
             len: AtomicUsize::new(0),
             truncated: AtomicBool::new(false),
+            nanos: AtomicU64::new(0),
             ips: (0..frames).map(|_| AtomicUsize::new(0)).collect(),
         }
     }
@@ -153,14 +159,16 @@ impl Drop for ErrnoGuard {
 /// The dump signal handler. See the module docs for what it may do.
 extern "C" fn on_dump_signal(_signal: c_int, info: *mut libc::siginfo_t, context: *mut c_void) {
     let _errno = ErrnoGuard::save();
-    if !answer(info, context) {
+    let entered = monotonic_nanos();
+    if !answer(info, context, entered) {
         IGNORED.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// Records this thread's stack into the slot the signal names. Returns false if the signal was
-/// not a current request of ours (or the dumper gave up on it).
-fn answer(info: *const libc::siginfo_t, context: *const c_void) -> bool {
+/// Records this thread's stack into the slot the signal names, and how long the handler took
+/// since `entered`. Returns false if the signal was not a current request of ours (or the
+/// dumper gave up on it).
+fn answer(info: *const libc::siginfo_t, context: *const c_void, entered: u64) -> bool {
     if info.is_null() {
         return false;
     }
@@ -221,11 +229,28 @@ fn answer(info: *const libc::siginfo_t, context: *const c_void) -> bool {
     }
     slot.len.store(len, Ordering::Relaxed);
     slot.truncated.store(truncated, Ordering::Relaxed);
+    slot.nanos
+        .store(monotonic_nanos().saturating_sub(entered), Ordering::Relaxed);
     slot.state
         .store(state_word(generation, DONE), Ordering::Release);
     WAKE.fetch_add(1, Ordering::Release);
     futex_wake(&WAKE);
     true
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: `clock_gettime` is async-signal-safe (POSIX), and on Linux
+/// it is a vDSO call that does not even enter the kernel. Cannot panic (saturating arithmetic).
+fn monotonic_nanos() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec on this stack and CLOCK_MONOTONIC always
+    // exists; on failure `now` stays zero, which only makes the measured time wrong.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    (now.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(now.tv_nsec as u64)
 }
 
 /// `gettid` as a raw syscall (async-signal-safe, no libc wrapper state).
@@ -438,14 +463,10 @@ pub(super) fn install(signal: c_int) -> Result<()> {
     Ok(())
 }
 
-/// Runs the unwinder once in normal context so its one-time initialisation (libgcc's
-/// `pthread_once`, the `backtrace` crate's lock) never happens inside a handler.
+/// Walks a whole stack once in normal context so the unwinder's one-time initialisation (libgcc's
+/// `pthread_once` setup) never happens inside a handler.
 fn warm_up() {
-    let mut frames = 0usize;
-    backtrace::trace(|_| {
-        frames += 1;
-        frames < 4
-    });
+    backtrace::trace(|_| true);
 }
 
 /// Dump signals ignored since the process started: foreign senders, other `si_code`s, stale
@@ -475,6 +496,8 @@ pub(super) enum Answer {
         ips: Vec<usize>,
         pc: usize,
         truncated: bool,
+        /// Time spent in the handler, entry to the last store.
+        handler_nanos: u64,
     },
     /// The signal could not be sent.
     NotSent(SendError),
@@ -603,6 +626,7 @@ fn read_slot(slot: &Slot, generation: usize) -> Answer {
             .collect(),
         pc: slot.pc.load(Ordering::Relaxed),
         truncated: slot.truncated.load(Ordering::Relaxed),
+        handler_nanos: slot.nanos.load(Ordering::Relaxed),
     }
 }
 

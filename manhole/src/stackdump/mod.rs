@@ -50,8 +50,9 @@ pub const HARD_CAP: Duration = Duration::from_secs(2);
 const GRACE: Duration = Duration::from_millis(50);
 /// The most frames per thread, whatever `max_frames` asks for.
 const MAX_FRAMES_LIMIT: usize = 1024;
-/// Room for the handler's own frames (handler, signal trampoline) above the interrupted code.
-const HANDLER_FRAMES: usize = 4;
+/// Room for the handler's own frames above the interrupted code: up to five unoptimized
+/// (`backtrace` internals, `answer`, the handler, the signal trampoline), plus slack.
+const HANDLER_FRAMES: usize = 8;
 /// Room for the dump machinery's own frames above its caller, on the dumping thread.
 const SELF_FRAMES: usize = 32;
 /// How long `capture` waits for a dump already in progress.
@@ -262,6 +263,7 @@ struct Pending {
     trim_machinery: bool,
     wchan: Option<String>,
     syscall: Option<SyscallState>,
+    handler_time: Option<Duration>,
 }
 
 fn plan(tid: i32, me: i32, signal: libc::c_int, refusal: Option<&str>) -> Pending {
@@ -278,6 +280,7 @@ fn plan(tid: i32, me: i32, signal: libc::c_int, refusal: Option<&str>) -> Pendin
         trim_machinery: false,
         wchan: None,
         syscall: None,
+        handler_time: None,
     };
     let status = match procfs::thread_status(tid) {
         Ok(status) => status,
@@ -327,12 +330,14 @@ impl Pending {
                 ips,
                 pc,
                 truncated,
+                handler_nanos,
             } => {
                 // The unwinder ends some stacks with a null return address.
                 let ips: Vec<usize> = ips.into_iter().filter(|&ip| ip != 0).collect();
                 self.method = CaptureMethod::Signal;
                 self.outcome = Outcome::Captured;
                 self.truncated = truncated;
+                self.handler_time = Some(Duration::from_nanos(handler_nanos));
                 if tid != self.tid {
                     self.note = Some(format!("answered from tid {tid}"));
                 }
@@ -417,20 +422,20 @@ impl Pending {
         self.trim_machinery = own.untrimmed;
     }
 
-    /// Wait channel for every live thread; `/proc/.../syscall` for those without a stack.
+    /// Wait channel and `/proc/.../syscall` for a live thread without a stack. A captured stack
+    /// says more than the wait channel, and reading it for every thread would cost a third of
+    /// a big dump.
     fn read_proc_details(&mut self) {
-        if self.outcome == Outcome::Exited {
+        if self.outcome == Outcome::Exited || self.outcome == Outcome::Captured {
             return;
         }
         self.wchan = procfs::thread_wchan(self.tid).ok().flatten();
-        if self.outcome != Outcome::Captured {
-            self.syscall = procfs::thread_syscall(self.tid).ok();
-            if let Some(pc) = self.syscall.and_then(|s| s.pc()).filter(|&pc| pc != 0) {
-                self.raw = vec![RawFrame {
-                    ip: pc as usize,
-                    exact: false,
-                }];
-            }
+        self.syscall = procfs::thread_syscall(self.tid).ok();
+        if let Some(pc) = self.syscall.and_then(|s| s.pc()).filter(|&pc| pc != 0) {
+            self.raw = vec![RawFrame {
+                ip: pc as usize,
+                exact: false,
+            }];
         }
     }
 
@@ -462,6 +467,7 @@ impl Pending {
             truncated,
             wchan: self.wchan,
             syscall: self.syscall,
+            handler_time: self.handler_time,
         }
     }
 }
@@ -599,29 +605,45 @@ impl StackDump {
         text
     }
 
-    /// The dump as JSON (see `docs/protocol.md`, "The stack dump as data").
+    /// The dump as JSON (see `docs/protocol.md`, "The stack dump as data"); the same document as
+    /// [`to_json_string`](StackDump::to_json_string), parsed.
     pub fn to_json(&self) -> Value {
+        serde_json::from_str(&self.to_json_string()).unwrap_or(Value::Null)
+    }
+
+    /// The dump as one line of JSON text (see `docs/protocol.md`, "The stack dump as data").
+    ///
+    /// Written straight into one string: a `serde_json::Value` of a big dump (a map per frame
+    /// and per symbol) costs more to build, serialize and drop than the capture itself.
+    pub fn to_json_string(&self) -> String {
         let counts = self.counts();
         let taken_at_ms = self
             .taken_at
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        json!({
-            "pid": self.pid,
-            "taken_at_unix_ms": taken_at_ms,
-            "signal": self.signal,
-            "capture_micros": self.capture_time.as_micros() as u64,
-            "symbolize_micros": self.symbolize_time.as_micros() as u64,
-            "counts": {
-                "threads": counts.threads,
-                "captured": counts.captured,
-                "blocked": counts.blocked,
-                "no_answer": counts.no_answer,
-                "exited": counts.exited,
-            },
-            "threads": self.threads.iter().map(ThreadStack::to_json).collect::<Vec<_>>(),
-        })
+        let mut out = String::with_capacity(256 + self.threads.len() * 2048);
+        let _ = write!(
+            out,
+            "{{\"pid\":{},\"taken_at_unix_ms\":{taken_at_ms},\"signal\":{},\"capture_micros\":{},\"symbolize_micros\":{},\"counts\":{{\"threads\":{},\"captured\":{},\"blocked\":{},\"no_answer\":{},\"exited\":{}}},\"threads\":[",
+            self.pid,
+            self.signal,
+            self.capture_time.as_micros() as u64,
+            self.symbolize_time.as_micros() as u64,
+            counts.threads,
+            counts.captured,
+            counts.blocked,
+            counts.no_answer,
+            counts.exited,
+        );
+        for (i, thread) in self.threads.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            thread.write_json(&mut out);
+        }
+        out.push_str("]}");
+        out
     }
 
     /// Only the threads whose tid equals `filter` or whose name contains it. The counts follow
@@ -700,6 +722,7 @@ pub struct ThreadStack {
     truncated: bool,
     wchan: Option<String>,
     syscall: Option<SyscallState>,
+    handler_time: Option<Duration>,
 }
 
 impl ThreadStack {
@@ -739,7 +762,7 @@ impl ThreadStack {
         self.truncated
     }
 
-    /// The kernel function the thread sleeps in, if any.
+    /// The kernel function the thread sleeps in, for a thread without a captured stack.
     pub fn wchan(&self) -> Option<&str> {
         self.wchan.as_deref()
     }
@@ -747,6 +770,13 @@ impl ThreadStack {
     /// For a thread without a captured stack: where `/proc` says it is blocked.
     pub fn syscall(&self) -> Option<SyscallState> {
         self.syscall
+    }
+
+    /// For a thread captured by the signal: how long it spent in the dump handler, from entry
+    /// to its last store (the final futex wake, about a microsecond, is not included). This is
+    /// how long the dump kept the thread from its own work.
+    pub fn handler_time(&self) -> Option<Duration> {
+        self.handler_time
     }
 
     fn write_text(&self, out: &mut String) {
@@ -790,19 +820,72 @@ impl ThreadStack {
         }
     }
 
-    fn to_json(&self) -> Value {
-        json!({
-            "tid": self.tid,
-            "name": self.name,
-            "state": self.state.letter().to_string(),
-            "state_name": self.state.name(),
-            "method": self.method.as_str(),
-            "note": self.note,
-            "truncated": self.truncated,
-            "wchan": self.wchan,
-            "syscall": self.syscall.map(syscall_json),
-            "frames": self.frames.iter().map(Frame::to_json).collect::<Vec<_>>(),
-        })
+    fn write_json(&self, out: &mut String) {
+        let _ = write!(out, "{{\"tid\":{},\"name\":", self.tid);
+        push_json_str(out, &self.name);
+        let _ = write!(
+            out,
+            ",\"state\":\"{}\",\"state_name\":\"{}\",\"method\":\"{}\",\"note\":",
+            self.state.letter(),
+            self.state.name(),
+            self.method.as_str()
+        );
+        push_json_opt(out, self.note.as_deref());
+        let _ = write!(out, ",\"truncated\":{},\"wchan\":", self.truncated);
+        push_json_opt(out, self.wchan.as_deref());
+        out.push_str(",\"syscall\":");
+        match self.syscall {
+            Some(state) => out.push_str(&syscall_json(state).to_string()),
+            None => out.push_str("null"),
+        }
+        match self.handler_time {
+            Some(time) => {
+                let _ = write!(out, ",\"handler_nanos\":{}", time.as_nanos() as u64);
+            }
+            None => out.push_str(",\"handler_nanos\":null"),
+        }
+        out.push_str(",\"frames\":[");
+        for (i, frame) in self.frames.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            frame.write_json(out);
+        }
+        out.push_str("]}");
+    }
+}
+
+/// Appends `text` as a JSON string literal.
+fn push_json_str(out: &mut String, text: &str) {
+    out.push('"');
+    let mut plain = 0;
+    for (at, byte) in text.bytes().enumerate() {
+        let escaped = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&text[plain..at]);
+        if escaped.is_empty() {
+            let _ = write!(out, "\\u{byte:04x}");
+        } else {
+            out.push_str(escaped);
+        }
+        plain = at + 1;
+    }
+    out.push_str(&text[plain..]);
+    out.push('"');
+}
+
+/// Appends `text` as a JSON string literal, or `null`.
+fn push_json_opt(out: &mut String, text: Option<&str>) {
+    match text {
+        Some(text) => push_json_str(out, text),
+        None => out.push_str("null"),
     }
 }
 
@@ -896,13 +979,32 @@ impl Frame {
         }
     }
 
-    fn to_json(&self) -> Value {
-        json!({
-            "ip": hex(self.ip),
-            "module": self.module.as_deref(),
-            "module_offset": self.module_offset.map(hex),
-            "symbols": self.symbols.iter().map(|s| json!({"name": s.name, "file": s.file, "line": s.line})).collect::<Vec<_>>(),
-        })
+    fn write_json(&self, out: &mut String) {
+        let _ = write!(out, "{{\"ip\":\"{:#x}\",\"module\":", self.ip);
+        push_json_opt(out, self.module.as_deref());
+        match self.module_offset {
+            Some(offset) => {
+                let _ = write!(out, ",\"module_offset\":\"{offset:#x}\"");
+            }
+            None => out.push_str(",\"module_offset\":null"),
+        }
+        out.push_str(",\"symbols\":[");
+        for (i, symbol) in self.symbols.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str("{\"name\":");
+            push_json_opt(out, symbol.name.as_deref());
+            out.push_str(",\"file\":");
+            push_json_opt(out, symbol.file.as_deref());
+            match symbol.line {
+                Some(line) => {
+                    let _ = write!(out, ",\"line\":{line}}}");
+                }
+                None => out.push_str(",\"line\":null}"),
+            }
+        }
+        out.push_str("]}");
     }
 }
 
@@ -985,6 +1087,7 @@ mod tests {
             truncated: false,
             wchan: Some("futex_wait_queue".into()),
             syscall: None,
+            handler_time: Some(Duration::from_nanos(5300)),
         };
         StackDump {
             pid: 4242,
@@ -1031,6 +1134,7 @@ mod tests {
         let thread = &json["threads"][0];
         assert_eq!(thread["state"], "S");
         assert_eq!(thread["method"], "signal");
+        assert_eq!(thread["handler_nanos"], 5300);
         assert_eq!(thread["note"], Value::Null);
         assert_eq!(thread["frames"][0]["ip"], "0x5581f0a1b2c3");
         assert_eq!(thread["frames"][0]["module_offset"], "0x1b2c3");
@@ -1039,6 +1143,19 @@ mod tests {
             json!({"name": "demo::worker", "file": "src/demo.rs", "line": 40})
         );
         assert_eq!(thread["frames"][1]["symbols"], json!([]));
+    }
+
+    #[test]
+    fn json_text_escapes_like_serde_json() {
+        let mut dump = sample();
+        dump.threads[0].name = "quote\" back\\ nl\n tab\t bell\u{7} é ∑".into();
+        dump.threads[0].note = Some("line\r\nend".into());
+        let text = dump.to_json_string();
+        assert!(!text.contains('\n'), "one line: {text}");
+        let parsed: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed["threads"][0]["name"], json!(dump.threads[0].name));
+        assert_eq!(parsed["threads"][0]["note"], json!("line\r\nend"));
+        assert_eq!(parsed, dump.to_json());
     }
 
     #[test]
