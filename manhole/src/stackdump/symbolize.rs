@@ -14,8 +14,9 @@
 //!   cache starts over), so a second dump of a mostly unchanged process costs little more than
 //!   its capture. The first resolve parses the executable's debug info: tens of milliseconds and
 //!   tens of MiB that the `backtrace` crate keeps.
-//! * **Budget.** After [`TIME_BUDGET`] the remaining frames get no symbols (module and offset
-//!   only) rather than keeping the caller waiting.
+//! * **Budget.** Once the first address is resolved (which loads the debug info, however long
+//!   that takes), at most [`TIME_BUDGET`] more is spent; the remaining frames then get no symbols
+//!   (module and offset only) rather than keeping the caller waiting.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -51,11 +52,12 @@ pub(super) struct Symbolizer {
     /// Mapped segments `(start, end, object index)`, sorted by start.
     segments: Vec<(usize, usize, usize)>,
     objects: Vec<(Arc<str>, usize)>,
-    deadline: Instant,
+    /// Set once the first address was resolved (the debug info is loaded by then).
+    deadline: Option<Instant>,
 }
 
 impl Symbolizer {
-    /// Takes the module snapshot and starts the time budget.
+    /// Takes the module snapshot.
     pub(super) fn new() -> Symbolizer {
         let exe: Arc<str> = std::fs::read_link("/proc/self/exe")
             .map(|p| p.display().to_string())
@@ -89,7 +91,7 @@ impl Symbolizer {
         Symbolizer {
             segments,
             objects,
-            deadline: Instant::now() + TIME_BUDGET,
+            deadline: None,
         }
     }
 
@@ -127,7 +129,7 @@ impl Symbolizer {
     }
 
     fn symbols(
-        &self,
+        &mut self,
         cache: &mut HashMap<usize, Arc<[FrameSymbol]>>,
         raw: &RawFrame,
     ) -> Arc<[FrameSymbol]> {
@@ -140,7 +142,11 @@ impl Symbolizer {
         if let Some(known) = cache.get(&addr) {
             return known.clone();
         }
-        if raw.ip == 0 || Instant::now() >= self.deadline {
+        if raw.ip == 0
+            || self
+                .deadline
+                .is_some_and(|deadline| Instant::now() >= deadline)
+        {
             return Arc::from([]);
         }
         let mut symbols = Vec::new();
@@ -151,6 +157,8 @@ impl Symbolizer {
                 line: symbol.lineno(),
             });
         });
+        self.deadline
+            .get_or_insert_with(|| Instant::now() + TIME_BUDGET);
         let symbols: Arc<[FrameSymbol]> = symbols.into();
         if cache.len() >= CACHE_LIMIT {
             cache.clear();
