@@ -7,8 +7,9 @@
 //! * **piped** (stdin is not a terminal): one thread sends every stdin line and half-closes; the
 //!   main thread copies everything the server sends to stdout until the server closes.
 //! * **interactive** (stdin and stdout are terminals): rustyline reads lines with editing and
-//!   history; a reader thread prints what the server sends. The last partial line the server sent
-//!   (its prompt, `>>> `) becomes rustyline's prompt once the server has been quiet for a moment.
+//!   history; a reader thread prints what the server sends. The protocol's prompt `>>> ` at the
+//!   start of a line is recognised at once (live output may follow it in the same read); any
+//!   other partial last line becomes the prompt once the server has been quiet for a moment.
 //!   After each command the main thread waits for that prompt, however long the command takes
 //!   (Ctrl-C stops waiting; a server that sends no prompt, in exec mode, is done when it goes
 //!   quiet). Output that
@@ -213,10 +214,17 @@ pub fn one_shot(
             return Err(server_closed_early());
         }
         let text = String::from_utf8_lossy(&line);
-        if first && let Some(err) = refusal(&text) {
-            return Err(err);
+        if first {
+            if let Some(err) = refusal(&text) {
+                return Err(err);
+            }
+            // The server is alive: if the hello missed its window, a banner and a stack dump
+            // come first, and a dump may take long on a loaded machine. Wait as long as it takes.
+            stream
+                .set_read_timeout(None)
+                .map_err(|err| Error::io("clearing the timeout", &err))?;
+            first = false;
         }
-        first = false;
         if let Some(frame) = exec_frame(&text) {
             if !frame.ok {
                 return Err(Error::new(
@@ -228,9 +236,6 @@ pub fn one_shot(
         }
     }
     // The command may take as long as it takes (a registered command may be slow).
-    stream
-        .set_read_timeout(None)
-        .map_err(|err| Error::io("clearing the timeout", &err))?;
     loop {
         if !read_line(&mut reader, &mut line)? {
             return Err(Error::new(
@@ -389,14 +394,15 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Waits until `done` holds, Ctrl-C is pressed, or `give_up` holds.
+    /// Waits until `done` holds, Ctrl-C is pressed, or `give_up` holds. A Ctrl-C pressed since
+    /// the flag was last cleared (when rustyline last started reading) counts too, so one that
+    /// lands just before the wait begins is not lost.
     fn wait_until(
         &self,
         interrupted: &AtomicBool,
         mut give_up: impl FnMut(&State) -> bool,
         mut done: impl FnMut(&State) -> bool,
     ) -> Wait {
-        interrupted.store(false, Ordering::SeqCst);
         let mut state = self.lock();
         loop {
             if done(&state) {
@@ -432,12 +438,46 @@ enum Wait {
     GaveUp,
 }
 
-/// Splits what the server sent into complete lines to print now and the partial last line.
-/// Returns the bytes to print (up to and including the last `\n`), leaving the rest in `pending`.
-fn take_complete_lines(pending: &mut Vec<u8>) -> Option<Vec<u8>> {
-    let end = pending.iter().rposition(|b| *b == b'\n')? + 1;
-    let rest = pending.split_off(end);
-    Some(std::mem::replace(pending, rest))
+/// Splits what the server sent into what to print now and what to keep: complete lines are
+/// printed; the REPL's prompt (`>>> `) at the start of a line is taken out and counted, whatever
+/// follows it (live output may come right after a prompt, before the operator typed anything);
+/// the partial last line stays in `pending`. Returns the text to print and the prompts seen.
+fn split_output(pending: &mut Vec<u8>) -> (Vec<u8>, usize) {
+    let prompt = REPL_PROMPT.as_bytes();
+    let mut print = Vec::new();
+    let mut prompts = 0;
+    let mut at = 0;
+    while at < pending.len() {
+        if pending[at..].starts_with(prompt) {
+            prompts += 1;
+            at += prompt.len();
+            continue;
+        }
+        match pending[at..].iter().position(|b| *b == b'\n') {
+            Some(end) => {
+                print.extend_from_slice(&pending[at..=at + end]);
+                at += end + 1;
+            }
+            None => break,
+        }
+    }
+    pending.drain(..at);
+    (print, prompts)
+}
+
+/// The prompt the protocol's REPL sends.
+const REPL_PROMPT: &str = ">>> ";
+
+/// The server has gone quiet, or sent the REPL's prompt: the partial line it left, if any, is
+/// its prompt.
+fn declare_prompt(shared: &Shared, pending: &mut Vec<u8>) {
+    let mut state = shared.lock();
+    if !pending.is_empty() {
+        state.prompt = String::from_utf8_lossy(&std::mem::take(pending)).into_owned();
+        state.prompt_count += 1;
+    }
+    state.quiet_count += 1;
+    shared.changed.notify_all();
 }
 
 /// The reader thread: prints the server's output, tracks its prompt, notices the end.
@@ -476,8 +516,16 @@ fn read_server<P: ExternalPrinter>(mut stream: UnixStream, shared: Arc<Shared>, 
                         break Closed::Refused(err);
                     }
                 }
-                if let Some(lines) = take_complete_lines(&mut pending) {
+                let (lines, prompts) = split_output(&mut pending);
+                if !lines.is_empty() {
                     let _ = printer.print(String::from_utf8_lossy(&lines).into_owned());
+                }
+                // The protocol's own prompt needs no quiet moment to be recognised.
+                if prompts > 0 {
+                    let mut state = shared.lock();
+                    state.prompt = REPL_PROMPT.to_owned();
+                    state.prompt_count += prompts as u64;
+                    shared.changed.notify_all();
                 }
             }
             Err(err)
@@ -491,14 +539,7 @@ fn read_server<P: ExternalPrinter>(mut stream: UnixStream, shared: Arc<Shared>, 
                     checked = true;
                 }
                 quiet = true;
-                let mut state = shared.lock();
-                if !pending.is_empty() {
-                    state.prompt =
-                        String::from_utf8_lossy(&std::mem::take(&mut pending)).into_owned();
-                    state.prompt_count += 1;
-                }
-                state.quiet_count += 1;
-                shared.changed.notify_all();
+                declare_prompt(&shared, &mut pending);
             }
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
             Err(err) if err.kind() == io::ErrorKind::ConnectionReset => break Closed::Eof,
@@ -613,6 +654,8 @@ fn converse(
             state.in_readline = true;
             state.prompt.clone()
         };
+        // Inside rustyline Ctrl-C is a key; a SIGINT seen before now is spent.
+        interrupted.store(false, Ordering::SeqCst);
         let line = editor.readline(&prompt);
         shared.lock().in_readline = false;
         match line {
@@ -779,18 +822,40 @@ mod tests {
         );
     }
 
+    fn split(text: &str) -> (String, usize, String) {
+        let mut pending = text.as_bytes().to_vec();
+        let (print, prompts) = split_output(&mut pending);
+        (
+            String::from_utf8(print).unwrap(),
+            prompts,
+            String::from_utf8(pending).unwrap(),
+        )
+    }
+
     #[test]
-    fn complete_lines_are_split_from_the_prompt() {
-        let mut pending = b"line 1\nline 2\n>>> ".to_vec();
+    fn output_is_split_into_lines_prompts_and_the_rest() {
+        let owned = |(a, n, b): (&str, usize, &str)| (a.to_owned(), n, b.to_owned());
         assert_eq!(
-            take_complete_lines(&mut pending).unwrap(),
-            b"line 1\nline 2\n"
+            split("line 1\nline 2\n>>> "),
+            owned(("line 1\nline 2\n", 1, ""))
         );
-        assert_eq!(pending, b">>> ");
-        assert!(take_complete_lines(&mut pending).is_none());
-        let mut pending = b"all\n".to_vec();
-        assert_eq!(take_complete_lines(&mut pending).unwrap(), b"all\n");
-        assert!(pending.is_empty());
+        assert_eq!(split("all\n"), owned(("all\n", 0, "")));
+        assert_eq!(split("partial"), owned(("", 0, "partial")));
+        assert_eq!(split("done\n$ "), owned(("done\n", 0, "$ ")));
+        // Live output right after the prompt: the prompt is taken out, the text printed.
+        assert_eq!(
+            split(">>> tick 1\ntick 2\n"),
+            owned(("tick 1\ntick 2\n", 1, ""))
+        );
+        assert_eq!(split("ok\n>>> tick 3"), owned(("ok\n", 1, "tick 3")));
+        // A prompt split across reads is kept until it is whole.
+        assert_eq!(split("ok\n>>"), owned(("ok\n", 0, ">>")));
+        // `>>> ` inside a line (a symbol name in a dump) is text.
+        assert_eq!(
+            split("  #6 <F as Fn<()>>> (x.rs:1)\n"),
+            owned(("  #6 <F as Fn<()>>> (x.rs:1)\n", 0, ""))
+        );
+        assert_eq!(split(">>> >>> "), owned(("", 2, "")));
     }
 
     /// A fake server on a socket pair, for the one-shot and piped paths.

@@ -5,8 +5,9 @@
 //! exec-handler server, a closed stdout, signal refusal (the target stays alive), `-s USR2`
 //! starting `bare`'s signal-activated manhole, a caught signal followed by a timeout,
 //! `--list`/`--prune`, every error exit code (5 and 6 need root to run the client as another
-//! uid), and interactive sessions through a pseudo-terminal (line editing, history, Ctrl-C,
-//! Ctrl-D, `exit`, the server going away).
+//! uid), and interactive sessions through a pseudo-terminal (line editing, history, Ctrl-C at
+//! the prompt and while waiting, Ctrl-D, `exit`, live output while typing, the server going
+//! away).
 //!
 //! Every process a test starts is owned by a guard ([`App`], [`Proc`], [`Pty`]) that kills and
 //! reaps it on drop; sockets live in per-test [`TempDir`]s or are removed by [`App`]. Waits are
@@ -837,6 +838,23 @@ struct Pty {
 impl Pty {
     /// Starts the client with `args` on a new 120x40 terminal, `HOME` at `home`.
     fn start(args: &[&str], home: &Path) -> Pty {
+        Pty::start_command(cli(args), home)
+    }
+
+    /// Starts the client with the terminal as its controlling terminal, so Ctrl-C typed while
+    /// rustyline is not reading becomes a SIGINT (`setsid --ctty`, from util-linux).
+    fn start_in_session(args: &[&str], home: &Path) -> Pty {
+        let mut command = Command::new("setsid");
+        command
+            .arg("--ctty")
+            .arg(bin("manhole-cli"))
+            .args(args)
+            .env_remove("MANHOLE");
+        Pty::start_command(command, home)
+    }
+
+    /// Starts `command` (the client) on a new 120x40 terminal, `HOME` at `home`.
+    fn start_command(mut command: Command, home: &Path) -> Pty {
         let size = nix::pty::Winsize {
             ws_row: 40,
             ws_col: 120,
@@ -845,7 +863,7 @@ impl Pty {
         };
         let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
         let slave: OwnedFd = pty.slave;
-        let child = cli(args)
+        let child = command
             .env("HOME", home)
             .env("TERM", "xterm")
             .stdin(Stdio::from(slave.try_clone().unwrap()))
@@ -941,6 +959,8 @@ impl Drop for Pty {
 
 /// What rustyline writes when it starts reading a line.
 const BRACKETED_PASTE_ON: &str = "\x1b[?2004h";
+/// What rustyline writes when it is done reading a line.
+const BRACKETED_PASTE_OFF: &str = "\x1b[?2004l";
 
 /// The server's answer to a typed line, as the terminal shows it: on its own line.
 fn answer_line(text: &str) -> String {
@@ -1037,4 +1057,51 @@ fn interactive_refusal_is_an_error() {
         "{:?}",
         pty.seen
     );
+}
+
+#[test]
+fn interactive_live_output_is_printed_while_typing() {
+    // bare's manhole comes from MANHOLE (defaults: stderr is shown live in sessions) and a
+    // thread writes `tick <n>` to stderr every 100 ms.
+    let mut app = App::start("bare", &["--stderr-every-ms", "100"], &[("MANHOLE", "")]);
+    app.wait_for_line("ready pid=");
+    app.socket = Some(PathBuf::from(format!("/tmp/manhole-{}", app.pid())));
+    let home = TempDir::new();
+    let mut pty = Pty::start(&["-t", "10", &app.pid().to_string()], home.path());
+    pty.expect_prompt();
+    pty.send("echo still-typing");
+    pty.expect("still-typing");
+    // A tick arrives while the line is being edited: it is printed above, then the prompt and
+    // the unfinished line are drawn again.
+    pty.expect("tick ");
+    pty.expect(">>> echo still-typing");
+    pty.send("\r");
+    pty.expect("\nstill-typing\r\n");
+    pty.expect_prompt();
+    pty.send("\x04");
+    assert_eq!(pty.wait_exit().code(), Some(0), "{:?}", pty.seen);
+}
+
+#[test]
+fn interactive_ctrl_c_stops_waiting_for_a_slow_command() {
+    // `hang_sync` never finishes; with a 120 s command timeout the server stays silent for
+    // longer than any wait here, so only Ctrl-C can bring the prompt back.
+    let mut app = App::start("tokio_app", &["--command-timeout-ms", "120000"], &[]);
+    let line = app.wait_for_line("manhole listening on ");
+    app.socket = Some(PathBuf::from(
+        line.trim_start_matches("manhole listening on "),
+    ));
+    let home = TempDir::new();
+    let mut pty = Pty::start_in_session(&[app.socket().to_str().unwrap()], home.path());
+    pty.expect_prompt();
+    pty.send("hang_sync\r");
+    // rustyline hands the line over (and leaves raw mode): the client now waits for an answer.
+    pty.expect(BRACKETED_PASTE_OFF);
+    pty.send("\x03");
+    pty.expect_prompt();
+    // Ctrl-D: the client half-closes and waits for the server to finish; Ctrl-C stops that too.
+    pty.send("\x04");
+    pty.expect(BRACKETED_PASTE_OFF);
+    pty.send("\x03");
+    assert_eq!(pty.wait_exit().code(), Some(0), "{:?}", pty.seen);
 }
