@@ -112,7 +112,9 @@
 
 mod commands;
 mod credentials;
+mod envvar;
 mod error;
+mod fork;
 mod lifecycle;
 mod listener;
 mod local;
@@ -122,11 +124,13 @@ pub mod procfs;
 mod registry;
 mod runtime;
 mod session;
+mod signals;
 mod socket;
 #[allow(unsafe_code)]
 pub mod stackdump;
 #[allow(unsafe_code)]
 mod sys;
+mod tee;
 mod threads;
 
 pub use credentials::PeerCred;
@@ -137,4 +141,5 @@ pub use options::{ConnectionHandler, Options, default_socket_path, parse_signal}
 pub use registry::{Registration, register, register_command};
 #[cfg(feature = "tokio")]
 pub use runtime::register_async_command;
+pub use signals::SignalSpec;
 pub use stackdump::StackDump;

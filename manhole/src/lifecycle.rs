@@ -1,24 +1,30 @@
-//! The one installation per process: [`install`], the [`Manhole`] handle, uninstall, and the
-//! exit hook that removes the socket.
+//! The one installation per process: [`install`], the [`Manhole`] handle, uninstall, what the
+//! activation signals start (the listener, one-shot sessions, dumps), the reinstall in a forked
+//! child, and the exit hook that waits for sessions and removes the socket.
 //!
 //! The state is a process-global `Option<Installation>` behind a lock that is only held for
-//! short bookkeeping, never while a client is served. Tearing an installation down closes the
-//! write end of its stop pipe: the listener and every session poll the read end, see it hang up
-//! and finish on their own.
+//! short bookkeeping, never while a client is served or a thread is joined. Tearing an
+//! installation down closes the write end of its stop pipe: the listener, the signal thread, a
+//! one-shot and every session poll the read end, see it hang up and finish on their own.
+//!
+//! Lock order: `STATE`, then `registry::TABLE`, `signals::HOOKED`, `tee::TEE`. All four are std
+//! mutexes held by the fork handlers across `fork` (see `fork.rs`).
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::listener::{self, Shared};
 use crate::log::log_event;
 use crate::registry::{self, Entry, Registration};
-use crate::session::Settings;
+use crate::session::{LIVE_SESSIONS, Session, Settings};
+use crate::signals::{self, Roles, signal_name};
 use crate::socket::{self, BoundSocket};
 use crate::stackdump::{self, DumpOptions, StackDump};
 use crate::{Error, ErrorKind, Options, Result, threads};
@@ -27,16 +33,49 @@ struct Installation {
     id: u64,
     pid: u32,
     settings: Arc<Settings>,
-    socket: Option<Arc<BoundSocket>>,
-    /// Write end of the stop pipe; dropping it stops the listener and the sessions.
+    /// The options it was installed with: a forked child reinstalls from them.
+    options: Arc<Options>,
+    roles: Roles,
+    /// Read end of the stop pipe, polled by every thread of this installation.
+    stop: Arc<OwnedFd>,
+    /// Write end of the stop pipe; dropping it stops the listener, signal thread and sessions.
     stop_writer: Option<OwnedFd>,
+    socket: Option<Arc<BoundSocket>>,
     listener: Option<JoinHandle<()>>,
+    signal_thread: Option<JoinHandle<()>>,
+    oneshot: Arc<Oneshot>,
     _registrations: Vec<Registration>,
 }
 
+/// The one-shot session of an installation (signal or `handle_oneshot`), if one is under way.
+#[derive(Default)]
+struct Oneshot {
+    running: AtomicBool,
+    socket: Mutex<Option<Arc<BoundSocket>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A std `Mutex` (not parking_lot's) so that the fork child can unlock it with one atomic store.
 static STATE: Mutex<Option<Installation>> = Mutex::new(None);
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 static EXIT_HOOK: AtomicBool = AtomicBool::new(false);
+/// The installed `daemon_connection`: when off, the exit hook waits for sessions.
+static DAEMON_CONNECTION: AtomicBool = AtomicBool::new(false);
+
+fn state() -> MutexGuard<'static, Option<Installation>> {
+    locked(&STATE)
+}
+
+/// `STATE`, held by the fork handlers from `prepare` until `parent`/`child`.
+pub(crate) struct ForkHold(MutexGuard<'static, Option<Installation>>);
+
+pub(crate) fn fork_hold() -> ForkHold {
+    ForkHold(state())
+}
 
 /// A handle on the installed manhole. Dropping it does nothing: the manhole stays installed until
 /// [`Manhole::uninstall`] or process exit.
@@ -52,11 +91,12 @@ impl Manhole {
         self.socket_path.as_deref()
     }
 
-    /// Stops the listener, ends the open sessions, removes the socket file and drops the locals
-    /// and commands registered through [`Options`]. Fails with
-    /// [`ErrorKind::NotInstalled`] if this installation was already replaced or uninstalled.
+    /// Stops the listener, ends the open sessions, removes the socket file, restores the
+    /// activation signals' old dispositions and drops the locals and commands registered through
+    /// [`Options`]. Fails with [`ErrorKind::NotInstalled`] if this installation was already
+    /// replaced or uninstalled.
     pub fn uninstall(self) -> Result<()> {
-        let mut state = STATE.lock();
+        let mut state = state();
         match state.as_ref() {
             Some(current) if current.id == self.id => {
                 let installation = state.take().expect("checked above");
@@ -64,10 +104,7 @@ impl Manhole {
                 teardown(installation);
                 Ok(())
             }
-            _ => Err(Error::new(
-                ErrorKind::NotInstalled,
-                "this manhole is no longer installed",
-            )),
+            _ => Err(not_installed()),
         }
     }
 
@@ -75,15 +112,61 @@ impl Manhole {
     pub fn dump_threads(&self) -> Result<StackDump> {
         dump_threads()
     }
+
+    /// Opens the socket (`socket_path`, or `/tmp/manhole-<pid>`) for exactly one session, serves
+    /// it on the calling thread and removes the socket when it ends (python-manhole's
+    /// `handle_oneshot`). Meant for `thread(false)` installations in programs that own their
+    /// signal handling: call it from your own handler thread when the operator asks. It blocks
+    /// until a client has come and gone, or until the manhole is uninstalled.
+    ///
+    /// ```no_run
+    /// let manhole = manhole::install(manhole::Options::new().thread(false))?;
+    /// // ... later, when the operator asks for it:
+    /// manhole.handle_oneshot()?;
+    /// # Ok::<(), manhole::Error>(())
+    /// ```
+    pub fn handle_oneshot(&self) -> Result<()> {
+        let (settings, stop, path, oneshot) = {
+            let state = state();
+            let current = state
+                .as_ref()
+                .filter(|i| i.id == self.id && i.pid == std::process::id())
+                .ok_or_else(not_installed)?;
+            (
+                current.settings.clone(),
+                current.stop.clone(),
+                current.options.socket_path_for(current.pid),
+                current.oneshot.clone(),
+            )
+        };
+        if oneshot.running.swap(true, Ordering::SeqCst) {
+            return Err(Error::new(
+                ErrorKind::Configuration,
+                "a one-shot session is already under way",
+            ));
+        }
+        let served = serve_oneshot(&path, &settings, &stop, &oneshot);
+        oneshot.running.store(false, Ordering::SeqCst);
+        served
+    }
 }
 
-/// Installs the manhole: the dump signal handler, the registered values and commands, and (with
-/// `thread`, the default) the listener on `/tmp/manhole-<pid>` or `socket_path`.
+fn not_installed() -> Error {
+    Error::new(
+        ErrorKind::NotInstalled,
+        "this manhole is no longer installed",
+    )
+}
+
+/// Installs the manhole: the dump signal handler, the registered values and commands, the
+/// activation signals, and (with `thread`, the default, and no activation signal) the listener
+/// on `/tmp/manhole-<pid>` or `socket_path`.
 ///
 /// Errors: [`ErrorKind::AlreadyInstalled`] when a manhole is installed and `strict` is on (the
-/// default; with `strict(false)` the old one is uninstalled first), [`ErrorKind::SocketPath`]
-/// when the socket cannot be put at its path, [`ErrorKind::Signal`] when the dump signal already
-/// has a handler.
+/// default; with `strict(false)` the old one is uninstalled first),
+/// [`ErrorKind::Configuration`] when options contradict each other (the same signal for
+/// `activate_on` and `oneshot_on`), [`ErrorKind::Signal`] for an unknown or unusable signal,
+/// [`ErrorKind::SocketPath`] when the socket cannot be put at its path.
 ///
 /// ```no_run
 /// let manhole = manhole::install(manhole::Options::new())?;
@@ -91,9 +174,79 @@ impl Manhole {
 /// # Ok::<(), manhole::Error>(())
 /// ```
 pub fn install(options: Options) -> Result<Manhole> {
-    let mut state = STATE.lock();
+    install_as(options, false)
+}
+
+/// The resolved signal numbers and mask of some options.
+#[derive(Debug)]
+struct Resolved {
+    dump_signal: i32,
+    roles: Roles,
+    sigmask: u64,
+    thread: bool,
+}
+
+fn resolve(options: &Options) -> Result<Resolved> {
+    let dump_signal = options
+        .dump_signal
+        .unwrap_or_else(|| libc::SIGRTMIN() + Options::DEFAULT_DUMP_SIGNAL_OFFSET);
+    let one = |spec: &Option<crate::SignalSpec>| spec.as_ref().map(|s| s.resolve()).transpose();
+    let roles = Roles {
+        activate: one(&options.activate_on)?,
+        oneshot: one(&options.oneshot_on)?,
+        dump: one(&options.dump_on)?,
+        terminate: options.cleanup_on_sigterm.then_some(libc::SIGTERM),
+    };
+    if roles.activate.is_some() && roles.activate == roles.oneshot {
+        return Err(Error::config(
+            "You cannot do activation of the Manhole thread on the same signal that you want to \
+             do oneshot activation !",
+        ));
+    }
+    if roles.dump.is_some() && (roles.dump == roles.activate || roles.dump == roles.oneshot) {
+        return Err(Error::config(
+            "dump_on must be a different signal from activate_on and oneshot_on",
+        ));
+    }
+    if roles.terminate.is_some()
+        && [roles.activate, roles.oneshot, roles.dump].contains(&roles.terminate)
+    {
+        return Err(Error::config(
+            "cleanup_on_sigterm takes SIGTERM, so no other option may use it",
+        ));
+    }
+    if let Some(signal) = roles.signals().find(|&s| s == dump_signal) {
+        return Err(Error::config(format!(
+            "{} is the dump signal (dump_signal); choose another one",
+            signal_name(signal)
+        )));
+    }
+    let sigmask = match &options.sigmask {
+        None => u64::MAX,
+        Some(list) => list.iter().try_fold(0u64, |set, spec| {
+            let n = spec.resolve()?;
+            Ok::<u64, Error>(if (1..=64).contains(&n) {
+                set | (1u64 << (n - 1))
+            } else {
+                set
+            })
+        })?,
+    };
+    Ok(Resolved {
+        dump_signal,
+        thread: options.thread && roles.activate.is_none() && roles.oneshot.is_none(),
+        roles,
+        sigmask,
+    })
+}
+
+/// `install`, also used by a forked child to reinstall (`quiet_conflict`: an installation the
+/// child's own code made meanwhile wins, without an error).
+fn install_as(options: Options, quiet_conflict: bool) -> Result<Manhole> {
+    let resolved = resolve(&options)?;
+    let mut state = state();
     if let Some(current) = state.as_ref() {
-        if current.pid == std::process::id() && options.strict {
+        if current.pid == std::process::id() && (options.strict || quiet_conflict) {
             return Err(Error::new(
                 ErrorKind::AlreadyInstalled,
                 "Manhole already installed!",
@@ -102,19 +255,30 @@ pub fn install(options: Options) -> Result<Manhole> {
         let previous = state.take().expect("checked above");
         if previous.pid == std::process::id() {
             log_event!("Replacing the installed manhole (strict is off)");
+            // Its threads may need the state lock to finish: tear down without holding it.
+            drop(state);
             teardown(previous);
+            state = self::state();
+            if state.is_some() {
+                return Err(Error::new(
+                    ErrorKind::AlreadyInstalled,
+                    "another manhole was installed while the old one was being replaced",
+                ));
+            }
         } else {
-            // Inherited through fork: its threads do not exist here and its socket is the
-            // parent's. Forget it without touching either.
+            // Inherited through fork without the fork hook: its threads do not exist here and
+            // its socket is the parent's. Forget it without touching either.
             std::mem::forget(previous);
         }
     }
     crate::log::configure(options.verbose, options.verbose_destination);
-    let signal = options
-        .dump_signal
-        .unwrap_or_else(|| libc::SIGRTMIN() + Options::DEFAULT_DUMP_SIGNAL_OFFSET);
-    stackdump::install_handler(signal)?;
-    threads::set_dump_signal(signal);
+    stackdump::install_handler(resolved.dump_signal)?;
+    threads::set_dump_signal(resolved.dump_signal);
+    threads::set_sigmask(resolved.sigmask);
+    crate::fork::ensure_hooks();
+    if options.redirect_stderr {
+        crate::tee::prepare();
+    }
     let settings = Arc::new(Settings {
         handler: options.connection_handler,
         lock_timeout: options.lock_timeout,
@@ -122,33 +286,101 @@ pub fn install(options: Options) -> Result<Manhole> {
         write_timeout: options.write_timeout,
         idle_timeout: options.idle_timeout,
         dump: DumpOptions {
-            signal,
+            signal: resolved.dump_signal,
             timeout: options.dump_timeout,
             max_frames: options.max_frames,
         },
+        redirect_stderr: options.redirect_stderr,
         banner: options.banner.clone(),
         runtime: options.runtime.for_install(),
     });
+    let (stop_reader, stop_writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| Error::io("cannot create the stop pipe", e.into()))?;
+    let pid = std::process::id();
     let mut installation = Installation {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-        pid: std::process::id(),
+        pid,
         settings,
+        roles: resolved.roles,
+        stop: Arc::new(stop_reader),
+        stop_writer: Some(stop_writer),
         socket: None,
-        stop_writer: None,
         listener: None,
+        signal_thread: None,
+        oneshot: Arc::new(Oneshot::default()),
         _registrations: registrations(&options),
+        options: Arc::new(options),
     };
-    if options.thread {
-        let path = options.socket_path_for(installation.pid);
-        start_listener(&mut installation, &path, options.max_sessions)?;
+    signals::hook_all(&installation.roles)?;
+    let started = (|| -> Result<()> {
+        if resolved.thread {
+            start_listener(&mut installation)?;
+        }
+        if !installation.roles.is_empty() {
+            let actions = Arc::new(SignalActions {
+                id: installation.id,
+                settings: installation.settings.clone(),
+                options: installation.options.clone(),
+                stop: installation.stop.clone(),
+                oneshot: installation.oneshot.clone(),
+            });
+            installation.signal_thread = Some(signals::spawn_thread(
+                installation.roles,
+                actions,
+                installation.stop.clone(),
+            )?);
+        }
+        Ok(())
+    })();
+    if let Err(e) = started {
+        drop(state);
+        teardown(installation);
+        return Err(e);
     }
+    DAEMON_CONNECTION.store(installation.options.daemon_connection, Ordering::SeqCst);
     install_exit_hook();
+    log_mode(&installation);
     let handle = Manhole {
         id: installation.id,
         socket_path: installation.socket.as_ref().map(|s| s.path().to_path_buf()),
     };
     *state = Some(installation);
     Ok(handle)
+}
+
+/// Says how this installation listens and what a forked child will do (python-manhole's lines).
+fn log_mode(installation: &Installation) {
+    let options = &installation.options;
+    let roles = &installation.roles;
+    if let Some(signal) = roles.activate {
+        log_event!(
+            "Not patching fork. Activation is done by signal {signal} ({})",
+            signal_name(signal)
+        );
+    } else if let Some(signal) = roles.oneshot {
+        log_event!(
+            "Not patching fork. Oneshot activation is done by signal {signal} ({})",
+            signal_name(signal)
+        );
+    } else if !options.thread {
+        log_event!("No listener thread (thread is off): call handle_oneshot to open a session");
+    } else if let Some(path) = &options.socket_path {
+        log_event!(
+            "Not patching fork. Using user socket path {}",
+            path.display()
+        );
+    } else if options.patch_fork {
+        log_event!(
+            "Patched fork: a forked child listens at /tmp/manhole-<childpid> after {:.1} seconds",
+            options.reinstall_delay.as_secs_f64()
+        );
+    }
+    if let Some(signal) = roles.dump {
+        log_event!(
+            "Dumping every thread's stack on signal {signal} ({})",
+            signal_name(signal)
+        );
+    }
 }
 
 fn registrations(options: &Options) -> Vec<Registration> {
@@ -168,14 +400,13 @@ fn registrations(options: &Options) -> Vec<Registration> {
     values.chain(commands).collect()
 }
 
-fn start_listener(installation: &mut Installation, path: &Path, max_sessions: usize) -> Result<()> {
-    let bound = Arc::new(socket::bind(path)?);
-    let (stop_reader, stop_writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| Error::io("cannot create the stop pipe", e.into()))?;
+fn start_listener(installation: &mut Installation) -> Result<()> {
+    let path = installation.options.socket_path_for(installation.pid);
+    let bound = Arc::new(socket::bind(&path)?);
     let shared = Shared {
         settings: installation.settings.clone(),
-        stop: Arc::new(stop_reader),
-        max_sessions,
+        stop: installation.stop.clone(),
+        max_sessions: installation.options.max_sessions,
         open_sessions: Arc::new(AtomicUsize::new(0)),
         next_session: AtomicU64::new(1),
     };
@@ -189,29 +420,184 @@ fn start_listener(installation: &mut Installation, path: &Path, max_sessions: us
     })?;
     log_event!("Manhole UDS path: {}", bound.path().display());
     installation.socket = Some(bound);
-    installation.stop_writer = Some(stop_writer);
     installation.listener = Some(handle);
     Ok(())
 }
 
 fn teardown(mut installation: Installation) {
+    signals::unhook_all(&installation.roles);
     drop(installation.stop_writer.take());
-    if let Some(listener) = installation.listener.take()
-        && listener.thread().id() != std::thread::current().id()
+    let me = std::thread::current().id();
+    let oneshot_thread = locked(&installation.oneshot.thread).take();
+    for handle in [
+        installation.listener.take(),
+        installation.signal_thread.take(),
+        oneshot_thread,
+    ]
+    .into_iter()
+    .flatten()
     {
-        let _ = listener.join();
+        if handle.thread().id() != me {
+            let _ = handle.join();
+        }
     }
     if let Some(socket) = installation.socket.take() {
         socket.remove_file();
         log_event!("Removed {}", socket.path().display());
+    }
+    if let Some(socket) = locked(&installation.oneshot.socket).take() {
+        socket.remove_file();
+    }
+}
+
+/// What the `manhole-signal` thread does for one installation.
+struct SignalActions {
+    id: u64,
+    settings: Arc<Settings>,
+    options: Arc<Options>,
+    stop: Arc<OwnedFd>,
+    oneshot: Arc<Oneshot>,
+}
+
+impl signals::Actions for SignalActions {
+    fn activate(&self) {
+        let mut state = state();
+        let Some(installation) = state.as_mut().filter(|i| i.id == self.id) else {
+            return;
+        };
+        if installation.listener.is_some() {
+            return;
+        }
+        log_event!("Activation signal received: starting the listener");
+        if let Err(e) = start_listener(installation) {
+            log_event!("Cannot start the listener: {e}");
+        }
+    }
+
+    fn oneshot(&self) {
+        if self.oneshot.running.swap(true, Ordering::SeqCst) {
+            log_event!("Oneshot signal ignored: a one-shot session is already under way");
+            return;
+        }
+        let path = self.options.socket_path_for(std::process::id());
+        let (settings, stop, oneshot) = (
+            self.settings.clone(),
+            self.stop.clone(),
+            self.oneshot.clone(),
+        );
+        let previous = locked(&self.oneshot.thread).take();
+        if let Some(previous) = previous {
+            let _ = previous.join();
+        }
+        let spawned = threads::spawn("manhole-oneshot".into(), move || {
+            if let Err(e) = serve_oneshot(&path, &settings, &stop, &oneshot) {
+                log_event!("Oneshot failure: {e}");
+            }
+            oneshot.running.store(false, Ordering::SeqCst);
+        });
+        match spawned {
+            Ok(handle) => *locked(&self.oneshot.thread) = Some(handle),
+            Err(e) => {
+                self.oneshot.running.store(false, Ordering::SeqCst);
+                log_event!("Oneshot failure: cannot start its thread: {e}");
+            }
+        }
+    }
+
+    fn dump(&self) {
+        let text = match stackdump::capture(&self.settings.dump) {
+            Ok(dump) => dump.to_text(),
+            Err(e) => format!("manhole: cannot dump the threads: {e}\n"),
+        };
+        crate::log::write_all_raw(crate::log::destination_now(), text.as_bytes());
+    }
+
+    fn terminate(&self, signal: i32) {
+        remove_sockets(Duration::from_millis(500));
+        log_event!("{}: removed the socket; terminating", signal_name(signal));
+        crate::sys::raise_with_default_action(signal);
+    }
+}
+
+/// Binds `path`, waits for one connection (or the stop pipe), serves it on this thread, and
+/// removes the socket whatever happens.
+fn serve_oneshot(
+    path: &Path,
+    settings: &Arc<Settings>,
+    stop: &Arc<OwnedFd>,
+    oneshot: &Oneshot,
+) -> Result<()> {
+    let bound = Arc::new(socket::bind(path)?);
+    *locked(&oneshot.socket) = Some(bound.clone());
+    struct Remove<'a>(&'a Oneshot, Arc<BoundSocket>);
+    impl Drop for Remove<'_> {
+        fn drop(&mut self) {
+            self.1.remove_file();
+            locked(&self.0.socket).take();
+            log_event!("Cleaned up. Removed {}", self.1.path().display());
+        }
+    }
+    let _remove = Remove(oneshot, bound.clone());
+    log_event!(
+        "Manhole UDS path: {} (one session). Waiting for new connection (in pid:{}) ...",
+        bound.path().display(),
+        std::process::id()
+    );
+    loop {
+        let (incoming, stopped) = {
+            let mut fds = [
+                PollFd::new(bound.listener.as_fd(), PollFlags::POLLIN),
+                PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => (
+                    fds[0].revents().is_some_and(|r| !r.is_empty()),
+                    fds[1].revents().is_some_and(|r| !r.is_empty()),
+                ),
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(Error::io("poll failed", e.into())),
+            }
+        };
+        if stopped {
+            return Ok(());
+        }
+        if !incoming {
+            continue;
+        }
+        let stream = match bound.listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(Error::io("accept failed", e)),
+        };
+        // Blocking mode for the session, as the listener's sessions get.
+        let _ = stream.set_nonblocking(false);
+        let peer = crate::credentials::peer_of(&stream)
+            .map_err(|e| Error::io("cannot read the peer's credentials", e))?;
+        if !crate::credentials::is_allowed(&peer) {
+            log_event!(
+                "Access denied to {peer}: uid {} is neither root nor our euid",
+                peer.uid
+            );
+            listener::refuse(
+                &stream,
+                &format!(
+                    "manhole: access denied: peer uid {} is not allowed ({peer})\n",
+                    peer.uid
+                ),
+            );
+            return Ok(());
+        }
+        log_event!("Accepted one-shot session from {peer}");
+        Session::new(stream, peer, settings.clone(), stop.clone()).run();
+        return Ok(());
     }
 }
 
 /// Captures a symbolized backtrace of every thread with the installed manhole's settings.
 /// Fails with [`ErrorKind::NotInstalled`] before `install` (the capture needs its signal handler).
 pub fn dump_threads() -> Result<StackDump> {
-    let dump = STATE
-        .lock()
+    let dump = state()
         .as_ref()
         .map(|i| i.settings.dump.clone())
         .ok_or_else(|| Error::new(ErrorKind::NotInstalled, "no manhole is installed"))?;
@@ -220,19 +606,173 @@ pub fn dump_threads() -> Result<StackDump> {
 
 fn install_exit_hook() {
     if !EXIT_HOOK.swap(true, Ordering::SeqCst)
-        && let Err(e) = crate::sys::at_exit(remove_socket_at_exit)
+        && let Err(e) = crate::sys::at_exit(at_exit)
     {
         log_event!("Cannot register the exit hook; the socket will stay after exit: {e}");
     }
 }
 
-/// Runs at normal process exit: removes our socket file. It must not block exit, so the state
-/// lock is only tried briefly.
-extern "C" fn remove_socket_at_exit() {
-    if let Some(state) = STATE.try_lock_for(Duration::from_millis(100))
-        && let Some(installation) = state.as_ref()
-        && let Some(socket) = &installation.socket
+/// Removes this process's socket files (the listener's and a one-shot's), trying the state lock
+/// for at most `patience`.
+fn remove_sockets(patience: Duration) {
+    let deadline = Instant::now() + patience;
+    let state = loop {
+        match STATE.try_lock() {
+            Ok(state) => break state,
+            Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        }
+    };
+    if let Some(installation) = state.as_ref() {
+        if let Some(socket) = &installation.socket {
+            socket.remove_file();
+        }
+        if let Ok(oneshot) = installation.oneshot.socket.try_lock()
+            && let Some(socket) = oneshot.as_ref()
+        {
+            socket.remove_file();
+        }
+    }
+}
+
+/// Runs at normal process exit (main returning, `std::process::exit`): unless
+/// `daemon_connection` is on, waits for the open sessions to end; then puts stderr back and
+/// removes our socket.
+extern "C" fn at_exit() {
+    if !DAEMON_CONNECTION.load(Ordering::SeqCst) {
+        let open = LIVE_SESSIONS.load(Ordering::SeqCst);
+        if open > 0 {
+            log_event!(
+                "Waiting for {open} open session(s) to end before exiting (daemon_connection is \
+                 off)"
+            );
+            while LIVE_SESSIONS.load(Ordering::SeqCst) > 0 {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    crate::tee::at_exit();
+    remove_sockets(Duration::from_millis(100));
+}
+
+/// What a forked child reinstalls from.
+pub(crate) struct ChildPlan(Arc<Options>);
+
+/// In a forked child, with `STATE` held by the fork handlers (async-signal-safe: no allocation,
+/// no lock, only atomics and `close`): forgets the parent's installation without touching its
+/// socket file or threads (they do not exist here), closes its descriptors, and says what to
+/// reinstall.
+pub(crate) fn after_fork_in_child(hold: &mut ForkHold) -> Option<ChildPlan> {
+    LIVE_SESSIONS.store(0, Ordering::SeqCst);
+    let installation = hold.0.take()?;
+    crate::sys::close_raw(installation.stop.as_raw_fd());
+    if let Some(writer) = &installation.stop_writer {
+        crate::sys::close_raw(writer.as_raw_fd());
+    }
+    if let Some(socket) = &installation.socket {
+        crate::sys::close_raw(socket.listener.as_raw_fd());
+    }
+    if let Ok(oneshot) = installation.oneshot.socket.try_lock()
+        && let Some(socket) = oneshot.as_ref()
     {
-        socket.remove_file();
+        crate::sys::close_raw(socket.listener.as_raw_fd());
+    }
+    let plan = installation
+        .options
+        .patch_fork
+        .then(|| ChildPlan(installation.options.clone()));
+    // Never dropped: dropping would close the descriptors again, detach threads that do not exist
+    // and (were it the same pid) remove the parent's socket.
+    std::mem::forget(installation);
+    plan
+}
+
+/// In a forked child, after the fork locks are released: a `manhole-fork` thread reinstalls
+/// (after `reinstall_delay` when it will listen at the child's pid path).
+pub(crate) fn reinstall_in_child(plan: ChildPlan) {
+    let spawned = threads::spawn("manhole-fork".into(), move || {
+        let mut options = (*plan.0).clone();
+        let by_signal = options.activate_on.is_some() || options.oneshot_on.is_some();
+        if by_signal {
+            // Signal activation in the child listens at the child's own pid path.
+            options.socket_path = None;
+            log_event!(
+                "Fork detected. Not listening in the child; activation by signal uses {}",
+                crate::default_socket_path(std::process::id()).display()
+            );
+        } else if !options.thread {
+            log_event!("Fork detected. No listener thread in the child (thread is off)");
+        } else if let Some(path) = options.socket_path.take() {
+            options.thread = false;
+            log_event!(
+                "Fork detected. Not listening in the child: the user socket path {} is the \
+                 parent's",
+                path.display()
+            );
+        } else {
+            log_event!("Fork detected. Reinstalling Manhole.");
+            log_event!(
+                "Delaying UDS binding {} seconds ...",
+                options.reinstall_delay.as_secs_f64()
+            );
+            std::thread::sleep(options.reinstall_delay);
+        }
+        match install_as(options, true) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyInstalled => {
+                log_event!("Not reinstalling in the child: it installed a manhole itself");
+            }
+            Err(e) => log_event!("Cannot reinstall the manhole in the child: {e}"),
+        }
+    });
+    if let Err(e) = spawned {
+        log_event!("Cannot reinstall the manhole in the child: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflicting_signals_are_configuration_errors() {
+        let same = resolve(&Options::new().activate_on("USR2").oneshot_on("SIGUSR2")).unwrap_err();
+        assert_eq!(same.kind(), ErrorKind::Configuration);
+        assert!(
+            same.message().starts_with("You cannot do activation"),
+            "{same}"
+        );
+        let dump = resolve(&Options::new().oneshot_on("USR1").dump_on(libc::SIGUSR1)).unwrap_err();
+        assert_eq!(dump.kind(), ErrorKind::Configuration);
+        let term = resolve(&Options::new().dump_on("TERM").cleanup_on_sigterm(true)).unwrap_err();
+        assert_eq!(term.kind(), ErrorKind::Configuration);
+        let rt = resolve(&Options::new().dump_on("RTMIN+7")).unwrap_err();
+        assert!(rt.message().contains("dump signal"), "{rt}");
+        let unknown = resolve(&Options::new().activate_on("USR3")).unwrap_err();
+        assert_eq!(unknown.kind(), ErrorKind::Signal);
+    }
+
+    #[test]
+    fn the_listener_thread_is_off_with_activation_signals_and_the_mask_resolves() {
+        assert!(resolve(&Options::new()).unwrap().thread);
+        assert!(!resolve(&Options::new().activate_on("USR2")).unwrap().thread);
+        assert!(!resolve(&Options::new().oneshot_on(12)).unwrap().thread);
+        assert!(!resolve(&Options::new().thread(false)).unwrap().thread);
+        assert_eq!(resolve(&Options::new()).unwrap().sigmask, u64::MAX);
+        assert_eq!(
+            resolve(&Options::new().sigmask(["USR1", "USR2"]))
+                .unwrap()
+                .sigmask,
+            (1 << (libc::SIGUSR1 - 1)) | (1 << (libc::SIGUSR2 - 1))
+        );
+        assert_eq!(
+            resolve(&Options::new().sigmask(Vec::<i32>::new()))
+                .unwrap()
+                .sigmask,
+            0
+        );
     }
 }

@@ -76,7 +76,7 @@ fn is_transient(e: &io::Error) -> bool {
 }
 
 /// Writes one refusal line without blocking and drops the connection.
-fn refuse(stream: &UnixStream, line: &str) {
+pub(crate) fn refuse(stream: &UnixStream, line: &str) {
     let _ = send(
         std::os::fd::AsRawFd::as_raw_fd(stream),
         line.as_bytes(),

@@ -54,7 +54,19 @@ pub(crate) fn format_line(message: &str) -> String {
 /// disturb the process.
 pub(crate) fn event(message: &str) {
     if enabled() {
-        write_all_raw(destination(), format_line(message).as_bytes());
+        write_all_raw(destination_now(), format_line(message).as_bytes());
+    }
+}
+
+/// The descriptor to write to right now: while `redirect_stderr` has fd 2 pointed at the
+/// sessions' tee, a destination of 2 means the original stderr, so the manhole's own lines never
+/// echo into sessions.
+pub(crate) fn destination_now() -> RawFd {
+    let fd = destination();
+    if fd == 2 {
+        crate::tee::original_stderr().unwrap_or(fd)
+    } else {
+        fd
     }
 }
 

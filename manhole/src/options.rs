@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::local::{CommandFn, Local};
+use crate::signals::SignalSpec;
 use crate::{Error, Result};
 
 /// How a connection is served once its peer is accepted.
@@ -62,6 +63,16 @@ pub struct Options {
     pub(crate) command_timeout: Duration,
     pub(crate) write_timeout: Duration,
     pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) activate_on: Option<SignalSpec>,
+    pub(crate) oneshot_on: Option<SignalSpec>,
+    pub(crate) dump_on: Option<SignalSpec>,
+    /// `None`: every signal.
+    pub(crate) sigmask: Option<Vec<SignalSpec>>,
+    pub(crate) reinstall_delay: Duration,
+    pub(crate) patch_fork: bool,
+    pub(crate) daemon_connection: bool,
+    pub(crate) redirect_stderr: bool,
+    pub(crate) cleanup_on_sigterm: bool,
 }
 
 impl Default for Options {
@@ -85,6 +96,15 @@ impl Default for Options {
             command_timeout: Options::DEFAULT_COMMAND_TIMEOUT,
             write_timeout: Options::DEFAULT_WRITE_TIMEOUT,
             idle_timeout: Some(Options::DEFAULT_IDLE_TIMEOUT),
+            activate_on: None,
+            oneshot_on: None,
+            dump_on: None,
+            sigmask: None,
+            reinstall_delay: Options::DEFAULT_REINSTALL_DELAY,
+            patch_fork: true,
+            daemon_connection: false,
+            redirect_stderr: true,
+            cleanup_on_sigterm: false,
         }
     }
 }
@@ -116,6 +136,15 @@ impl fmt::Debug for Options {
             .field("command_timeout", &self.command_timeout)
             .field("write_timeout", &self.write_timeout)
             .field("idle_timeout", &self.idle_timeout)
+            .field("activate_on", &self.activate_on)
+            .field("oneshot_on", &self.oneshot_on)
+            .field("dump_on", &self.dump_on)
+            .field("sigmask", &self.sigmask)
+            .field("reinstall_delay", &self.reinstall_delay)
+            .field("patch_fork", &self.patch_fork)
+            .field("daemon_connection", &self.daemon_connection)
+            .field("redirect_stderr", &self.redirect_stderr)
+            .field("cleanup_on_sigterm", &self.cleanup_on_sigterm)
             .finish()
     }
 }
@@ -139,6 +168,8 @@ impl Options {
     pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
     /// The offset from `SIGRTMIN()` of the default dump signal.
     pub const DEFAULT_DUMP_SIGNAL_OFFSET: i32 = 7;
+    /// How long a forked child waits before listening at its own `/tmp/manhole-<pid>`.
+    pub const DEFAULT_REINSTALL_DELAY: Duration = Duration::from_millis(500);
     /// Longest socket path: `sun_path` holds 108 bytes including the terminating NUL.
     pub const MAX_SOCKET_PATH_LEN: usize = 107;
 
@@ -161,7 +192,10 @@ impl Options {
         self
     }
 
-    /// Start the always-on listener thread at install.
+    /// Start the always-on listener thread at install. It is off anyway when
+    /// [`activate_on`](Options::activate_on) or [`oneshot_on`](Options::oneshot_on) is given; with
+    /// `thread(false)` and neither, nothing listens until the application calls
+    /// [`Manhole::handle_oneshot`](crate::Manhole::handle_oneshot).
     /// Defaults to `true`.
     pub fn thread(mut self, on: bool) -> Options {
         self.thread = on;
@@ -320,6 +354,91 @@ impl Options {
     /// Defaults to `Some(`[`Options::DEFAULT_IDLE_TIMEOUT`]`)` (30 min).
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Options {
         self.idle_timeout = timeout;
+        self
+    }
+
+    /// Start the listener (and keep it) when `signal` arrives; nothing listens before. The signal
+    /// is a number or a name with or without `SIG` (`"USR2"`, `"SIGUSR2"`, `12`). A handler the
+    /// application has for it keeps running (it is chained through signal-hook).
+    /// Defaults to `None`.
+    pub fn activate_on(mut self, signal: impl Into<SignalSpec>) -> Options {
+        self.activate_on = Some(signal.into());
+        self
+    }
+
+    /// Each time `signal` arrives, open the socket for exactly one session and remove it when
+    /// that session ends (python-manhole's `oneshot_on`). It must differ from `activate_on`.
+    /// Defaults to `None`.
+    pub fn oneshot_on(mut self, signal: impl Into<SignalSpec>) -> Options {
+        self.oneshot_on = Some(signal.into());
+        self
+    }
+
+    /// On `signal`, write the backtrace of every thread to the
+    /// [`verbose_destination`](Options::verbose_destination) (like the JVM's `kill -3`); the
+    /// application keeps running.
+    /// Defaults to `None`.
+    pub fn dump_on(mut self, signal: impl Into<SignalSpec>) -> Options {
+        self.dump_on = Some(signal.into());
+        self
+    }
+
+    /// The signals every manhole thread blocks, so that a signal meant for the application
+    /// (read with `signalfd` or `sigwait`) is never taken by a manhole thread. An empty list
+    /// turns blocking off. The dump signal always stays unblocked.
+    /// Defaults to every signal (see [`Options::sigmask_all`]).
+    pub fn sigmask<S: Into<SignalSpec>>(mut self, signals: impl IntoIterator<Item = S>) -> Options {
+        self.sigmask = Some(signals.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Block every signal in the manhole threads (the default).
+    pub fn sigmask_all(mut self) -> Options {
+        self.sigmask = None;
+        self
+    }
+
+    /// In a forked child, wait this long before listening at the child's own
+    /// `/tmp/manhole-<pid>`, so children that `exec` at once never create a socket.
+    /// Defaults to [`Options::DEFAULT_REINSTALL_DELAY`] (0.5 s).
+    pub fn reinstall_delay(mut self, delay: Duration) -> Options {
+        self.reinstall_delay = delay;
+        self
+    }
+
+    /// Bring the manhole back in the child of a `fork` (through `pthread_atfork`). Only the
+    /// default pid path with the always-on listener gets a listener in the child; see
+    /// `docs/options.md`.
+    /// Defaults to `true`.
+    pub fn patch_fork(mut self, on: bool) -> Options {
+        self.patch_fork = on;
+        self
+    }
+
+    /// When `false`, a normal process exit (main returning, `std::process::exit`) waits for the
+    /// open sessions to end first; when `true`, sessions die with the process.
+    /// Defaults to `false` (as python-manhole).
+    pub fn daemon_connection(mut self, on: bool) -> Options {
+        self.daemon_connection = on;
+        self
+    }
+
+    /// While a session is open, also show what the process writes to its stderr (fd 2) in the
+    /// session, live. The original stderr still gets everything. See `docs/options.md` for the
+    /// caveats.
+    /// Defaults to `true` (as python-manhole).
+    pub fn redirect_stderr(mut self, on: bool) -> Options {
+        self.redirect_stderr = on;
+        self
+    }
+
+    /// Install a SIGTERM handler (chained through signal-hook) that removes the socket and then
+    /// dies of SIGTERM as before. Without it, a SIGTERM with the default action skips exit
+    /// handlers and leaves the socket file behind. Leave it off if the application handles
+    /// SIGTERM itself; see `docs/options.md` for the recipe.
+    /// Defaults to `false`.
+    pub fn cleanup_on_sigterm(mut self, on: bool) -> Options {
+        self.cleanup_on_sigterm = on;
         self
     }
 

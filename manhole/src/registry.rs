@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::local::{CommandFn, Local};
 
@@ -24,7 +24,21 @@ struct Registered {
     entry: Entry,
 }
 
+/// A std `Mutex` rather than parking_lot's: the fork handlers hold it across `fork` and the
+/// child unlocks it, which for std's futex lock is one atomic store (parking_lot may need its
+/// global parking table, which another thread could have held at the fork).
 static TABLE: Mutex<BTreeMap<String, Registered>> = Mutex::new(BTreeMap::new());
+
+fn table() -> MutexGuard<'static, BTreeMap<String, Registered>> {
+    TABLE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `TABLE`, held by the fork handlers from `prepare` until `parent`/`child`.
+pub(crate) struct ForkHold(#[allow(dead_code)] MutexGuard<'static, BTreeMap<String, Registered>>);
+
+pub(crate) fn fork_hold() -> ForkHold {
+    ForkHold(table())
+}
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Keeps a registration alive; dropping it unregisters the name.
@@ -49,7 +63,7 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut table = TABLE.lock();
+        let mut table = table();
         if table.get(&self.name).is_some_and(|r| r.id == self.id) {
             table.remove(&self.name);
         }
@@ -58,7 +72,7 @@ impl Drop for Registration {
 
 pub(crate) fn insert(name: String, entry: Entry) -> Registration {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    TABLE.lock().insert(name.clone(), Registered { id, entry });
+    table().insert(name.clone(), Registered { id, entry });
     Registration { name, id }
 }
 
@@ -96,13 +110,12 @@ where
 
 /// The entry registered under `name`, if any.
 pub(crate) fn lookup(name: &str) -> Option<Entry> {
-    TABLE.lock().get(name).map(|r| r.entry.clone())
+    table().get(name).map(|r| r.entry.clone())
 }
 
 /// Every registered name with its entry, sorted by name.
 pub(crate) fn snapshot() -> Vec<(String, Entry)> {
-    TABLE
-        .lock()
+    table()
         .iter()
         .map(|(n, r)| (n.clone(), r.entry.clone()))
         .collect()

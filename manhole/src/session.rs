@@ -11,6 +11,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -22,6 +23,7 @@ use crate::credentials::PeerCred;
 use crate::log::log_event;
 use crate::options::ConnectionHandler;
 use crate::stackdump::DumpOptions;
+use crate::tee;
 
 /// The longest command line accepted.
 pub(crate) const MAX_LINE: usize = 64 * 1024;
@@ -39,6 +41,8 @@ pub(crate) struct Settings {
     pub write_timeout: Duration,
     pub idle_timeout: Option<Duration>,
     pub dump: DumpOptions,
+    /// Show what the process writes to fd 2 in REPL sessions, live (`Options::redirect_stderr`).
+    pub redirect_stderr: bool,
     /// The application's extra greeting text (`Options::banner`), possibly empty.
     pub banner: String,
     /// The tokio runtime the installation is attached to, if any.
@@ -141,7 +145,13 @@ pub(crate) struct Session {
     reader: LineReader,
     json: bool,
     exec: bool,
+    /// The stderr tee while this session shows the process's stderr.
+    feed: Option<tee::Feed>,
 }
+
+/// Sessions running right now, in any installation: a normal exit waits for them unless
+/// `daemon_connection` is on.
+pub(crate) static LIVE_SESSIONS: AtomicUsize = AtomicUsize::new(0);
 
 impl Session {
     pub(crate) fn new(
@@ -159,11 +169,20 @@ impl Session {
             reader: LineReader::default(),
             json: false,
             exec,
+            feed: None,
         }
     }
 
     /// Serves the session until the client leaves, `exit`, idleness or uninstall.
     pub(crate) fn run(mut self) {
+        struct Live;
+        impl Drop for Live {
+            fn drop(&mut self) {
+                LIVE_SESSIONS.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        LIVE_SESSIONS.fetch_add(1, Ordering::SeqCst);
+        let _live = Live;
         let why = match self.serve() {
             Ok(why) => why,
             Err(e) => format!("connection error: {e}"),
@@ -182,6 +201,7 @@ impl Session {
         if !self.exec {
             self.greet()?;
         }
+        self.update_feed();
         loop {
             match self.next_input()? {
                 Input::Line(line) => {
@@ -198,6 +218,7 @@ impl Session {
                         Action::Exec => self.exec = true,
                         Action::Continue | Action::Exit => {}
                     }
+                    self.update_feed();
                     self.reply(&reply)?;
                     if reply.action == Action::Exit {
                         return Ok("exit".into());
@@ -279,6 +300,36 @@ impl Session {
         self.write(self.prompt().as_bytes())
     }
 
+    /// Shows the process's stderr in text REPL sessions only: exec frames and JSON answers must
+    /// stay one JSON document per line.
+    fn update_feed(&mut self) {
+        let wanted = self.settings.redirect_stderr && !self.exec && !self.json;
+        if wanted && self.feed.is_none() {
+            match tee::attach() {
+                Ok(feed) => self.feed = Some(feed),
+                Err(e) => log_event!("Cannot show stderr in the session: {e}"),
+            }
+        } else if !wanted {
+            self.feed = None;
+        }
+    }
+
+    /// Sends what the process wrote to stderr since the last call to the client.
+    fn forward_stderr(&mut self) -> io::Result<()> {
+        let Some(feed) = &self.feed else {
+            return Ok(());
+        };
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match nix::unistd::read(feed.reader(), &mut chunk) {
+                Ok(0) | Err(Errno::EAGAIN) => return Ok(()),
+                Ok(n) => send_all(self.stream.as_fd(), &chunk[..n])?,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     fn prompt(&self) -> &'static str {
         if self.exec { "" } else { PROMPT }
     }
@@ -325,25 +376,48 @@ impl Session {
     /// Waits for input (or the stop pipe) up to `timeout` and appends what arrived. `Ok(false)`
     /// means the time ran out; a stop is reported as `Interrupted`.
     fn fill(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
-        let timeout = match timeout {
-            None => PollTimeout::NONE,
-            Some(t) => PollTimeout::try_from(t).unwrap_or(PollTimeout::MAX),
-        };
-        let ready = {
-            let mut fds = [
-                PollFd::new(self.stream.as_fd(), PollFlags::POLLIN),
-                PollFd::new(self.stop.as_fd(), PollFlags::POLLIN),
-            ];
-            loop {
-                match poll(&mut fds, timeout) {
-                    Ok(n) => break n,
-                    Err(Errno::EINTR) => continue,
-                    Err(e) => return Err(e.into()),
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        loop {
+            let timeout = match deadline {
+                None => PollTimeout::NONE,
+                Some(d) => {
+                    PollTimeout::try_from(d.saturating_duration_since(std::time::Instant::now()))
+                        .unwrap_or(PollTimeout::MAX)
                 }
+            };
+            // Slot 2 is the stderr feed, when the session shows stderr: its output goes to the
+            // client as it is written, without waiting for the client's next line.
+            let (ready, input, stderr) = {
+                let mut fds = vec![
+                    PollFd::new(self.stream.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.stop.as_fd(), PollFlags::POLLIN),
+                ];
+                if let Some(feed) = &self.feed {
+                    fds.push(PollFd::new(feed.reader().as_fd(), PollFlags::POLLIN));
+                }
+                let ready = loop {
+                    match poll(&mut fds, timeout) {
+                        Ok(n) => break n,
+                        Err(Errno::EINTR) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                };
+                let has = |i: usize| {
+                    fds.get(i)
+                        .and_then(|f| f.revents())
+                        .is_some_and(|r| !r.is_empty())
+                };
+                (ready, has(0) || has(1), has(2))
+            };
+            if ready == 0 {
+                return Ok(false);
             }
-        };
-        if ready == 0 {
-            return Ok(false);
+            if stderr {
+                self.forward_stderr()?;
+            }
+            if input {
+                break;
+            }
         }
         if self.stopped() {
             return Err(io::Error::new(

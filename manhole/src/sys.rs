@@ -31,17 +31,29 @@ pub(crate) fn at_exit(hook: extern "C" fn()) -> std::io::Result<()> {
 /// A saved signal mask, restored by [`restore_signal_mask`].
 pub(crate) struct SavedMask(libc::sigset_t);
 
-/// Blocks every signal in the calling thread except those in `keep`, returning the old mask.
-/// Threads spawned while it is in force inherit it.
-pub(crate) fn block_signals_except(keep: &[i32]) -> std::io::Result<SavedMask> {
-    // SAFETY: zeroed `sigset_t` is a valid starting value that `sigfillset` then initialises;
-    // the pointers passed are to live locals.
+/// Puts back a mask saved by [`block_signal_set`].
+pub(crate) fn restore_signal_mask(saved: SavedMask) {
+    // SAFETY: `saved.0` was filled in by `pthread_sigmask`, so it is an initialised set.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_SETMASK, &saved.0, std::ptr::null_mut());
+    }
+}
+
+/// Blocks the signals whose bits are set in `set` (bit `n - 1` for signal `n`) in the calling
+/// thread, returning the old mask. Threads spawned while it is in force inherit it. Signals the
+/// kernel or the C library refuse to block (SIGKILL, SIGSTOP, glibc's internal ones) are skipped.
+pub(crate) fn block_signal_set(set: u64) -> std::io::Result<SavedMask> {
+    // SAFETY: zeroed `sigset_t` is a valid starting value that `sigemptyset` then initialises;
+    // `sigaddset` only reports an error for numbers it does not accept, which we skip; the
+    // pointers passed are to live locals.
     unsafe {
         let mut block: libc::sigset_t = std::mem::zeroed();
         let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut block);
-        for &signal in keep {
-            libc::sigdelset(&mut block, signal);
+        libc::sigemptyset(&mut block);
+        for signal in 1..=64 {
+            if set & (1u64 << (signal - 1)) != 0 {
+                libc::sigaddset(&mut block, signal);
+            }
         }
         let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut old);
         if rc != 0 {
@@ -51,10 +63,132 @@ pub(crate) fn block_signals_except(keep: &[i32]) -> std::io::Result<SavedMask> {
     }
 }
 
-/// Puts back a mask saved by [`block_signals_except`].
-pub(crate) fn restore_signal_mask(saved: SavedMask) {
-    // SAFETY: `saved.0` was filled in by `pthread_sigmask`, so it is an initialised set.
-    unsafe {
-        libc::pthread_sigmask(libc::SIG_SETMASK, &saved.0, std::ptr::null_mut());
+/// A signal's disposition as `sigaction` reports it.
+#[derive(Clone, Copy)]
+pub(crate) struct SavedAction(libc::sigaction);
+
+impl SavedAction {
+    /// Whether the disposition is `SIG_DFL` or `SIG_IGN` (no handler function to chain to).
+    pub(crate) fn is_default_or_ignore(&self) -> bool {
+        self.0.sa_sigaction == libc::SIG_DFL || self.0.sa_sigaction == libc::SIG_IGN
     }
+
+    /// Whether both name the same handler function (or the same default/ignore setting).
+    pub(crate) fn same_handler(&self, other: &SavedAction) -> bool {
+        self.0.sa_sigaction == other.0.sa_sigaction
+    }
+}
+
+/// Reads the current disposition of `signal` without changing it.
+pub(crate) fn get_action(signal: i32) -> std::io::Result<SavedAction> {
+    // SAFETY: a zeroed `sigaction` is a valid out-parameter; a null `act` makes the call
+    // read-only; both pointers are valid for the call.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(signal, std::ptr::null(), &mut old) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(SavedAction(old))
+    }
+}
+
+/// Puts back a disposition read by [`get_action`].
+///
+/// Used only to undo our own change: restoring `SIG_DFL`/`SIG_IGN` where signal-hook's handler
+/// was left behind by `unregister`, and putting signal-hook's handler back on re-install.
+pub(crate) fn set_action(signal: i32, action: &SavedAction) -> std::io::Result<()> {
+    // SAFETY: `action.0` was filled in by `sigaction` itself, so it is a complete, valid
+    // disposition (a handler that is still loaded: signal-hook's lives in the registry's static
+    // code, and SIG_DFL/SIG_IGN are constants).
+    let rc = unsafe { libc::sigaction(signal, &action.0, std::ptr::null_mut()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Chains an action for `signal` through signal-hook's registry: the handler the application
+/// had (if any) keeps running first, then [`crate::signals::on_signal`] notes the signal and
+/// writes one byte to the wake pipe. The action is never unregistered (it checks whether the
+/// signal is still wanted), so it stays valid for the life of the process.
+pub(crate) fn hook_signal(signal: i32) -> std::io::Result<signal_hook_registry::SigId> {
+    // SAFETY: the action only does what is async-signal-safe: `on_signal` loads and updates
+    // lock-free atomics and calls `write(2)` on a non-blocking pipe. It never allocates, locks or
+    // panics. Callers have checked `signal` against `signal_hook_registry::FORBIDDEN`.
+    unsafe { signal_hook_registry::register(signal, move || crate::signals::on_signal(signal)) }
+}
+
+/// Sends `signal` to the whole process with its default action in force, e.g. to die "killed by
+/// SIGTERM" after cleaning up.
+pub(crate) fn raise_with_default_action(signal: i32) {
+    // SAFETY: resetting a disposition to SIG_DFL with a zeroed, initialised `sigaction` and
+    // sending a signal to our own pid have no memory-safety requirements.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = libc::SIG_DFL;
+        libc::sigemptyset(&mut act.sa_mask);
+        libc::sigaction(signal, &act, std::ptr::null_mut());
+        libc::kill(libc::getpid(), signal);
+    }
+}
+
+/// Registers fork handlers: `prepare` runs in the forking thread before `fork`, `parent` after it
+/// in the parent, `child` in the child (where only the forking thread exists).
+pub(crate) fn at_fork(
+    prepare: extern "C" fn(),
+    parent: extern "C" fn(),
+    child: extern "C" fn(),
+) -> std::io::Result<()> {
+    // SAFETY: `pthread_atfork` stores the three function pointers; they are plain `extern "C"`
+    // functions with `'static` lifetime, valid whenever the C library calls them.
+    let rc = unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::from_raw_os_error(rc))
+    }
+}
+
+/// Closes a raw descriptor whose owner will never close it (a value leaked in a forked child).
+/// Async-signal-safe.
+pub(crate) fn close_raw(fd: RawFd) {
+    if fd >= 0 {
+        // SAFETY: closing a descriptor is memory-safe. Callers pass descriptors whose owning
+        // objects are leaked (never dropped), so no double close or use after close follows.
+        unsafe {
+            libc::close(fd);
+        }
+    }
+}
+
+/// `dup2(from, to)`: makes `to` refer to what `from` refers to. Async-signal-safe.
+pub(crate) fn dup2_raw(from: RawFd, to: RawFd) -> std::io::Result<()> {
+    // SAFETY: `dup2` only manipulates the descriptor table; `to` is a descriptor number we own
+    // the meaning of (stderr or our saved copy), replaced atomically.
+    let rc = unsafe { libc::dup2(from, to) };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Bytes waiting to be read in a pipe (`FIONREAD`).
+pub(crate) fn readable_bytes(fd: RawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one `int` through the pointer, which points to a live local.
+    let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    if rc < 0 { 0 } else { n.max(0) as usize }
+}
+
+/// The `MANHOLE` environment-variable installation, run before `main` (python-manhole's
+/// `PYTHONMANHOLE`). Unset: returns at once, allocating nothing.
+// SAFETY: code before `main` may not rely on std's runtime being set up. This reads one
+// environment variable (glibc has `environ` ready before constructors run) and, only when it is
+// set, parses it and installs; the installation uses threads, pipes and sockets, which need no
+// std initialisation on Linux.
+#[ctor::ctor]
+unsafe fn install_from_environment() {
+    crate::envvar::install_from_env();
 }

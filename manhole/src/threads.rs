@@ -1,21 +1,23 @@
 //! The manhole's own threads: spawning them with signals blocked, and running application code
 //! (registered commands and value reads) on bounded worker threads.
 //!
-//! Every manhole thread blocks all signals except the dump signal, so a signal meant for the
-//! application (say a `sigwait`/`signalfd` user's) is never taken by one of ours (python-manhole
-//! does the same). Application callbacks never run on a session thread: a callback that hangs
+//! Every manhole thread blocks the `sigmask` signals (default: all) except the dump signal, so a
+//! signal meant for the application (say a `sigwait`/`signalfd` user's) is never taken by one of
+//! ours (python-manhole does the same). Application callbacks never run on a session thread: a callback that hangs
 //! or panics costs a worker, not the session; after `command_timeout` the session reports it as
 //! still running and goes on.
 
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 /// The dump signal, kept unblocked in manhole threads so they can be dumped too (0: none yet).
 static DUMP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// The signals manhole threads block (bit `n - 1` for signal `n`); all by default, 0 for none.
+static SIGMASK: AtomicU64 = AtomicU64::new(u64::MAX);
 /// Workers started and not yet finished (stuck ones included).
 static RUNNING_WORKERS: AtomicUsize = AtomicUsize::new(0);
 /// Past this many unfinished workers new callbacks are refused rather than piling up threads.
@@ -25,14 +27,25 @@ pub(crate) fn set_dump_signal(signal: i32) {
     DUMP_SIGNAL.store(signal, Ordering::Relaxed);
 }
 
-/// Spawns a named manhole thread with every signal but the dump signal blocked.
+/// Sets the signals manhole threads spawned from now on block (bit `n - 1` for signal `n`).
+pub(crate) fn set_sigmask(set: u64) {
+    SIGMASK.store(set, Ordering::Relaxed);
+}
+
+/// Spawns a named manhole thread with the `sigmask` signals blocked, except the dump signal.
 pub(crate) fn spawn<F>(name: String, body: F) -> io::Result<JoinHandle<()>>
 where
     F: FnOnce() + Send + 'static,
 {
     let dump_signal = DUMP_SIGNAL.load(Ordering::Relaxed);
-    let keep: &[i32] = if dump_signal > 0 { &[dump_signal] } else { &[] };
-    let saved = crate::sys::block_signals_except(keep)?;
+    let mut set = SIGMASK.load(Ordering::Relaxed);
+    if (1..=64).contains(&dump_signal) {
+        set &= !(1u64 << (dump_signal - 1));
+    }
+    if set == 0 {
+        return thread::Builder::new().name(name).spawn(body);
+    }
+    let saved = crate::sys::block_signal_set(set)?;
     let spawned = thread::Builder::new().name(name).spawn(body);
     crate::sys::restore_signal_mask(saved);
     spawned

@@ -1,0 +1,87 @@
+//! `fork`: no manhole lock is held across it, and the child gets its own manhole back.
+//!
+//! Registered once per process with `pthread_atfork` at the first `install`:
+//!
+//! - **prepare** (in the forking thread, before `fork`) takes the manhole's locks in their one
+//!   order (`lifecycle::STATE`, `registry::TABLE`, `signals::HOOKED`, `tee::TEE`) and parks the
+//!   guards in a thread-local. So no other thread can be inside one of them at the instant of
+//!   the fork, and the child never inherits a lock held by a thread that does not exist there.
+//! - **parent** drops the guards.
+//! - **child** (only the forking thread exists) first does async-signal-safe bookkeeping while it
+//!   still holds the locks: forget the sessions count, drop the parent's signal self-pipe and
+//!   pending signals, point stderr back at the original if a session had it teed, take the
+//!   parent's installation out of the state and leak it after closing its descriptors (its socket
+//!   file is the parent's and is never removed by the child: `socket.rs` also checks the pid;
+//!   its threads do not exist here). Then it drops the guards: for std's futex mutexes an unlock
+//!   is one atomic store (plus a `futex` wake), with no global table that another thread could
+//!   have held (which is why these four locks are std's, not parking_lot's).
+//! - Finally, with `patch_fork` on, the child starts a `manhole-fork` thread that reinstalls from
+//!   the parent's options (see `lifecycle::reinstall_in_child`): the always-on listener at
+//!   `/tmp/manhole-<childpid>` after `reinstall_delay`, so a child that calls `exec` at once
+//!   never creates a socket. Starting a thread in a fork child is outside POSIX's
+//!   async-signal-safe list; glibc supports it (its own locks are reset by its fork), and it is
+//!   what python-manhole does too. With a custom `socket_path` the child does not listen (that
+//!   path is the parent's); with `activate_on`/`oneshot_on` the child re-arms its signal and
+//!   listens at its own pid path when it arrives.
+//!
+//! `std::process::Command` uses `posix_spawn` when it can, which runs no fork handlers (and needs
+//! none). A `fork` from inside a signal handler that interrupted a manhole thread holding one of
+//! these locks would deadlock in prepare, as glibc's own `malloc` fork handler would.
+
+use std::cell::RefCell;
+use std::sync::Once;
+
+use crate::log::log_event;
+use crate::{lifecycle, registry, signals, tee};
+
+struct Held {
+    state: lifecycle::ForkHold,
+    _table: registry::ForkHold,
+    _hooked: signals::ForkHold,
+    tee: tee::ForkHold,
+}
+
+thread_local! {
+    /// The guards taken by `prepare`, dropped by `parent` or `child` (same thread: the child
+    /// continues the forking thread).
+    static HELD: RefCell<Option<Held>> = const { RefCell::new(None) };
+}
+
+static HOOKS: Once = Once::new();
+
+/// Registers the fork handlers (once per process).
+pub(crate) fn ensure_hooks() {
+    HOOKS.call_once(|| {
+        if let Err(e) = crate::sys::at_fork(prepare, parent, child) {
+            log_event!("Cannot register the fork handlers: {e}");
+        }
+    });
+}
+
+extern "C" fn prepare() {
+    // Lock order: STATE, TABLE, HOOKED, TEE (the order everything else takes them in).
+    let held = Held {
+        state: lifecycle::fork_hold(),
+        _table: registry::fork_hold(),
+        _hooked: signals::fork_hold(),
+        tee: tee::fork_hold(),
+    };
+    HELD.with(|slot| *slot.borrow_mut() = Some(held));
+}
+
+extern "C" fn parent() {
+    drop(HELD.with(|slot| slot.borrow_mut().take()));
+}
+
+extern "C" fn child() {
+    let Some(mut held) = HELD.with(|slot| slot.borrow_mut().take()) else {
+        return;
+    };
+    signals::after_fork_in_child();
+    tee::after_fork_in_child(&mut held.tee);
+    let plan = lifecycle::after_fork_in_child(&mut held.state);
+    drop(held);
+    if let Some(plan) = plan {
+        lifecycle::reinstall_in_child(plan);
+    }
+}
