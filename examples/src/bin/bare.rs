@@ -1,14 +1,29 @@
 //! `bare`: links `manhole` but never calls `install`; a manhole comes only from the `MANHOLE`
-//! environment variable.
+//! environment variable. It registers one command, `echo` (registering is not installing: the
+//! registry is process-wide and any manhole the variable installs serves it).
 //!
 //! `--threads N` (default 4) starts threads `sleeper-<i>` blocked inside `bare_sleeper_loop`. It
 //! prints `ready pid=<pid>` once they run, then sleeps until killed.
+//!
+//! More flags, for the lifecycle tests:
+//!
+//! - `--signalfd SIG`: block SIG in every application thread (in `main`, before any thread is
+//!   started) and read it through a `signalfd` on a thread `signalfd-reader`, printing
+//!   `usr1 via signalfd count=<n>` after each read (`<sig> via signalfd` in lower case).
+//! - `--stderr-every-ms N`: a thread `ticker` writes `tick <n>` to stderr every N ms.
+//! - `--fork N`: after `ready`, fork N children that keep running; each prints
+//!   `child pid=<pid>` and dies with its parent.
+//! - `--fork-exec N`: after `ready`, fork N children that exec `true` at once, reap them, then
+//!   print `fork-exec done n=<N> pids=<pid>,<pid>,...`.
+//! - `--exit-when PATH`: once PATH exists, call `std::process::exit(3)`.
+//! - `--return-when PATH`: once PATH exists, return from `main` (exit status 0).
 
+use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-// Linking the crate is what makes the `MANHOLE` variable work; nothing else is called.
-use manhole as _;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::SignalFd;
 
 #[inline(never)]
 fn bare_sleeper_loop() -> ! {
@@ -17,22 +32,184 @@ fn bare_sleeper_loop() -> ! {
     }
 }
 
+fn number(arg: Option<String>, flag: &str) -> usize {
+    arg.and_then(|n| n.parse().ok()).unwrap_or_else(|| {
+        eprintln!("bare: {flag} needs a number");
+        std::process::exit(2);
+    })
+}
+
+/// Writes a line to stdout with one `write(2)`: safe in a fork child, where the stdout lock may
+/// have been held by another thread at the fork.
+fn raw_line(line: &str) {
+    let _ = nix::unistd::write(std::io::stdout(), line.as_bytes());
+}
+
+/// Forks `n` children that stay alive (until their parent dies) after printing their pid.
+fn fork_children(n: usize) {
+    for _ in 0..n {
+        // SAFETY: the child only makes async-signal-safe calls (getpid, prctl, write, pause)
+        // before it ends with its parent; the manhole's own fork handlers run as documented.
+        match unsafe { libc::fork() } {
+            -1 => {
+                eprintln!("bare: fork failed: {}", std::io::Error::last_os_error());
+                std::process::exit(1);
+            }
+            0 => {
+                // SAFETY: prctl and getpid have no memory-safety requirements.
+                let pid = unsafe {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    libc::getpid()
+                };
+                let mut buf = [0u8; 32];
+                let line = format_pid_line(&mut buf, pid);
+                raw_line(line);
+                loop {
+                    // SAFETY: pause has no requirements; the child sleeps until killed.
+                    unsafe { libc::pause() };
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `child pid=<pid>\n` formatted into `buf` without allocating (we are in a fork child).
+fn format_pid_line(buf: &mut [u8; 32], pid: i32) -> &str {
+    let prefix = b"child pid=";
+    buf[..prefix.len()].copy_from_slice(prefix);
+    let mut digits = [0u8; 12];
+    let mut n = pid.unsigned_abs();
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut at = prefix.len();
+    for i in (0..len).rev() {
+        buf[at] = digits[i];
+        at += 1;
+    }
+    buf[at] = b'\n';
+    std::str::from_utf8(&buf[..=at]).unwrap_or("child pid=?\n")
+}
+
+/// Forks `n` children that exec `true` at once, and reaps them.
+fn fork_exec_children(n: usize) {
+    let program = ["/bin/true", "/usr/bin/true"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("a `true` program");
+    let program = std::ffi::CString::new(program).expect("no NUL");
+    let argv = [program.as_ptr(), std::ptr::null()];
+    let mut children = Vec::with_capacity(n);
+    for _ in 0..n {
+        // SAFETY: the child only calls execv (async-signal-safe) with pointers prepared before
+        // the fork, and _exit if that fails.
+        match unsafe { libc::fork() } {
+            -1 => {
+                eprintln!("bare: fork failed: {}", std::io::Error::last_os_error());
+                std::process::exit(1);
+            }
+            0 => {
+                // SAFETY: `argv` is a NULL-terminated array of valid C strings that outlive the
+                // call; `_exit` ends the child without running the parent's exit handlers.
+                unsafe {
+                    libc::execv(program.as_ptr(), argv.as_ptr());
+                    libc::_exit(127);
+                }
+            }
+            pid => children.push(nix::unistd::Pid::from_raw(pid)),
+        }
+    }
+    for &pid in &children {
+        let _ = nix::sys::wait::waitpid(pid, None);
+    }
+    let pids: Vec<String> = children.iter().map(|p| p.to_string()).collect();
+    println!("fork-exec done n={n} pids={}", pids.join(","));
+}
+
+fn read_through_signalfd(signal: Signal) {
+    let mut mask = SigSet::empty();
+    mask.add(signal);
+    let fd = SignalFd::new(&mask).expect("create a signalfd");
+    let name = signal
+        .as_str()
+        .trim_start_matches("SIG")
+        .to_ascii_lowercase();
+    let mut count = 0u64;
+    loop {
+        match fd.read_signal() {
+            Ok(Some(_)) => {
+                count += 1;
+                println!("{name} via signalfd count={count}");
+            }
+            Ok(None) => {}
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                eprintln!("bare: reading the signalfd failed: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+fn wait_for_file(path: &std::path::Path) {
+    while !path.exists() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn main() {
     let mut threads = 4usize;
+    let mut signalfd = None;
+    let mut stderr_every = None;
+    let mut forks = 0;
+    let mut fork_execs = 0;
+    let mut exit_when: Option<PathBuf> = None;
+    let mut return_when: Option<PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--threads" => {
-                threads = args
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .expect("--threads needs a number");
+            "--threads" => threads = number(args.next(), "--threads"),
+            "--signalfd" => {
+                let name = args.next().unwrap_or_default();
+                let signal = manhole::parse_signal(&name)
+                    .ok()
+                    .and_then(|n| Signal::try_from(n).ok())
+                    .unwrap_or_else(|| {
+                        eprintln!("bare: --signalfd needs a signal name like USR1");
+                        std::process::exit(2);
+                    });
+                signalfd = Some(signal);
             }
+            "--stderr-every-ms" => stderr_every = Some(number(args.next(), "--stderr-every-ms")),
+            "--fork" => forks = number(args.next(), "--fork"),
+            "--fork-exec" => fork_execs = number(args.next(), "--fork-exec"),
+            "--exit-when" => exit_when = args.next().map(PathBuf::from),
+            "--return-when" => return_when = args.next().map(PathBuf::from),
             other => {
-                eprintln!("bare: unknown argument {other:?} (flags: --threads N)");
+                eprintln!("bare: unknown argument {other:?} (see the flags in the source's docs)");
                 std::process::exit(2);
             }
         }
+    }
+    let _echo =
+        manhole::register_command(
+            "echo",
+            "print the arguments back",
+            |args| Ok(args.join(" ")),
+        );
+    if let Some(signal) = signalfd {
+        // Blocked here, before any application thread exists, so every one inherits it; the
+        // manhole's threads (started before main from MANHOLE) block it through `sigmask`.
+        let mut mask = SigSet::empty();
+        mask.add(signal);
+        mask.thread_block().expect("block the signal in main");
     }
     let started = Arc::new(Barrier::new(threads + 1));
     for i in 0..threads {
@@ -46,7 +223,38 @@ fn main() {
             .expect("spawn a sleeper");
     }
     started.wait();
+    if let Some(signal) = signalfd {
+        std::thread::Builder::new()
+            .name("signalfd-reader".into())
+            .spawn(move || read_through_signalfd(signal))
+            .expect("spawn the signalfd reader");
+    }
+    if let Some(every) = stderr_every {
+        std::thread::Builder::new()
+            .name("ticker".into())
+            .spawn(move || {
+                for n in 0u64.. {
+                    eprintln!("tick {n}");
+                    std::thread::sleep(Duration::from_millis(every as u64));
+                }
+            })
+            .expect("spawn the ticker");
+    }
     println!("ready pid={}", std::process::id());
+    if forks > 0 {
+        fork_children(forks);
+    }
+    if fork_execs > 0 {
+        fork_exec_children(fork_execs);
+    }
+    if let Some(path) = exit_when {
+        wait_for_file(&path);
+        std::process::exit(3);
+    }
+    if let Some(path) = return_when {
+        wait_for_file(&path);
+        return;
+    }
     loop {
         std::thread::park();
     }

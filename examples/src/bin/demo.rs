@@ -7,7 +7,11 @@
 //! Flags: `--socket-path PATH` (listen there instead of `/tmp/manhole-<pid>`), `--exec` (serve
 //! the exec handler instead of the REPL), `--extra-threads N` (N more threads `idle-<i>` parked
 //! in `demo_idle_thread`, for big dumps), `--write-timeout-ms N`, `--idle-timeout-ms N`,
-//! `--max-sessions N` (the manhole options of the same names).
+//! `--max-sessions N` (the manhole options of the same names), `--not-strict` (`strict(false)`:
+//! take over a manhole installed from `MANHOLE`), `--fork N` (after the listening line, fork N
+//! children that keep running until their parent dies; each prints `child pid=<pid>`),
+//! `--handle-oneshot` (`thread(false)`; print `manhole oneshot at <path>`, then serve one-shot
+//! sessions from `main` with `Manhole::handle_oneshot`, printing `oneshot served` after each).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,6 +52,8 @@ fn number<T: std::str::FromStr>(arg: Option<String>) -> T {
 fn main() {
     let mut options = Options::new();
     let mut extra_threads = 0;
+    let mut forks = 0usize;
+    let mut handle_oneshot = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -63,6 +69,12 @@ fn main() {
                 options = options.idle_timeout(Some(Duration::from_millis(number(args.next()))))
             }
             "--max-sessions" => options = options.max_sessions(number(args.next())),
+            "--not-strict" => options = options.strict(false),
+            "--fork" => forks = number(args.next()),
+            "--handle-oneshot" => {
+                handle_oneshot = true;
+                options = options.thread(false);
+            }
             other => {
                 eprintln!("demo: unknown argument {other:?} (see the flags in the source's docs)");
                 std::process::exit(2);
@@ -106,12 +118,43 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if handle_oneshot {
+        let path = manhole::default_socket_path(std::process::id());
+        println!("manhole oneshot at {}", path.display());
+        loop {
+            match manhole.handle_oneshot() {
+                Ok(()) => println!("oneshot served"),
+                Err(e) => {
+                    eprintln!("demo: one-shot session failed: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
     let path = manhole
         .socket_path()
         .expect("the listener thread is on")
         .display()
         .to_string();
     println!("manhole listening on {path}");
+    for _ in 0..forks {
+        // SAFETY: the child only calls async-signal-safe functions (prctl, getpid, write, pause);
+        // its manhole comes back on a thread of the manhole's fork handler.
+        if unsafe { libc::fork() } == 0 {
+            // SAFETY: prctl and getpid have no memory-safety requirements.
+            let pid = unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                libc::getpid()
+            };
+            // Formatting allocates; glibc's malloc is usable in a fork child.
+            let line = format!("child pid={pid}\n");
+            let _ = nix::unistd::write(std::io::stdout(), line.as_bytes());
+            loop {
+                // SAFETY: pause has no requirements.
+                unsafe { libc::pause() };
+            }
+        }
+    }
     loop {
         std::thread::park();
     }

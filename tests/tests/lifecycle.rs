@@ -1,0 +1,613 @@
+//! The manhole across the life of a real process: activation by signal, one-shot sessions, the
+//! signal mask, `fork`, exit, `daemon_connection`, `redirect_stderr`, the `MANHOLE` variable and
+//! re-install. Each test starts its own `bare` or `demo` process (the `App` guard kills and reaps
+//! it and removes its socket, even when the test fails).
+
+use std::fs;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use manhole_e2e::{App, Client, TempDir, wait_until};
+
+const SIGUSR1: i32 = libc::SIGUSR1;
+const SIGUSR2: i32 = libc::SIGUSR2;
+
+/// Starts `bare` with `MANHOLE` set to `manhole` (or unset for `None`) and waits for `ready`.
+/// The App guard removes `/tmp/manhole-<pid>`.
+fn bare(manhole: Option<&str>, args: &[&str]) -> App {
+    let env: Vec<(&str, &str)> = manhole.map(|m| ("MANHOLE", m)).into_iter().collect();
+    let mut app = App::start("bare", args, &env);
+    app.wait_for_line("ready pid=");
+    app.socket = Some(default_path(app.pid()));
+    app
+}
+
+fn default_path(pid: u32) -> PathBuf {
+    PathBuf::from(format!("/tmp/manhole-{pid}"))
+}
+
+fn is_socket(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
+
+fn wait_for_socket(path: &Path) {
+    wait_until(|| is_socket(path).then_some(()))
+        .unwrap_or_else(|| panic!("{} never appeared", path.display()));
+}
+
+fn wait_for_no_socket(path: &Path) {
+    wait_until(|| (!is_socket(path)).then_some(()))
+        .unwrap_or_else(|| panic!("{} was never removed", path.display()));
+}
+
+/// The kernel names (`comm`, 15 bytes) of the threads of `pid`.
+fn thread_names(pid: u32) -> Vec<String> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect()
+}
+
+fn count_threads(pid: u32, name: &str) -> usize {
+    thread_names(pid).iter().filter(|n| *n == name).count()
+}
+
+/// A session: connect, read the greeting up to the prompt, run `info`, leave with `exit`.
+fn session_works(path: &Path, pid: u32) {
+    let mut client = Client::connect(path).unwrap_or_else(|e| panic!("connect {path:?}: {e}"));
+    let greeting = client.skip_greeting();
+    assert!(greeting.contains(&format!("pid {pid}")), "{greeting}");
+    let info = client.command("info");
+    assert!(info.contains(&format!("pid {pid}")), "{info}");
+    client.send("exit");
+    client.read_to_end();
+}
+
+fn signal(pid: u32, signal: i32) {
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    let signal = nix::sys::signal::Signal::try_from(signal).expect("a standard signal");
+    nix::sys::signal::kill(pid, signal).expect("signal the process");
+}
+
+/// Whether `pid` has a handler (not SIG_DFL/SIG_IGN) for `signal`, from `/proc/<pid>/status`.
+fn catches(pid: u32, signal: i32) -> bool {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("SigCgt:"))
+        .expect("SigCgt line");
+    let mask = u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap();
+    mask & (1 << (signal - 1)) != 0
+}
+
+/// A process that is not ours to reap (a fork child of the app): killed and its socket removed
+/// on drop.
+struct Orphan(u32);
+
+impl Drop for Orphan {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0 as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = fs::remove_file(default_path(self.0));
+    }
+}
+
+#[test]
+fn activate_on_usr2_listens_only_after_the_signal_and_a_storm_leaves_one_listener() {
+    let app = bare(Some("activate_on=USR2"), &[]);
+    let pid = app.pid();
+    app.wait_for_stderr("Activation is done by signal 12");
+    assert!(
+        !is_socket(&default_path(pid)),
+        "no socket before the signal"
+    );
+    assert_eq!(count_threads(pid, "manhole-listene"), 0);
+    for _ in 0..1000 {
+        signal(pid, SIGUSR2);
+    }
+    wait_for_socket(&default_path(pid));
+    session_works(&default_path(pid), pid);
+    for _ in 0..1000 {
+        signal(pid, SIGUSR2);
+    }
+    session_works(&default_path(pid), pid);
+    assert_eq!(
+        count_threads(pid, "manhole-listene"),
+        1,
+        "{:?}",
+        thread_names(pid)
+    );
+    assert_eq!(app.stderr().matches("Manhole UDS path").count(), 1);
+    assert_eq!(
+        app.stderr()
+            .matches("Activation signal received: starting the listener")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn oneshot_on_opens_one_session_per_signal_and_removes_the_socket() {
+    let app = bare(Some("oneshot_on=USR2"), &[]);
+    let pid = app.pid();
+    let path = default_path(pid);
+    app.wait_for_stderr("Oneshot activation is done by signal 12");
+    assert!(!is_socket(&path));
+    // A clean session.
+    signal(pid, SIGUSR2);
+    wait_for_socket(&path);
+    session_works(&path, pid);
+    wait_for_no_socket(&path);
+    // A session that ends badly: the client vanishes in the middle of the greeting.
+    signal(pid, SIGUSR2);
+    wait_for_socket(&path);
+    let mut client = Client::connect(&path).unwrap();
+    client.send_raw(b"garbage\xff\xfe with no end").unwrap();
+    drop(client);
+    wait_for_no_socket(&path);
+    // And it still works.
+    signal(pid, SIGUSR2);
+    wait_for_socket(&path);
+    session_works(&path, pid);
+    wait_for_no_socket(&path);
+    assert_eq!(count_threads(pid, "manhole-listene"), 0);
+}
+
+#[test]
+fn the_same_signal_for_activate_on_and_oneshot_on_is_a_configuration_error() {
+    let mut app = bare(Some("activate_on=USR2, oneshot_on='SIGUSR2'"), &[]);
+    let err = app.wait_for_stderr("the program goes on without a manhole");
+    assert!(
+        err.contains("You cannot do activation of the Manhole thread on the same signal"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(!is_socket(&default_path(app.pid())));
+    assert!(!catches(app.pid(), SIGUSR2), "no handler was left behind");
+    assert!(app.alive());
+}
+
+#[test]
+fn dump_on_writes_every_thread_to_stderr_and_the_app_goes_on() {
+    let mut app = bare(Some("dump_on=USR1, verbose=False"), &[]);
+    let pid = app.pid();
+    wait_until(|| catches(pid, SIGUSR1).then_some(())).expect("the dump handler is installed");
+    signal(pid, SIGUSR1);
+    let dump = app.wait_for_stderr("bare_sleeper_loop");
+    for i in 0..4 {
+        assert!(dump.contains(&format!("\"sleeper-{i}\"")), "{dump}");
+    }
+    signal(pid, SIGUSR1);
+    wait_until(|| (app.stderr().matches("\"sleeper-0\"").count() >= 2).then_some(()))
+        .expect("a second dump");
+    assert!(app.alive());
+    assert!(session_ok(&mut app));
+}
+
+fn session_ok(app: &mut App) -> bool {
+    session_works(&default_path(app.pid()), app.pid());
+    app.alive()
+}
+
+#[test]
+fn sigmask_keeps_the_applications_signals_out_of_manhole_threads() {
+    let mut app = bare(Some(""), &["--signalfd", "USR1"]);
+    let pid = app.pid();
+    let path = default_path(pid);
+    wait_for_socket(&path);
+    // Sessions and dumps run while the storm goes on.
+    let busy = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            for _ in 0..3 {
+                let mut client = Client::connect(&path).unwrap();
+                client.skip_greeting();
+                for _ in 0..5 {
+                    client.command("threads");
+                }
+                client.send("exit");
+                client.read_to_end();
+            }
+        })
+    };
+    for _ in 0..10_000 {
+        signal(pid, SIGUSR1);
+    }
+    busy.join().expect("the sessions ran");
+    assert!(
+        app.alive(),
+        "a USR1 reached a thread that does not block it"
+    );
+    let line = app.wait_for_line("usr1 via signalfd count=");
+    let count: u64 = line.rsplit('=').next().unwrap().parse().unwrap();
+    assert!(count > 0);
+    session_works(&path, pid);
+    assert!(app.alive());
+}
+
+#[test]
+fn without_sigmask_a_manhole_thread_takes_the_applications_signal() {
+    // The control for the test above: with blocking off, USR1 reaches a manhole thread and its
+    // default action ends the process.
+    let mut app = bare(Some("sigmask=None"), &["--signalfd", "USR1"]);
+    let pid = app.pid();
+    wait_for_socket(&default_path(pid));
+    signal(pid, SIGUSR1);
+    let status = app.wait_exit();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(SIGUSR1), "{status:?}");
+}
+
+#[test]
+fn a_listener_interrupted_in_accept_keeps_serving() {
+    // sigmask off, so the listener can take the signal; activate_on gives USR2 a handler.
+    let app = bare(Some("sigmask=[], activate_on=USR2"), &[]);
+    let pid = app.pid();
+    let path = default_path(pid);
+    signal(pid, SIGUSR2);
+    wait_for_socket(&path);
+    let listener = wait_until(|| {
+        fs::read_dir(format!("/proc/{pid}/task"))
+            .ok()?
+            .filter_map(|t| t.ok())
+            .find(|t| {
+                fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|n| n.trim() == "manhole-listene")
+            })
+            .and_then(|t| t.file_name().to_str()?.parse::<i32>().ok())
+    })
+    .expect("the listener thread");
+    for _ in 0..100 {
+        // SAFETY: tgkill takes plain integers; it signals one thread of the app.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_tgkill,
+                pid as libc::c_long,
+                listener as libc::c_long,
+                SIGUSR2,
+            )
+        };
+        assert_eq!(rc, 0, "tgkill: {}", std::io::Error::last_os_error());
+    }
+    // Delivered (not left pending on the thread), and the listener goes on.
+    let status = format!("/proc/{pid}/task/{listener}/status");
+    wait_until(|| {
+        let text = fs::read_to_string(&status).ok()?;
+        let pending = text.lines().find(|l| l.starts_with("SigPnd:"))?;
+        let mask = u64::from_str_radix(pending.split_whitespace().nth(1)?, 16).ok()?;
+        (mask & (1 << (SIGUSR2 - 1)) == 0).then_some(())
+    })
+    .expect("the signals were delivered to the listener");
+    session_works(&path, pid);
+    session_works(&path, pid);
+    assert!(
+        !app.stderr().contains("Listener stopped"),
+        "{}",
+        app.stderr()
+    );
+    assert_eq!(count_threads(pid, "manhole-listene"), 1);
+}
+
+#[test]
+fn a_forked_child_gets_its_own_socket_after_the_delay_and_keeps_the_registered_values() {
+    let mut app = App::demo(&["--fork", "1"]);
+    let parent = app.pid();
+    let line = app.wait_for_line("child pid=");
+    let child: u32 = line.trim_start_matches("child pid=").parse().unwrap();
+    let _orphan = Orphan(child);
+    let child_path = default_path(child);
+    assert_ne!(child_path, default_path(parent));
+    wait_for_socket(&child_path);
+    let stderr = app.wait_for_stderr(&format!("Manhole UDS path: {}", child_path.display()));
+    assert!(
+        stderr.contains("Fork detected. Reinstalling Manhole."),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Delaying UDS binding 0.5 seconds"),
+        "{stderr}"
+    );
+    // The child's manhole: its own pid, the registered values and commands.
+    let mut client = Client::connect(&child_path).unwrap();
+    let greeting = client.skip_greeting();
+    assert!(greeting.contains(&format!("pid {child}")), "{greeting}");
+    assert_eq!(client.command("get log_level").trim(), "\"info\"");
+    assert_eq!(
+        client.command("echo from the child").trim(),
+        "from the child"
+    );
+    assert!(client.command("get config").contains("workers: 4"));
+    client.send("exit");
+    client.read_to_end();
+    // The parent is unaffected.
+    session_works(app.socket(), parent);
+    assert!(is_socket(app.socket()));
+    assert!(app.alive());
+}
+
+#[test]
+fn a_forked_child_with_signal_activation_listens_at_its_own_pid_path() {
+    let mut app = bare(Some("activate_on=USR2"), &["--fork", "1"]);
+    let line = app.wait_for_line("child pid=");
+    let child: u32 = line.trim_start_matches("child pid=").parse().unwrap();
+    let _orphan = Orphan(child);
+    app.wait_for_stderr(&format!("Manhole[{child}:"));
+    let note = app.wait_for_stderr("Fork detected. Not listening in the child");
+    assert!(
+        note.contains(&default_path(child).display().to_string()),
+        "{note}"
+    );
+    // The child re-armed its signal thread; it listens only when told to.
+    wait_until(|| (count_threads(child, "manhole-signal") == 1).then_some(()))
+        .expect("the child's signal thread");
+    assert!(!is_socket(&default_path(child)));
+    signal(child, SIGUSR2);
+    wait_for_socket(&default_path(child));
+    session_works(&default_path(child), child);
+    assert!(!is_socket(app.socket()), "the parent was not activated");
+}
+
+#[test]
+fn a_child_of_an_app_with_a_custom_socket_path_does_not_listen_there() {
+    let dir = TempDir::new();
+    let path = dir.join("app.sock");
+    let mut app = App::start(
+        "demo",
+        &["--socket-path", path.to_str().unwrap(), "--fork", "1"],
+        &[],
+    );
+    app.wait_for_line("manhole listening on ");
+    app.socket = Some(path.clone());
+    let line = app.wait_for_line("child pid=");
+    let child: u32 = line.trim_start_matches("child pid=").parse().unwrap();
+    let _orphan = Orphan(child);
+    let note = app.wait_for_stderr("Not listening in the child: the user socket path");
+    assert!(note.contains("Using user socket path"), "{note}");
+    assert!(!is_socket(&default_path(child)));
+    // The parent's socket is still its own and works.
+    session_works(&path, app.pid());
+}
+
+#[test]
+fn a_storm_of_fork_exec_children_leaves_no_socket_and_no_deadlock() {
+    let mut app = bare(Some(""), &["--threads", "8", "--fork-exec", "100"]);
+    let line = app.wait_for_line("fork-exec done n=100");
+    let pids: Vec<u32> = line
+        .split("pids=")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 100);
+    // Past the reinstall delay (0.5 s), a child that had not exec'd would have its socket.
+    std::thread::sleep(Duration::from_millis(1000));
+    for pid in &pids {
+        assert!(!is_socket(&default_path(*pid)), "child {pid} left a socket");
+    }
+    session_works(app.socket(), app.pid());
+}
+
+#[test]
+fn the_socket_is_removed_when_main_returns_and_after_process_exit() {
+    for (flag, code) in [("--return-when", 0), ("--exit-when", 3)] {
+        let dir = TempDir::new();
+        let trigger = dir.join("go");
+        let mut app = bare(Some(""), &[flag, trigger.to_str().unwrap()]);
+        let path = default_path(app.pid());
+        wait_for_socket(&path);
+        fs::write(&trigger, b"").unwrap();
+        let status = app.wait_exit();
+        assert_eq!(status.code(), Some(code), "{flag}: {status:?}");
+        assert!(!is_socket(&path), "{flag}: the socket is left");
+    }
+}
+
+#[test]
+fn cleanup_on_sigterm_removes_the_socket_and_dies_of_sigterm() {
+    let mut app = bare(Some("cleanup_on_sigterm=True"), &[]);
+    let path = default_path(app.pid());
+    wait_for_socket(&path);
+    signal(app.pid(), libc::SIGTERM);
+    let status = app.wait_exit();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+    assert!(!is_socket(&path));
+}
+
+#[test]
+fn without_daemon_connection_exit_waits_for_the_open_session() {
+    let dir = TempDir::new();
+    let trigger = dir.join("go");
+    let mut app = bare(Some(""), &["--exit-when", trigger.to_str().unwrap()]);
+    let path = default_path(app.pid());
+    wait_for_socket(&path);
+    let mut client = Client::connect(&path).unwrap();
+    client.skip_greeting();
+    fs::write(&trigger, b"").unwrap();
+    app.wait_for_stderr("Waiting for 1 open session(s) to end before exiting");
+    assert!(app.alive());
+    let info = client.command("info");
+    assert!(info.contains(&format!("pid {}", app.pid())), "{info}");
+    client.send("exit");
+    client.read_to_end();
+    assert_eq!(app.wait_exit().code(), Some(3));
+    assert!(!is_socket(&path));
+}
+
+#[test]
+fn with_daemon_connection_exit_does_not_wait_for_sessions() {
+    let dir = TempDir::new();
+    let trigger = dir.join("go");
+    let mut app = bare(
+        Some("daemon_connection=True"),
+        &["--exit-when", trigger.to_str().unwrap()],
+    );
+    let path = default_path(app.pid());
+    wait_for_socket(&path);
+    let mut client = Client::connect(&path).unwrap();
+    client.skip_greeting();
+    fs::write(&trigger, b"").unwrap();
+    assert_eq!(app.wait_exit().code(), Some(3));
+    client.read_to_end();
+    assert!(!is_socket(&path));
+    assert!(!app.stderr().contains("Waiting for"));
+}
+
+fn stderr_link(pid: u32) -> PathBuf {
+    fs::read_link(format!("/proc/{pid}/fd/2")).expect("read fd 2")
+}
+
+#[test]
+fn redirect_stderr_shows_the_processs_stderr_live_in_the_session() {
+    let app = bare(Some(""), &["--stderr-every-ms", "50"]);
+    let pid = app.pid();
+    let path = default_path(pid);
+    wait_for_socket(&path);
+    let original = stderr_link(pid);
+    let mut client = Client::connect(&path).unwrap();
+    client.skip_greeting();
+    // Nothing is sent: the ticks arrive on their own.
+    client.read_until("tick ");
+    client.read_until("\n");
+    let tick = client.read_until("\n");
+    assert!(tick.starts_with("tick "), "{tick:?}");
+    let seen: u64 = tick.trim().trim_start_matches("tick ").parse().unwrap();
+    // The original stderr got it too.
+    wait_until(|| {
+        app.stderr()
+            .contains(&format!("tick {seen}\n"))
+            .then_some(())
+    })
+    .expect("the original stderr keeps everything");
+    assert_ne!(
+        stderr_link(pid),
+        original,
+        "fd 2 is teed during the session"
+    );
+    // The manhole's own log lines do not come back into the session.
+    let answer = client.command("info");
+    assert!(!answer.contains("Manhole["), "{answer}");
+    client.send("exit");
+    client.read_to_end();
+    wait_until(|| (stderr_link(pid) == original).then_some(()))
+        .expect("fd 2 is restored when the last session ends");
+    let before = app.stderr().matches("tick ").count();
+    wait_until(|| (app.stderr().matches("tick ").count() > before + 2).then_some(()))
+        .expect("stderr still works after the session");
+}
+
+#[test]
+fn redirect_stderr_false_keeps_stderr_out_of_the_session() {
+    let app = bare(Some("redirect_stderr=False"), &["--stderr-every-ms", "20"]);
+    let path = default_path(app.pid());
+    wait_for_socket(&path);
+    let original = stderr_link(app.pid());
+    let mut client = Client::connect(&path).unwrap();
+    let mut seen = client.skip_greeting();
+    for _ in 0..5 {
+        seen += &client.command("info");
+    }
+    assert!(!seen.contains("tick "), "{seen}");
+    assert_eq!(stderr_link(app.pid()), original);
+}
+
+#[test]
+fn manhole_variable_python_style_bare_style_unset_and_bad() {
+    // python-manhole's keyword style, quiet.
+    let app = bare(Some(r#"oneshot_on="USR2", verbose=False"#), &[]);
+    wait_until(|| catches(app.pid(), SIGUSR2).then_some(())).expect("USR2 is hooked");
+    signal(app.pid(), SIGUSR2);
+    wait_for_socket(&default_path(app.pid()));
+    session_works(&default_path(app.pid()), app.pid());
+    wait_for_no_socket(&default_path(app.pid()));
+    assert!(!app.stderr().contains("Manhole["), "{}", app.stderr());
+    drop(app);
+    // Bare words.
+    let app = bare(Some("activate_on=USR2,verbose=false"), &[]);
+    wait_until(|| catches(app.pid(), SIGUSR2).then_some(())).expect("USR2 is hooked");
+    assert!(!is_socket(&default_path(app.pid())));
+    signal(app.pid(), SIGUSR2);
+    wait_for_socket(&default_path(app.pid()));
+    session_works(&default_path(app.pid()), app.pid());
+    drop(app);
+    // Unset: nothing at all.
+    let app = bare(None, &[]);
+    assert!(!is_socket(&default_path(app.pid())));
+    assert!(
+        !thread_names(app.pid())
+            .iter()
+            .any(|n| n.starts_with("manhole")),
+        "{:?}",
+        thread_names(app.pid())
+    );
+    assert_eq!(app.stderr(), "");
+    drop(app);
+    // A bad value: one line, and the program runs without a manhole.
+    let mut app = bare(Some("verbose=maybe"), &[]);
+    let err = app.wait_for_stderr("\n");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("manhole: not installed from MANHOLE="),
+        "{err}"
+    );
+    assert!(err.contains("verbose=\"maybe\" is not a boolean"), "{err}");
+    assert!(app.alive());
+    assert!(!is_socket(&default_path(app.pid())));
+}
+
+#[test]
+fn strict_false_takes_over_a_manhole_installed_from_the_variable() {
+    // Strict (the default): demo's own install fails.
+    let mut strict = App::start("demo", &[], &[("MANHOLE", "oneshot_on=USR2")]);
+    strict.socket = Some(default_path(strict.pid()));
+    let status = strict.wait_exit();
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        strict.stderr().contains("Manhole already installed!"),
+        "{}",
+        strict.stderr()
+    );
+    // strict(false): the one-shot manhole is replaced by demo's listener.
+    let mut app = App::start("demo", &["--not-strict"], &[("MANHOLE", "oneshot_on=USR2")]);
+    let line = app.wait_for_line("manhole listening on ");
+    app.socket = Some(PathBuf::from(
+        line.trim_start_matches("manhole listening on "),
+    ));
+    let stderr = app.wait_for_stderr("Replacing the installed manhole");
+    assert!(
+        stderr.contains("Oneshot activation is done by signal 12"),
+        "{stderr}"
+    );
+    session_works(app.socket(), app.pid());
+    assert!(
+        !catches(app.pid(), SIGUSR2),
+        "the replaced manhole's USR2 handler is gone (SIG_DFL restored)"
+    );
+    let mut client = Client::connect(app.socket()).unwrap();
+    client.skip_greeting();
+    assert_eq!(client.command("get log_level").trim(), "\"info\"");
+}
+
+#[test]
+fn handle_oneshot_serves_one_session_from_the_applications_thread() {
+    let mut app = App::start("demo", &["--handle-oneshot"], &[]);
+    let line = app.wait_for_line("manhole oneshot at ");
+    let path = PathBuf::from(line.trim_start_matches("manhole oneshot at "));
+    app.socket = Some(path.clone());
+    assert_eq!(path, default_path(app.pid()));
+    assert_eq!(count_threads(app.pid(), "manhole-listene"), 0);
+    wait_for_socket(&path);
+    session_works(&path, app.pid());
+    app.wait_for_line("oneshot served");
+    // The loop in main calls it again: a fresh socket, a second session.
+    wait_for_socket(&path);
+    session_works(&path, app.pid());
+    assert_eq!(count_threads(app.pid(), "manhole-listene"), 0);
+}
