@@ -33,7 +33,22 @@ pub(crate) enum Action {
 #[derive(Debug, Clone)]
 pub(crate) struct Answer {
     pub text: String,
-    pub data: Value,
+    pub data: Data,
+}
+
+/// The data of an answer: a JSON value, or one already written as JSON text (the stack dump,
+/// whose `Value` would cost more to build, copy and drop than the capture itself).
+#[derive(Debug, Clone)]
+pub(crate) enum Data {
+    Value(Value),
+    /// One line of valid JSON.
+    Json(String),
+}
+
+impl From<Value> for Data {
+    fn from(value: Value) -> Data {
+        Data::Value(value)
+    }
 }
 
 /// The reply to one command line.
@@ -45,12 +60,12 @@ pub(crate) struct Reply {
 }
 
 impl Reply {
-    fn ok(command: &str, text: impl Into<String>, data: Value) -> Reply {
+    fn ok(command: &str, text: impl Into<String>, data: impl Into<Data>) -> Reply {
         Reply {
             command: command.to_string(),
             result: Ok(Answer {
                 text: text.into(),
-                data,
+                data: data.into(),
             }),
             action: Action::Continue,
         }
@@ -71,14 +86,37 @@ impl Reply {
 
     /// The exec-mode frame: one line of JSON without the trailing newline.
     pub(crate) fn frame(&self) -> String {
-        let frame = match &self.result {
-            Ok(answer) => {
-                json!({"ok": true, "command": self.command, "text": answer.text, "data": answer.data})
+        let answer = match &self.result {
+            Ok(answer) => answer,
+            Err(message) => {
+                return json!({"ok": false, "command": self.command, "error": message}).to_string();
             }
-            Err(message) => json!({"ok": false, "command": self.command, "error": message}),
         };
-        frame.to_string()
+        // Written piece by piece: the text and data of a big dump are megabytes, and a `json!`
+        // frame would copy both before serializing them.
+        let value;
+        let data = match &answer.data {
+            Data::Json(json) => json.as_str(),
+            Data::Value(data) => {
+                value = data.to_string();
+                value.as_str()
+            }
+        };
+        let mut frame = String::with_capacity(answer.text.len() + data.len() + 64);
+        frame.push_str("{\"ok\":true,\"command\":");
+        frame.push_str(&json_string(&self.command));
+        frame.push_str(",\"text\":");
+        frame.push_str(&json_string(&answer.text));
+        frame.push_str(",\"data\":");
+        frame.push_str(data);
+        frame.push('}');
+        frame
     }
+}
+
+/// `text` as a JSON string literal.
+fn json_string(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_else(|_| String::from("\"\""))
 }
 
 /// The built-in commands: name, usage, one-line description.
@@ -259,7 +297,7 @@ fn threads(word: &str, args: &[&str], settings: &Settings) -> Reply {
                 Some(filter) => dump.filtered(filter),
                 None => dump,
             };
-            Reply::ok(word, dump.to_text(), dump.to_json())
+            Reply::ok(word, dump.to_text(), Data::Json(dump.to_json_string()))
         }
         Err(e) => Reply::err(word, format!("cannot dump the threads: {e}")),
     }
