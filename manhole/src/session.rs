@@ -28,7 +28,7 @@ use crate::tee;
 /// The longest command line accepted.
 pub(crate) const MAX_LINE: usize = 64 * 1024;
 /// How long a new session waits for an `exec` hello before greeting (see `docs/protocol.md`).
-pub(crate) const HELLO_WINDOW: Duration = Duration::from_millis(50);
+pub(crate) const HELLO_WINDOW: Duration = Duration::from_millis(200);
 /// The REPL prompt.
 pub(crate) const PROMPT: &str = ">>> ";
 
