@@ -145,9 +145,7 @@ impl Manhole {
                 "a one-shot session is already under way",
             ));
         }
-        let served = serve_oneshot(&path, &settings, &stop, &oneshot);
-        oneshot.running.store(false, Ordering::SeqCst);
-        served
+        serve_oneshot(&path, &settings, &stop, &oneshot)
     }
 }
 
@@ -493,7 +491,6 @@ impl signals::Actions for SignalActions {
             if let Err(e) = serve_oneshot(&path, &settings, &stop, &oneshot) {
                 log_event!("Oneshot failure: {e}");
             }
-            oneshot.running.store(false, Ordering::SeqCst);
         });
         match spawned {
             Ok(handle) => *locked(&self.oneshot.thread) = Some(handle),
@@ -520,20 +517,30 @@ impl signals::Actions for SignalActions {
 }
 
 /// Binds `path`, waits for one connection (or the stop pipe), serves it on this thread, and
-/// removes the socket whatever happens.
+/// removes the socket whatever happens. The caller has set `oneshot.running`; it is cleared here,
+/// as soon as the socket is gone (or could not be made).
 fn serve_oneshot(
     path: &Path,
     settings: &Arc<Settings>,
     stop: &Arc<OwnedFd>,
     oneshot: &Oneshot,
 ) -> Result<()> {
-    let bound = Arc::new(socket::bind(path)?);
+    let bound = match socket::bind(path) {
+        Ok(bound) => Arc::new(bound),
+        Err(e) => {
+            oneshot.running.store(false, Ordering::SeqCst);
+            return Err(e);
+        }
+    };
     *locked(&oneshot.socket) = Some(bound.clone());
+    // Once the socket is gone, the next signal must open a new one: the one-shot counts as over
+    // from that moment, not when this thread has finished.
     struct Remove<'a>(&'a Oneshot, Arc<BoundSocket>);
     impl Drop for Remove<'_> {
         fn drop(&mut self) {
             self.1.remove_file();
             locked(&self.0.socket).take();
+            self.0.running.store(false, Ordering::SeqCst);
             log_event!("Cleaned up. Removed {}", self.1.path().display());
         }
     }
