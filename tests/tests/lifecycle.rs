@@ -619,3 +619,38 @@ fn handle_oneshot_serves_one_session_from_the_applications_thread() {
     session_works(&path, app.pid());
     assert_eq!(count_threads(app.pid(), "manhole-listene"), 0);
 }
+
+/// The blocked-signal mask of the thread of `pid` whose kernel name is `name`.
+fn blocked_in(pid: u32, name: &str) -> u64 {
+    let task = wait_until(|| {
+        fs::read_dir(format!("/proc/{pid}/task"))
+            .ok()?
+            .filter_map(|t| t.ok())
+            .find(|t| fs::read_to_string(t.path().join("comm")).is_ok_and(|n| n.trim() == name))
+    })
+    .unwrap_or_else(|| panic!("no thread {name}"));
+    let status = fs::read_to_string(task.path().join("status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("SigBlk:")).unwrap();
+    u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+}
+
+#[test]
+fn sigmask_sets_exactly_what_manhole_threads_block() {
+    let bit = |s: i32| 1u64 << (s - 1);
+    let dump_signal = libc::SIGRTMIN() + 7;
+    let app = bare(Some(""), &[]);
+    wait_for_socket(&default_path(app.pid()));
+    let all = blocked_in(app.pid(), "manhole-listene");
+    for s in [SIGUSR1, SIGUSR2, libc::SIGTERM, libc::SIGINT, libc::SIGCHLD] {
+        assert_ne!(all & bit(s), 0, "signal {s} not blocked: {all:x}");
+    }
+    assert_eq!(all & bit(dump_signal), 0, "the dump signal stays unblocked");
+    drop(app);
+    let app = bare(Some("sigmask=[USR1]"), &[]);
+    wait_for_socket(&default_path(app.pid()));
+    assert_eq!(blocked_in(app.pid(), "manhole-listene"), bit(SIGUSR1));
+    // Session threads get it too.
+    let mut client = Client::connect(&default_path(app.pid())).unwrap();
+    client.skip_greeting();
+    assert_eq!(blocked_in(app.pid(), "manhole-session"), bit(SIGUSR1));
+}
