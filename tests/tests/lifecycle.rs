@@ -654,3 +654,22 @@ fn sigmask_sets_exactly_what_manhole_threads_block() {
     client.skip_greeting();
     assert_eq!(blocked_in(app.pid(), "manhole-session"), bit(SIGUSR1));
 }
+
+#[test]
+fn the_applications_own_handler_keeps_running_when_the_manhole_shares_its_signal() {
+    let mut app = App::start(
+        "demo",
+        &["--own-handler", "USR2", "--activate-on", "USR2"],
+        &[],
+    );
+    app.wait_for_line("manhole waiting for 12");
+    app.socket = Some(default_path(app.pid()));
+    assert!(!is_socket(&default_path(app.pid())));
+    signal(app.pid(), SIGUSR2);
+    app.wait_for_line("own handler count=1");
+    wait_for_socket(&default_path(app.pid()));
+    session_works(&default_path(app.pid()), app.pid());
+    signal(app.pid(), SIGUSR2);
+    app.wait_for_line("own handler count=2");
+    assert!(app.alive());
+}

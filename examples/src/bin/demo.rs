@@ -11,7 +11,11 @@
 //! take over a manhole installed from `MANHOLE`), `--fork N` (after the listening line, fork N
 //! children that keep running until their parent dies; each prints `child pid=<pid>`),
 //! `--handle-oneshot` (`thread(false)`; print `manhole oneshot at <path>`, then serve one-shot
-//! sessions from `main` with `Manhole::handle_oneshot`, printing `oneshot served` after each).
+//! sessions from `main` with `Manhole::handle_oneshot`, printing `oneshot served` after each),
+//! `--own-handler SIG` (before installing, give SIG a plain `sigaction` handler of the
+//! application's that counts; a thread prints `own handler count=<n>` when the count changes),
+//! `--activate-on SIG` (the option of that name; prints `manhole waiting for SIG` instead of the
+//! listening line).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -49,11 +53,60 @@ fn number<T: std::str::FromStr>(arg: Option<String>) -> T {
     })
 }
 
+fn signal_arg(arg: Option<String>) -> i32 {
+    arg.and_then(|a| manhole::parse_signal(&a).ok())
+        .unwrap_or_else(|| {
+            eprintln!("demo: this flag needs a signal name like USR2");
+            std::process::exit(2);
+        })
+}
+
+/// Signals counted by the application's own handler.
+static OWN_HANDLER_COUNT: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn count_signal(_: libc::c_int) {
+    OWN_HANDLER_COUNT.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Installs the application's own handler for `signal` with a plain `sigaction`, as a program
+/// that knows nothing of signal-hook would, and reports its count on stdout.
+fn install_own_handler(signal: i32) {
+    // SAFETY: a zeroed sigaction with a valid `extern "C"` handler that only does an atomic add
+    // (async-signal-safe); the pointers are to live locals.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = count_signal as *const () as usize;
+        libc::sigemptyset(&mut action.sa_mask);
+        action.sa_flags = libc::SA_RESTART;
+        assert_eq!(
+            libc::sigaction(signal, &action, std::ptr::null_mut()),
+            0,
+            "sigaction"
+        );
+    }
+    std::thread::Builder::new()
+        .name("own-handler".into())
+        .spawn(|| {
+            let mut seen = 0;
+            loop {
+                let now = OWN_HANDLER_COUNT.load(Ordering::Relaxed);
+                if now != seen {
+                    seen = now;
+                    println!("own handler count={now}");
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+        .expect("spawn the own-handler reporter");
+}
+
 fn main() {
     let mut options = Options::new();
     let mut extra_threads = 0;
     let mut forks = 0usize;
     let mut handle_oneshot = false;
+    let mut own_handler = None;
+    let mut activate_on = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -71,6 +124,12 @@ fn main() {
             "--max-sessions" => options = options.max_sessions(number(args.next())),
             "--not-strict" => options = options.strict(false),
             "--fork" => forks = number(args.next()),
+            "--own-handler" => own_handler = Some(signal_arg(args.next())),
+            "--activate-on" => {
+                let signal = signal_arg(args.next());
+                activate_on = Some(signal);
+                options = options.activate_on(signal);
+            }
             "--handle-oneshot" => {
                 handle_oneshot = true;
                 options = options.thread(false);
@@ -111,6 +170,9 @@ fn main() {
             "print the arguments back",
             |args| Ok(args.join(" ")),
         );
+    if let Some(signal) = own_handler {
+        install_own_handler(signal);
+    }
     let manhole = match manhole::install(options) {
         Ok(manhole) => manhole,
         Err(e) => {
@@ -118,6 +180,12 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if let Some(signal) = activate_on {
+        println!("manhole waiting for {signal}");
+        loop {
+            std::thread::park();
+        }
+    }
     if handle_oneshot {
         let path = manhole::default_socket_path(std::process::id());
         println!("manhole oneshot at {}", path.display());
