@@ -75,6 +75,8 @@ mod imp {
     use tokio::runtime::Handle;
     use tokio::runtime::dump::{Backtrace, BacktraceSymbol};
 
+    use crate::stackdump::symbolize::short_path;
+
     /// One task of the dump, symbolized.
     struct TaskTrace {
         id: String,
@@ -154,7 +156,7 @@ mod imp {
                                 .map(|s| {
                                     json!({
                                         "name": s.name_demangled().map(strip_hash),
-                                        "file": s.filename().map(|f| short_path(&f.to_string_lossy())),
+                                        "file": s.filename().map(|f| short_path(std::path::Path::new(&*f.to_string_lossy()))),
                                         "line": s.lineno(),
                                         "column": s.colno(),
                                     })
@@ -179,8 +181,11 @@ mod imp {
 
     fn place(symbol: &BacktraceSymbol) -> String {
         match (symbol.filename(), symbol.lineno()) {
-            (Some(file), Some(line)) => format!("{}:{line}", short_path(&file.to_string_lossy())),
-            (Some(file), None) => short_path(&file.to_string_lossy()),
+            (Some(file), Some(line)) => format!(
+                "{}:{line}",
+                short_path(std::path::Path::new(&*file.to_string_lossy()))
+            ),
+            (Some(file), None) => short_path(std::path::Path::new(&*file.to_string_lossy())),
             _ => "??".to_string(),
         }
     }
@@ -263,27 +268,6 @@ mod imp {
             }
             _ => name.to_string(),
         }
-    }
-
-    /// Source paths as the thread dump shows them: the standard library as `library/...`,
-    /// registry crates as `<crate>-<version>/...`, files under the current directory relative.
-    fn short_path(text: &str) -> String {
-        if let Some(rest) = text.strip_prefix("/rustc/")
-            && let Some((_commit, inside)) = rest.split_once('/')
-        {
-            return inside.to_string();
-        }
-        if let Some(at) = text.find("/registry/src/")
-            && let Some((_index, inside)) = text[at + "/registry/src/".len()..].split_once('/')
-        {
-            return inside.to_string();
-        }
-        if let Ok(cwd) = std::env::current_dir()
-            && let Ok(inside) = std::path::Path::new(text).strip_prefix(&cwd)
-        {
-            return inside.display().to_string();
-        }
-        text.to_string()
     }
 
     #[cfg(test)]

@@ -30,7 +30,7 @@
 //!   code that does not retry on `EINTR` may see one.
 
 mod capture;
-mod symbolize;
+pub(crate) mod symbolize;
 
 use std::fmt::{self, Write as _};
 use std::sync::Arc;

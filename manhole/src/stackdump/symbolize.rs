@@ -171,7 +171,7 @@ impl Symbolizer {
 /// Makes a source path readable: the Rust standard library as `library/...` (dropping
 /// `/rustc/<commit>/`), registry crates as `<crate>-<version>/...`, and files under the current
 /// directory relative to it. Anything else stays as it is.
-fn short_path(path: &Path) -> String {
+pub(crate) fn short_path(path: &Path) -> String {
     let text = path.to_string_lossy();
     if let Some(rest) = text.strip_prefix("/rustc/")
         && let Some((_commit, inside)) = rest.split_once('/')
