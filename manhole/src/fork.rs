@@ -3,13 +3,16 @@
 //! Registered once per process with `pthread_atfork` at the first `install`:
 //!
 //! - **prepare** (in the forking thread, before `fork`) takes the manhole's locks in their one
-//!   order (`lifecycle::STATE`, `registry::TABLE`, `signals::HOOKED`, `tee::TEE`) and parks the
+//!   order (`lifecycle::STATE`, `registry::TABLE`, `signals::HOOKED`, `tee::TEE`, and the list of
+//!   session connections) and parks the
 //!   guards in a thread-local. So no other thread can be inside one of them at the instant of
 //!   the fork, and the child never inherits a lock held by a thread that does not exist there.
 //! - **parent** drops the guards.
 //! - **child** (only the forking thread exists) first does async-signal-safe bookkeeping while it
 //!   still holds the locks: forget the sessions count, drop the parent's signal self-pipe and
-//!   pending signals, point stderr back at the original if a session had it teed, take the
+//!   pending signals, point stderr back at the original if a session had it teed, close its
+//!   copies of the sessions' client connections (so a client sees its session end when the
+//!   parent's session ends, not when the child exits), take the
 //!   parent's installation out of the state and leak it after closing its descriptors (its socket
 //!   file is the parent's and is never removed by the child: `socket.rs` also checks the pid;
 //!   its threads do not exist here). Then it drops the guards: for std's futex mutexes an unlock
@@ -29,7 +32,8 @@
 //! these locks would deadlock in prepare, as glibc's own `malloc` fork handler would.
 
 use std::cell::RefCell;
-use std::sync::Once;
+use std::os::fd::RawFd;
+use std::sync::{Mutex, MutexGuard, Once, PoisonError};
 
 use crate::log::log_event;
 use crate::{lifecycle, registry, signals, tee};
@@ -39,6 +43,33 @@ struct Held {
     _table: registry::ForkHold,
     _hooked: signals::ForkHold,
     tee: tee::ForkHold,
+    sessions: MutexGuard<'static, Vec<RawFd>>,
+}
+
+/// The client connections of the open sessions: a child closes its copies, or a client would
+/// never see its session end while the child lives. Taken last, after `tee::TEE`.
+static SESSION_FDS: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
+
+fn session_fds() -> MutexGuard<'static, Vec<RawFd>> {
+    SESSION_FDS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Keeps a session's connection on the list of descriptors a forked child closes.
+pub(crate) struct CloseInChildren(RawFd);
+
+/// Puts `fd` on the list until the returned guard is dropped.
+pub(crate) fn close_in_children(fd: RawFd) -> CloseInChildren {
+    session_fds().push(fd);
+    CloseInChildren(fd)
+}
+
+impl Drop for CloseInChildren {
+    fn drop(&mut self) {
+        let mut fds = session_fds();
+        if let Some(at) = fds.iter().position(|&fd| fd == self.0) {
+            fds.swap_remove(at);
+        }
+    }
 }
 
 thread_local! {
@@ -65,6 +96,7 @@ extern "C" fn prepare() {
         _table: registry::fork_hold(),
         _hooked: signals::fork_hold(),
         tee: tee::fork_hold(),
+        sessions: session_fds(),
     };
     HELD.with(|slot| *slot.borrow_mut() = Some(held));
 }
@@ -79,6 +111,10 @@ extern "C" fn child() {
     };
     signals::after_fork_in_child();
     tee::after_fork_in_child(&mut held.tee);
+    for &fd in held.sessions.iter() {
+        crate::sys::close_raw(fd);
+    }
+    held.sessions.clear();
     let plan = lifecycle::after_fork_in_child(&mut held.state);
     drop(held);
     if let Some(plan) = plan {

@@ -183,6 +183,7 @@ impl Session {
         }
         LIVE_SESSIONS.fetch_add(1, Ordering::SeqCst);
         let _live = Live;
+        let _not_in_children = crate::fork::close_in_children(self.stream.as_raw_fd());
         let why = match self.serve() {
             Ok(why) => why,
             Err(e) => format!("connection error: {e}"),

@@ -673,3 +673,45 @@ fn the_applications_own_handler_keeps_running_when_the_manhole_shares_its_signal
     app.wait_for_line("own handler count=2");
     assert!(app.alive());
 }
+
+#[test]
+fn a_child_forked_during_a_session_gets_the_original_stderr_back() {
+    let dir = TempDir::new();
+    let trigger = dir.join("fork");
+    let mut app = bare(
+        Some(""),
+        &[
+            "--stderr-every-ms",
+            "50",
+            "--fork",
+            "1",
+            "--fork-when",
+            trigger.to_str().unwrap(),
+        ],
+    );
+    let parent = app.pid();
+    let path = default_path(parent);
+    wait_for_socket(&path);
+    let original = stderr_link(parent);
+    let mut client = Client::connect(&path).unwrap();
+    client.skip_greeting();
+    client.read_until("tick ");
+    let teed = stderr_link(parent);
+    assert_ne!(teed, original);
+    fs::write(&trigger, b"").unwrap();
+    let line = app.wait_for_line("child pid=");
+    let child: u32 = line.trim_start_matches("child pid=").parse().unwrap();
+    let _orphan = Orphan(child);
+    // The child has no pump and no session: its fd 2 is the original stderr again.
+    wait_until(|| (stderr_link(child) == original).then_some(()))
+        .unwrap_or_else(|| panic!("child fd 2 is {:?}", stderr_link(child)));
+    // The parent's session still shows the ticks, and the child gets its own manhole.
+    client.read_until("tick ");
+    assert_eq!(stderr_link(parent), teed);
+    wait_for_socket(&default_path(child));
+    session_works(&default_path(child), child);
+    client.send("exit");
+    client.read_to_end();
+    wait_until(|| (stderr_link(parent) == original).then_some(()))
+        .expect("the parent's fd 2 is restored");
+}

@@ -13,6 +13,7 @@
 //! - `--stderr-every-ms N`: a thread `ticker` writes `tick <n>` to stderr every N ms.
 //! - `--fork N`: after `ready`, fork N children that keep running; each prints
 //!   `child pid=<pid>` and dies with its parent.
+//! - `--fork-when PATH`: do the `--fork` forks only once PATH exists.
 //! - `--fork-exec N`: after `ready`, fork N children that exec `true` at once, reap them, then
 //!   print `fork-exec done n=<N> pids=<pid>,<pid>,...`.
 //! - `--exit-when PATH`: once PATH exists, call `std::process::exit(3)`.
@@ -171,6 +172,7 @@ fn main() {
     let mut forks = 0;
     let mut fork_execs = 0;
     let mut exit_when: Option<PathBuf> = None;
+    let mut fork_when: Option<PathBuf> = None;
     let mut return_when: Option<PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -191,6 +193,7 @@ fn main() {
             "--fork" => forks = number(args.next(), "--fork"),
             "--fork-exec" => fork_execs = number(args.next(), "--fork-exec"),
             "--exit-when" => exit_when = args.next().map(PathBuf::from),
+            "--fork-when" => fork_when = args.next().map(PathBuf::from),
             "--return-when" => return_when = args.next().map(PathBuf::from),
             other => {
                 eprintln!("bare: unknown argument {other:?} (see the flags in the source's docs)");
@@ -242,6 +245,9 @@ fn main() {
     }
     println!("ready pid={}", std::process::id());
     if forks > 0 {
+        if let Some(path) = &fork_when {
+            wait_for_file(path);
+        }
         fork_children(forks);
     }
     if fork_execs > 0 {
