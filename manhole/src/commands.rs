@@ -179,7 +179,7 @@ pub(crate) fn run(line: &str, settings: &Settings, peer: &PeerCred) -> Reply {
     match word {
         "help" | "?" => help(),
         "threads" | "bt" => threads(word, args, settings),
-        "locals" => locals(),
+        "locals" => locals(settings.policy.read_only),
         "get" => match args {
             [name] => get(name, settings),
             _ => Reply::err("get", "usage: get NAME"),
@@ -228,7 +228,19 @@ pub(crate) fn run(line: &str, settings: &Settings, peer: &PeerCred) -> Reply {
             ),
             Some(Entry::Command { run, .. }) => {
                 let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-                log_event!("Session of {peer} runs command {name} {}", args.join(" "));
+                if settings.policy.read_only && run.changes_state() {
+                    log_event!(
+                        "Session of {peer} was refused command {} (read-only manhole)",
+                        shorten(name)
+                    );
+                    return Reply::err(name, read_only_refusal(name));
+                }
+                log_event!(
+                    "Session of {peer} runs {} {} {}",
+                    run.kind(),
+                    shorten(name),
+                    shorten(&args.join(" "))
+                );
                 match run.run(args, &settings.runtime, settings.command_timeout) {
                     Ok(Ok(output)) => Reply::ok(
                         name,
@@ -303,7 +315,7 @@ fn threads(word: &str, args: &[&str], settings: &Settings) -> Reply {
     }
 }
 
-fn locals() -> Reply {
+fn locals(read_only: bool) -> Reply {
     let entries = registry::snapshot();
     if entries.is_empty() {
         return Reply::ok("locals", "(nothing registered)", json!({"locals": []}));
@@ -312,7 +324,11 @@ fn locals() -> Reply {
     let mut list = Vec::new();
     for (name, entry) in entries {
         let (kind, type_name, settable) = match &entry {
-            Entry::Value(local) => ("value", local.type_name(), local.is_settable()),
+            Entry::Value(local) => (
+                "value",
+                local.type_name(),
+                local.is_settable() && !read_only,
+            ),
             Entry::Command { run, .. } => ("command", run.kind().to_string(), false),
         };
         let mark = if settable {
@@ -348,6 +364,18 @@ fn shorten(word: &str) -> String {
     }
 }
 
+/// The one-line answer to `set` or a state-changing command in a read-only manhole.
+fn read_only_refusal(what: &str) -> String {
+    if what == "set" {
+        "set refused: this manhole is read-only".to_string()
+    } else {
+        format!(
+            "{} refused: this manhole is read-only and the command may change state (only queries run)",
+            shorten(what)
+        )
+    }
+}
+
 fn get(name: &str, settings: &Settings) -> Reply {
     let Some(Entry::Value(local)) = registry::lookup(name) else {
         return Reply::err("get", no_such(name));
@@ -369,7 +397,7 @@ fn get(name: &str, settings: &Settings) -> Reply {
         Ok(Ok(value)) => Reply::ok(
             "get",
             value.clone(),
-            json!({"name": name, "type": local.type_name(), "value": value, "settable": local.is_settable()}),
+            json!({"name": name, "type": local.type_name(), "value": value, "settable": local.is_settable() && !settings.policy.read_only}),
         ),
         Ok(Err(message)) | Err(crate::threads::Unfinished::Panicked(message)) => {
             Reply::err("get", format!("{name}: {message}"))
@@ -379,6 +407,13 @@ fn get(name: &str, settings: &Settings) -> Reply {
 }
 
 fn set(name: &str, value: &str, settings: &Settings, peer: &PeerCred) -> Reply {
+    if settings.policy.read_only {
+        log_event!(
+            "Session of {peer} was refused set {} (read-only manhole)",
+            shorten(name)
+        );
+        return Reply::err("set", read_only_refusal("set"));
+    }
     let Some(Entry::Value(local)) = registry::lookup(name) else {
         return Reply::err("set", no_such(name));
     };
@@ -389,7 +424,11 @@ fn set(name: &str, value: &str, settings: &Settings, peer: &PeerCred) -> Reply {
     let text = value.to_string();
     match run_bounded(settings.command_timeout, move || local.set(&text, access)) {
         Ok(Ok((old, new))) => {
-            log_event!("Session of {peer} set {name} from {old} to {new}");
+            log_event!(
+                "Session of {peer} set {name} from {} to {}",
+                shorten(&old),
+                shorten(&new)
+            );
             Reply::ok(
                 "set",
                 format!("{name}: {old} -> {new}"),

@@ -43,7 +43,8 @@
 //!   stale socket of ours, never follows or deletes anything else, removes only its own inode.
 //! - `listener`: the `manhole-listener` thread. It sleeps in `poll` (no CPU, no wake-ups while
 //!   idle), checks each peer's `SO_PEERCRED`, caps the number of sessions.
-//! - `credentials`: the peer check: the process's effective uid, or root.
+//! - `credentials`: the peer check (the process's effective uid, root, or the allow-lists) and
+//!   the read-only policy.
 //! - `session`: one `manhole-session-<n>` thread per client: bounded line reading, writes with
 //!   `MSG_NOSIGNAL` and a send timeout, idle timeout, the `exec` hello.
 //! - `commands`: the command language; every answer as text and as JSON.
@@ -63,8 +64,10 @@
 //! The manhole runs inside someone else's production process, so it holds itself to these rules:
 //!
 //! - Who gets in: the socket file is 0600 and owned by the effective uid from the moment it
-//!   appears; every connection is checked again with `SO_PEERCRED` (same euid, or root). Refusals
-//!   are logged with the peer's pid, uid and gid. See `docs/security.md`.
+//!   appears; every connection is checked again with `SO_PEERCRED` (same euid, root, or an
+//!   `allowed_uids`/`allowed_gids` entry). Accepted and refused connections, every `set` and
+//!   every registered command run are logged with the peer's pid, uid and gid; `read_only(true)`
+//!   refuses `set` and commands not registered as queries. See `docs/security.md`.
 //! - No SIGPIPE death (every write uses `MSG_NOSIGNAL`), no signals stolen (manhole threads block
 //!   the application's signals), no lock or allocation in a signal handler, no panic across FFI.
 //! - A slow, silent or hostile client costs one session, never the listener or the process:
@@ -138,7 +141,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use lifecycle::{Manhole, dump_threads, install};
 pub use local::{Atomic, Local, Lock};
 pub use options::{ConnectionHandler, Options, default_socket_path, parse_signal};
-pub use registry::{Registration, register, register_command};
+pub use registry::{Registration, register, register_command, register_query};
 #[cfg(feature = "tokio")]
 pub use runtime::register_async_command;
 pub use signals::SignalSpec;

@@ -291,6 +291,7 @@ fn install_as(options: Options, quiet_conflict: bool) -> Result<Manhole> {
         redirect_stderr: options.redirect_stderr,
         banner: options.banner.clone(),
         runtime: options.runtime.for_install(),
+        policy: options.policy.clone(),
     });
     let (stop_reader, stop_writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| Error::io("cannot create the stop pipe", e.into()))?;
@@ -400,7 +401,7 @@ fn registrations(options: &Options) -> Vec<Registration> {
 
 fn start_listener(installation: &mut Installation) -> Result<()> {
     let path = installation.options.socket_path_for(installation.pid);
-    let bound = Arc::new(socket::bind(&path)?);
+    let bound = Arc::new(socket::bind(&path, &installation.settings.policy)?);
     let shared = Shared {
         settings: installation.settings.clone(),
         stop: installation.stop.clone(),
@@ -525,7 +526,7 @@ fn serve_oneshot(
     stop: &Arc<OwnedFd>,
     oneshot: &Oneshot,
 ) -> Result<()> {
-    let bound = match socket::bind(path) {
+    let bound = match socket::bind(path, &settings.policy) {
         Ok(bound) => Arc::new(bound),
         Err(e) => {
             oneshot.running.store(false, Ordering::SeqCst);
@@ -579,23 +580,11 @@ fn serve_oneshot(
         };
         // Blocking mode for the session, as the listener's sessions get.
         let _ = stream.set_nonblocking(false);
-        let peer = crate::credentials::peer_of(&stream)
-            .map_err(|e| Error::io("cannot read the peer's credentials", e))?;
-        if !crate::credentials::is_allowed(&peer) {
-            log_event!(
-                "Access denied to {peer}: uid {} is neither root nor our euid",
-                peer.uid
-            );
-            listener::refuse(
-                &stream,
-                &format!(
-                    "manhole: access denied: peer uid {} is not allowed ({peer})\n",
-                    peer.uid
-                ),
-            );
-            return Ok(());
-        }
-        log_event!("Accepted one-shot session from {peer}");
+        // A refused peer does not use up the one session: wait for the next connection.
+        let Some((peer, why)) = crate::credentials::admit(&stream, &settings.policy) else {
+            continue;
+        };
+        log_event!("Accepted one-shot session from {peer} ({why})");
         Session::new(stream, peer, settings.clone(), stop.clone()).run();
         return Ok(());
     }

@@ -85,27 +85,9 @@ pub(crate) fn refuse(stream: &UnixStream, line: &str) {
 }
 
 fn accept(stream: UnixStream, shared: &Shared) {
-    let peer = match credentials::peer_of(&stream) {
-        Ok(peer) => peer,
-        Err(e) => {
-            log_event!("Refused a connection: cannot read its credentials: {e}");
-            return;
-        }
-    };
-    if !credentials::is_allowed(&peer) {
-        log_event!(
-            "Access denied to {peer}: uid {} is neither root nor our euid",
-            peer.uid
-        );
-        refuse(
-            &stream,
-            &format!(
-                "manhole: access denied: peer uid {} is not allowed ({peer})\n",
-                peer.uid
-            ),
-        );
+    let Some((peer, why)) = credentials::admit(&stream, &shared.settings.policy) else {
         return;
-    }
+    };
     let open = shared.open_sessions.fetch_add(1, Ordering::SeqCst);
     if open >= shared.max_sessions {
         shared.open_sessions.fetch_sub(1, Ordering::SeqCst);
@@ -117,7 +99,7 @@ fn accept(stream: UnixStream, shared: &Shared) {
         return;
     }
     let n = shared.next_session.fetch_add(1, Ordering::Relaxed);
-    log_event!("Accepted session {n} from {peer}");
+    log_event!("Accepted session {n} from {peer} ({why})");
     start_session(stream, peer, n, shared);
 }
 

@@ -431,6 +431,11 @@ pub(crate) enum CommandFn {
         #[allow(clippy::type_complexity)]
         Arc<dyn Fn(&[String]) -> std::result::Result<String, String> + Send + Sync>,
     ),
+    /// The same, registered as only reading state: a read-only manhole still runs it.
+    Query(
+        #[allow(clippy::type_complexity)]
+        Arc<dyn Fn(&[String]) -> std::result::Result<String, String> + Send + Sync>,
+    ),
     /// A closure whose future runs as a task on the tokio runtime.
     #[cfg(feature = "tokio")]
     Async(crate::runtime::AsyncCommand),
@@ -444,10 +449,23 @@ impl CommandFn {
         CommandFn::Blocking(Arc::new(run))
     }
 
+    pub(crate) fn query<F>(run: F) -> CommandFn
+    where
+        F: Fn(&[String]) -> std::result::Result<String, String> + Send + Sync + 'static,
+    {
+        CommandFn::Query(Arc::new(run))
+    }
+
+    /// Whether running it may change the process's state (everything but a query).
+    pub(crate) fn changes_state(&self) -> bool {
+        !matches!(self, CommandFn::Query(_))
+    }
+
     /// How `locals` lists it.
     pub(crate) fn kind(&self) -> &'static str {
         match self {
             CommandFn::Blocking(_) => "command",
+            CommandFn::Query(_) => "query",
             #[cfg(feature = "tokio")]
             CommandFn::Async(_) => "async command",
         }
@@ -464,7 +482,7 @@ impl CommandFn {
     ) -> std::result::Result<std::result::Result<String, String>, String> {
         let _ = runtime;
         match self {
-            CommandFn::Blocking(run) => {
+            CommandFn::Blocking(run) | CommandFn::Query(run) => {
                 let run = run.clone();
                 crate::threads::run_bounded(timeout, move || run(&args)).map_err(|u| u.to_string())
             }

@@ -10,6 +10,7 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::credentials::Policy;
 use crate::local::{CommandFn, Local};
 use crate::signals::SignalSpec;
 use crate::{Error, Result};
@@ -63,6 +64,8 @@ pub struct Options {
     pub(crate) command_timeout: Duration,
     pub(crate) write_timeout: Duration,
     pub(crate) idle_timeout: Option<Duration>,
+    /// `allowed_uids`, `allowed_gids` and `read_only`.
+    pub(crate) policy: Policy,
     pub(crate) activate_on: Option<SignalSpec>,
     pub(crate) oneshot_on: Option<SignalSpec>,
     pub(crate) dump_on: Option<SignalSpec>,
@@ -96,6 +99,7 @@ impl Default for Options {
             command_timeout: Options::DEFAULT_COMMAND_TIMEOUT,
             write_timeout: Options::DEFAULT_WRITE_TIMEOUT,
             idle_timeout: Some(Options::DEFAULT_IDLE_TIMEOUT),
+            policy: Policy::default(),
             activate_on: None,
             oneshot_on: None,
             dump_on: None,
@@ -136,6 +140,9 @@ impl fmt::Debug for Options {
             .field("command_timeout", &self.command_timeout)
             .field("write_timeout", &self.write_timeout)
             .field("idle_timeout", &self.idle_timeout)
+            .field("allowed_uids", &self.policy.uids)
+            .field("allowed_gids", &self.policy.gids)
+            .field("read_only", &self.policy.read_only)
             .field("activate_on", &self.activate_on)
             .field("oneshot_on", &self.oneshot_on)
             .field("dump_on", &self.dump_on)
@@ -256,6 +263,20 @@ impl Options {
         self
     }
 
+    /// Registers a query for the lifetime of this installation: a command, like
+    /// [`command`](Options::command), that only reads state, so a [`read_only`](Options::read_only)
+    /// manhole still runs it. Commands registered with `command` are taken to change state.
+    /// Run-time registrations use [`register_query`](crate::register_query).
+    /// Defaults to none.
+    pub fn query<F>(mut self, name: impl Into<String>, help: impl Into<String>, run: F) -> Options
+    where
+        F: Fn(&[String]) -> std::result::Result<String, String> + Send + Sync + 'static,
+    {
+        self.commands
+            .push((name.into(), help.into(), CommandFn::query(run)));
+        self
+    }
+
     /// Registers an async command for the lifetime of this installation: `name ARGS...` in a
     /// session calls `run` with the argument words and runs the future it returns as a task on
     /// the tokio runtime (the one this is called from, else the attached one); after
@@ -354,6 +375,38 @@ impl Options {
     /// Defaults to `Some(`[`Options::DEFAULT_IDLE_TIMEOUT`]`)` (30 min).
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Options {
         self.idle_timeout = timeout;
+        self
+    }
+
+    /// Also admit peers running as these uids (besides the process's effective uid and root,
+    /// which are always admitted). The socket file is then mode 0666 so they can connect, and
+    /// the `SO_PEERCRED` check is what keeps everyone else out; see `docs/security.md`.
+    /// Defaults to none.
+    pub fn allowed_uids(mut self, uids: impl IntoIterator<Item = u32>) -> Options {
+        self.policy.uids = uids.into_iter().collect();
+        self
+    }
+
+    /// Also admit peers whose primary (effective) gid is one of these, as `SO_PEERCRED` reports
+    /// it at `connect()`; supplementary groups are not consulted (they cannot be read without a
+    /// race), so an operator runs the client under the group (`sg GROUP -c 'manhole-cli PID'`).
+    /// With exactly one gid and no [`allowed_uids`](Options::allowed_uids), the socket file is
+    /// mode 0660 and owned by that group (the process must be root or a member of it); otherwise
+    /// 0666. See `docs/security.md`.
+    /// Defaults to none.
+    pub fn allowed_gids(mut self, gids: impl IntoIterator<Item = u32>) -> Options {
+        self.policy.gids = gids.into_iter().collect();
+        self
+    }
+
+    /// Refuse what may change the process: `set`, and registered commands other than those
+    /// registered as queries ([`query`](Options::query), [`register_query`](crate::register_query)).
+    /// Async commands may change state too and are refused. Reading values, `threads`, `info`
+    /// and the other built-in commands still work. A refused command gets one error line and is
+    /// logged.
+    /// Defaults to `false`.
+    pub fn read_only(mut self, on: bool) -> Options {
+        self.policy.read_only = on;
         self
     }
 

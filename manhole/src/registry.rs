@@ -108,6 +108,27 @@ where
     )
 }
 
+/// Registers a named query at run time: a command, like [`register_command`], that only reads
+/// state, so a manhole installed with `read_only(true)` still runs it.
+///
+/// ```
+/// let _registration = manhole::register_query("queue-depth", "jobs waiting", |_args| {
+///     Ok("3".to_string())
+/// });
+/// ```
+pub fn register_query<F>(name: impl Into<String>, help: impl Into<String>, run: F) -> Registration
+where
+    F: Fn(&[String]) -> Result<String, String> + Send + Sync + 'static,
+{
+    insert(
+        name.into(),
+        Entry::Command {
+            help: help.into(),
+            run: CommandFn::query(run),
+        },
+    )
+}
+
 /// The entry registered under `name`, if any.
 pub(crate) fn lookup(name: &str) -> Option<Entry> {
     table().get(name).map(|r| r.entry.clone())

@@ -47,6 +47,9 @@ pub(crate) struct Settings {
     pub banner: String,
     /// The tokio runtime the installation is attached to, if any.
     pub runtime: crate::runtime::Attached,
+    /// Who may connect (`Options::allowed_uids`/`allowed_gids`) and whether state may be
+    /// changed (`Options::read_only`).
+    pub policy: crate::credentials::Policy,
 }
 
 /// Why reading the next line stopped.

@@ -9,6 +9,16 @@
 //! a regular file, a fifo or a directory are left alone and make the bind fail with a clear error.
 //! The (device, inode) pair of the file we linked is remembered, so cleanup never deletes a file
 //! someone else put at the path later.
+//!
+//! The directory is checked first: it must belong to us or to root, and it must not be writable
+//! by other users unless its sticky bit is set (as `/tmp`'s is). In a directory anyone can
+//! write to without the sticky bit, another user could swap the file between our check and our
+//! `unlink` of a stale socket, or remove ours; in one owned by another user, that user can.
+//! Group-writable directories are accepted: the group is trusted by whoever made them so.
+//!
+//! The mode is 0600 unless the application's allow-lists need more (see
+//! `credentials::Policy::socket_mode`); mode and group are set on the staged socket inside the
+//! private directory, before it appears at the path.
 
 use std::fs;
 use std::io;
@@ -16,6 +26,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
+use crate::credentials::Policy;
 use crate::{Error, ErrorKind, Options, Result};
 
 /// A listening socket at a path, with what is needed to remove exactly that file.
@@ -128,13 +139,52 @@ fn prepare_path(path: &Path) -> Result<()> {
     }
 }
 
-/// Binds a listening socket at `path`, mode 0600, owned by the effective uid.
-pub(crate) fn bind(path: &Path) -> Result<BoundSocket> {
-    prepare_path(path)?;
+/// Refuses a directory another user could rearrange: one owned by neither us nor root, or one
+/// writable by others without the sticky bit.
+fn check_directory(dir: &Path) -> Result<()> {
+    let meta = fs::metadata(dir).map_err(|e| {
+        Error::with_source(
+            ErrorKind::SocketPath,
+            format!("cannot use the socket directory {}", dir.display()),
+            e,
+        )
+    })?;
+    let euid = nix::unistd::geteuid().as_raw();
+    let unsafe_dir = |why: String| {
+        Error::new(
+            ErrorKind::SocketPath,
+            format!(
+                "cannot listen in {}: {why}; another user could replace or remove the socket",
+                dir.display()
+            ),
+        )
+    };
+    if meta.uid() != euid && meta.uid() != 0 {
+        return Err(unsafe_dir(format!(
+            "it belongs to uid {}, neither us (uid {euid}) nor root",
+            meta.uid()
+        )));
+    }
+    let mode = meta.mode();
+    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+        return Err(unsafe_dir(format!(
+            "it is writable by everyone (mode {:o}) without the sticky bit",
+            mode & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// Binds a listening socket at `path`, owned by the effective uid, mode 0600 (or what the
+/// allow-lists of `policy` need).
+pub(crate) fn bind(path: &Path, policy: &Policy) -> Result<BoundSocket> {
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    check_directory(&parent)?;
+    prepare_path(path)?;
+    let (mode, group) = policy.socket_mode();
     let private_dir = nix::unistd::mkdtemp(&parent.join(".manhole-XXXXXX")).map_err(|e| {
         Error::with_source(
             ErrorKind::SocketPath,
@@ -150,8 +200,16 @@ pub(crate) fn bind(path: &Path) -> Result<BoundSocket> {
                 e,
             )
         })?;
-        fs::set_permissions(&staged, fs::Permissions::from_mode(0o600))
-            .map_err(|e| Error::io("cannot chmod the socket to 0600", e))?;
+        if let Some(gid) = group {
+            std::os::unix::fs::lchown(&staged, None, Some(gid)).map_err(|e| {
+                Error::io(
+                    format!("cannot give the socket to group {gid} (allowed_gids)"),
+                    e,
+                )
+            })?;
+        }
+        fs::set_permissions(&staged, fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io(format!("cannot chmod the socket to {mode:o}"), e))?;
         fs::hard_link(&staged, path).map_err(|e| {
             if e.kind() == io::ErrorKind::AlreadyExists {
                 path_error(path, "something appeared at the path while binding")
@@ -192,12 +250,15 @@ mod tests {
     fn binds_0600_and_removes_only_its_own_file() {
         let dir = scratch("bind");
         let path = dir.join("sock");
-        let bound = bind(&path).unwrap();
+        let bound = bind(&path, &Policy::default()).unwrap();
         let meta = fs::symlink_metadata(&path).unwrap();
         assert_eq!(meta.mode() & 0o777, 0o600);
         assert!(meta.file_type().is_socket());
         // A second bind while the first listens is refused.
-        assert_eq!(bind(&path).unwrap_err().kind(), ErrorKind::SocketPath);
+        assert_eq!(
+            bind(&path, &Policy::default()).unwrap_err().kind(),
+            ErrorKind::SocketPath
+        );
         // Someone replaces the file: cleanup leaves theirs alone.
         fs::remove_file(&path).unwrap();
         fs::write(&path, b"not ours").unwrap();
@@ -213,9 +274,14 @@ mod tests {
         fs::write(&target, b"precious").unwrap();
         let link = dir.join("link");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        assert!(bind(&link).unwrap_err().to_string().contains("symlink"));
         assert!(
-            bind(&target)
+            bind(&link, &Policy::default())
+                .unwrap_err()
+                .to_string()
+                .contains("symlink")
+        );
+        assert!(
+            bind(&target, &Policy::default())
                 .unwrap_err()
                 .to_string()
                 .contains("not a socket")
@@ -223,13 +289,60 @@ mod tests {
         assert_eq!(fs::read(&target).unwrap(), b"precious");
         assert!(fs::symlink_metadata(&link).is_ok());
         let long = dir.join("x".repeat(120));
-        assert!(bind(&long).unwrap_err().to_string().contains("bytes"));
+        assert!(
+            bind(&long, &Policy::default())
+                .unwrap_err()
+                .to_string()
+                .contains("bytes")
+        );
         let stale = dir.join("stale");
         drop(UnixListener::bind(&stale).unwrap());
-        let bound = bind(&stale).unwrap();
+        let bound = bind(&stale, &Policy::default()).unwrap();
         assert!(UnixStream::connect(bound.path()).is_ok());
         bound.remove_file();
         assert!(fs::symlink_metadata(&stale).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn refuses_a_world_writable_directory_without_the_sticky_bit() {
+        let dir = scratch("dirmode");
+        let open = dir.join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = bind(&open.join("sock"), &Policy::default()).unwrap_err();
+        assert!(err.to_string().contains("without the sticky bit"), "{err}");
+        assert_eq!(
+            fs::read_dir(&open).unwrap().count(),
+            0,
+            "nothing was created"
+        );
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).unwrap();
+        let bound = bind(&open.join("sock"), &Policy::default()).unwrap();
+        bound.remove_file();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn allow_lists_set_the_mode_and_group_before_the_socket_appears() {
+        let dir = scratch("allow");
+        let egid = nix::unistd::getegid().as_raw();
+        let group = Policy {
+            gids: vec![egid],
+            ..Policy::default()
+        };
+        let bound = bind(&dir.join("g"), &group).unwrap();
+        let meta = fs::symlink_metadata(bound.path()).unwrap();
+        assert_eq!((meta.mode() & 0o777, meta.gid()), (0o660, egid));
+        bound.remove_file();
+        let users = Policy {
+            uids: vec![12345],
+            ..Policy::default()
+        };
+        let bound = bind(&dir.join("u"), &users).unwrap();
+        let meta = fs::symlink_metadata(bound.path()).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o666);
+        bound.remove_file();
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -168,7 +168,13 @@ impl App {
 
     /// Starts `demo` with `args` and waits for its `manhole listening on <path>` line.
     pub fn demo(args: &[&str]) -> App {
-        let mut app = App::start("demo", args, &[]);
+        App::listening("demo", args)
+    }
+
+    /// Starts the example `name` with `args` and waits for its `manhole listening on <path>`
+    /// line.
+    pub fn listening(name: &str, args: &[&str]) -> App {
+        let mut app = App::start(name, args, &[]);
         let line = app.wait_for_line("manhole listening on ");
         app.socket = Some(PathBuf::from(
             line.trim_start_matches("manhole listening on "),
