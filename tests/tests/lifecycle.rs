@@ -715,3 +715,24 @@ fn a_child_forked_during_a_session_gets_the_original_stderr_back() {
     wait_until(|| (stderr_link(parent) == original).then_some(()))
         .expect("the parent's fd 2 is restored");
 }
+
+#[test]
+fn with_patch_fork_off_a_child_has_no_manhole() {
+    let mut app = bare(
+        Some("patch_fork=False, reinstall_delay=0.1"),
+        &["--fork", "1"],
+    );
+    let line = app.wait_for_line("child pid=");
+    let child: u32 = line.trim_start_matches("child pid=").parse().unwrap();
+    let _orphan = Orphan(child);
+    // Well past the delay: nothing was started in the child.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(!is_socket(&default_path(child)));
+    assert!(!app.stderr().contains("Fork detected"), "{}", app.stderr());
+    assert!(
+        !thread_names(child).iter().any(|n| n.starts_with("manhole")),
+        "{:?}",
+        thread_names(child)
+    );
+    session_works(app.socket(), app.pid());
+}
