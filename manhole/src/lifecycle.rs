@@ -17,9 +17,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-
 use crate::listener::{self, Shared};
 use crate::log::log_event;
 use crate::registry::{self, Entry, Registration};
@@ -552,24 +549,12 @@ fn serve_oneshot(
         std::process::id()
     );
     loop {
-        let (incoming, stopped) = {
-            let mut fds = [
-                PollFd::new(bound.listener.as_fd(), PollFlags::POLLIN),
-                PollFd::new(stop.as_fd(), PollFlags::POLLIN),
-            ];
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) => (
-                    fds[0].revents().is_some_and(|r| !r.is_empty()),
-                    fds[1].revents().is_some_and(|r| !r.is_empty()),
-                ),
-                Err(Errno::EINTR) => continue,
-                Err(e) => return Err(Error::io("poll failed", e.into())),
-            }
-        };
-        if stopped {
+        let woken = crate::wait::until_ready_or_stopped(bound.listener.as_fd(), stop.as_fd())
+            .map_err(|e| Error::io("poll failed", e.into()))?;
+        if woken.stopped {
             return Ok(());
         }
-        if !incoming {
+        if !woken.ready {
             continue;
         }
         let stream = match bound.listener.accept() {

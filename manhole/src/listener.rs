@@ -11,14 +11,12 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{MsgFlags, send};
 
 use crate::credentials::{self, PeerCred};
 use crate::log::log_event;
 use crate::session::{Session, Settings};
-use crate::threads;
+use crate::{threads, wait};
 
 /// Everything the listener and its sessions share.
 pub(crate) struct Shared {
@@ -33,28 +31,17 @@ pub(crate) struct Shared {
 /// Accepts connections until the stop pipe hangs up.
 pub(crate) fn run(listener: &UnixListener, shared: &Shared) {
     loop {
-        let ready = {
-            let mut fds = [
-                PollFd::new(listener.as_fd(), PollFlags::POLLIN),
-                PollFd::new(shared.stop.as_fd(), PollFlags::POLLIN),
-            ];
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) => (
-                    fds[0].revents().is_some_and(|r| !r.is_empty()),
-                    fds[1].revents().is_some_and(|r| !r.is_empty()),
-                ),
-                // A signal interrupted the wait: wait again.
-                Err(Errno::EINTR) => continue,
-                Err(e) => {
-                    log_event!("Listener stopped: poll failed: {e}");
-                    return;
-                }
+        let woken = match wait::until_ready_or_stopped(listener.as_fd(), shared.stop.as_fd()) {
+            Ok(woken) => woken,
+            Err(e) => {
+                log_event!("Listener stopped: poll failed: {e}");
+                return;
             }
         };
-        if ready.1 {
+        if woken.stopped {
             return;
         }
-        if ready.0 {
+        if woken.ready {
             match listener.accept() {
                 Ok((stream, _)) => accept(stream, shared),
                 Err(e) if is_transient(&e) => continue,

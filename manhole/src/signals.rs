@@ -22,9 +22,6 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
-use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-
 use crate::log::log_event;
 use crate::sys::{self, SavedAction};
 use crate::{Error, ErrorKind, Result};
@@ -316,27 +313,17 @@ fn run(wake: RawFd, roles: Roles, actions: &dyn Actions, stop: &OwnedFd) {
             dispatch(pending, &roles, actions);
             continue;
         }
-        let (woken, stopped) = {
-            let mut fds = [
-                PollFd::new(wake_fd, PollFlags::POLLIN),
-                PollFd::new(stop.as_fd(), PollFlags::POLLIN),
-            ];
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) => (
-                    fds[0].revents().is_some_and(|r| !r.is_empty()),
-                    fds[1].revents().is_some_and(|r| !r.is_empty()),
-                ),
-                Err(Errno::EINTR) => continue,
-                Err(e) => {
-                    log_event!("Signal thread stopped: poll failed: {e}");
-                    return;
-                }
+        let woken = match crate::wait::until_ready_or_stopped(wake_fd, stop.as_fd()) {
+            Ok(woken) => woken,
+            Err(e) => {
+                log_event!("Signal thread stopped: poll failed: {e}");
+                return;
             }
         };
-        if stopped {
+        if woken.stopped {
             return;
         }
-        if woken {
+        if woken.ready {
             let mut buf = [0u8; 256];
             while matches!(nix::unistd::read(wake_fd, &mut buf), Ok(n) if n > 0) {}
         }
