@@ -55,7 +55,18 @@
 //! - [`stackdump`]: every thread's backtrace. Capture is a real-time signal sent to each thread at
 //!   once; its handler only records instruction pointers into memory allocated beforehand.
 //!   Symbolization happens afterwards on the session thread, with a cache.
-//! - `procfs`: what `/proc` says about the process and its threads.
+//! - `signals`: `activate_on`, `oneshot_on`, `dump_on` and the opt-in SIGTERM cleanup. Handlers
+//!   are chained through signal-hook and only set a bit and write a byte to a self-pipe; the
+//!   `manhole-signal` thread does the work.
+//! - `fork`: `pthread_atfork` hooks. No manhole lock is held across `fork`; in the child the
+//!   inherited installation is forgotten (never its parent's socket) and, for the default pid
+//!   path, the manhole comes back at `/tmp/manhole-<childpid>` after `reinstall_delay`.
+//! - `tee`: `redirect_stderr`, a tee of fd 2 into the open sessions while any is open.
+//! - `envvar`: the `MANHOLE` environment variable, parsed (never evaluated) and installed before
+//!   `main`.
+//! - `runtime` (feature `tokio`): the attached tokio runtime, its `runtime` and `tasks` commands,
+//!   and async registered commands and values cancelled on timeout.
+//! - [`procfs`]: what `/proc` says about the process and its threads.
 //! - `log`: one line per event, `Manhole[<pid>:<time>]: ...`, written with a raw `write(2)`.
 //! - `sys`: the thin `unsafe` wrappers over libc. Only `sys` and `stackdump` contain `unsafe`.
 //!
@@ -105,6 +116,14 @@
 //!   Older glibc works but carries a small risk of deadlock if a dump hits a thread inside
 //!   `dlopen`. musl cannot unwind through signal frames.
 //!
+//! # Features
+//!
+//! - `tokio` (off by default): attach a tokio runtime (picked up automatically when `install` runs
+//!   inside one), the `runtime` command (stable runtime metrics), the `tasks` command (every task's
+//!   async backtrace, in applications built with `--cfg tokio_unstable`), and async registered
+//!   commands and values (`Options::async_command`, `Local::from_async_fn`). Without the feature
+//!   tokio is not compiled. See `docs/async.md`.
+//!
 //! # Limitations
 //!
 //! - Linux only (`/proc`, `SO_PEERCRED`, real-time signals).
@@ -135,6 +154,7 @@ pub mod stackdump;
 mod sys;
 mod tee;
 mod threads;
+mod wait;
 
 pub use credentials::PeerCred;
 pub use error::{Error, ErrorKind, Result};

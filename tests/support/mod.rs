@@ -109,6 +109,8 @@ pub struct App {
     /// The socket the app listens on, once known.
     pub socket: Option<PathBuf>,
     stderr: std::sync::Arc<Mutex<String>>,
+    /// Set once the stderr pipe reached end of file (every writer closed it).
+    stderr_closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl App {
@@ -146,6 +148,8 @@ impl App {
         let stderr = std::sync::Arc::new(Mutex::new(String::new()));
         let sink = stderr.clone();
         let mut err_pipe = child.stderr.take().expect("piped stderr");
+        let stderr_closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let closed = stderr_closed.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = err_pipe.read(&mut buf) {
@@ -156,6 +160,7 @@ impl App {
                     .unwrap()
                     .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
+            closed.store(true, Ordering::SeqCst);
         });
         App {
             child,
@@ -163,6 +168,7 @@ impl App {
             seen: Vec::new(),
             socket: None,
             stderr,
+            stderr_closed,
         }
     }
 
@@ -238,6 +244,12 @@ impl App {
         let deadline = Instant::now() + TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Let the reader take in the last of stderr. Forked children may keep the pipe
+                // open, so wait for its end of file only briefly.
+                let drained = Instant::now() + Duration::from_secs(2);
+                while !self.stderr_closed.load(Ordering::SeqCst) && Instant::now() < drained {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 return status;
             }
             assert!(Instant::now() < deadline, "the process did not exit");
