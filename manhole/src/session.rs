@@ -110,8 +110,34 @@ impl LineReader {
     }
 }
 
+/// Feeds `chunks` to a line reader one after the other, then ends the input; returns what it
+/// yields: each line, or `None` for an over-long one. For `crate::__fuzz`.
+pub(crate) fn read_lines(chunks: &[&[u8]]) -> Vec<Option<String>> {
+    let mut reader = LineReader::default();
+    let mut out = Vec::new();
+    let drain = |reader: &mut LineReader, out: &mut Vec<Option<String>>| {
+        while let Some(input) = reader.take_line() {
+            match input {
+                Input::Line(line) => out.push(Some(line)),
+                Input::TooLong => out.push(None),
+                _ => return true,
+            }
+        }
+        false
+    };
+    for chunk in chunks {
+        reader.buffer.extend_from_slice(chunk);
+        drain(&mut reader, &mut out);
+    }
+    reader.eof = true;
+    let ended = drain(&mut reader, &mut out);
+    assert!(ended, "the reader did not end after end of input");
+    out
+}
+
 /// Turns raw line bytes into a command string: telnet IAC sequences and `\r` dropped, invalid
-/// UTF-8 replaced, NUL and other control bytes turned into spaces.
+/// UTF-8 replaced, NUL and every other control character but tab (C0, DEL, and the C1 range
+/// U+0080..U+009F, whose CSI can drive a terminal showing the log) turned into spaces.
 fn clean_line(raw: &[u8]) -> String {
     let mut bytes = Vec::with_capacity(raw.len());
     let mut i = 0;
@@ -136,7 +162,12 @@ fn clean_line(raw: &[u8]) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&bytes).into_owned()
+    // DEL and the C1 controls arrive as valid UTF-8 (or one byte): clean them after decoding.
+    // See: issue 5 (found by the property test `lines_do_not_depend_on_how_the_input_is_cut`).
+    String::from_utf8_lossy(&bytes)
+        .chars()
+        .map(|c| if c.is_control() && c != '\t' { ' ' } else { c })
+        .collect()
 }
 
 /// A connected, accepted client.
@@ -496,6 +527,12 @@ mod tests {
         r.buffer
             .extend_from_slice(b"info\r\nget\0x\n\xff\xfb\x01help\n\xc3(bad\npartial");
         assert_eq!(lines(&mut r), ["info", "get x", "help", "\u{fffd}(bad"]);
+        // DEL and C1 controls (a CSI in UTF-8 and as a lone byte) become spaces too.
+        let mut controls = LineReader::default();
+        controls
+            .buffer
+            .extend_from_slice(b"get\x7fx\xc2\x9b31m\x9by\n");
+        assert_eq!(lines(&mut controls), ["get x 31m\u{fffd}y"]);
         r.buffer.extend(std::iter::repeat_n(b'a', MAX_LINE + 10));
         assert_eq!(lines(&mut r), ["<too long>"]);
         r.buffer.extend_from_slice(b"aaaa\nnext\n");
