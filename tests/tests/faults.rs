@@ -262,3 +262,50 @@ fn a_command_that_never_returns_times_out_and_the_session_stays_usable() {
     drop(c);
     still_serving(&mut app);
 }
+
+#[test]
+fn forks_from_several_threads_while_sessions_are_open_leave_everyone_well() {
+    let mut app = App::listening("faults", &["--command-timeout-ms", "60000"]);
+    // Two sessions stay open across the forks, one of them in the middle of nothing.
+    let mut idle = Client::connect(app.socket()).unwrap();
+    idle.skip_greeting();
+    let mut c = Client::connect(app.socket()).unwrap();
+    c.skip_greeting();
+    let answer = c.command("fork-storm 4 25");
+    assert_eq!(answer.trim(), "100 of 100 children exited cleanly");
+    // Both sessions still answer, and the socket is still the parent's.
+    assert_eq!(c.command("bump").trim(), "1");
+    assert_eq!(idle.command("peek").trim(), "1");
+    assert!(app.socket().exists());
+    still_serving(&mut app);
+}
+
+#[test]
+fn forks_during_dumps_leave_the_children_and_the_dumps_consistent() {
+    let mut app = App::listening("faults", &["--command-timeout-ms", "60000"]);
+    let socket = app.socket().to_path_buf();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let dumper = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut exec = Exec(Client::connect(&socket).unwrap());
+            exec.0.send("exec");
+            exec.0.read_until("\n");
+            let mut dumps = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let dump = exec.dump();
+                assert!(dump["counts"]["threads"].as_u64().unwrap() >= 2, "{dump}");
+                dumps += 1;
+            }
+            dumps
+        })
+    };
+    let mut c = Client::connect(app.socket()).unwrap();
+    c.skip_greeting();
+    let answer = c.command("fork-storm 3 40");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let dumps = dumper.join().expect("the dumping session failed");
+    assert_eq!(answer.trim(), "120 of 120 children exited cleanly");
+    assert!(dumps >= 1);
+    still_serving(&mut app);
+}

@@ -10,7 +10,9 @@
 //! - `hang`: never returns;
 //! - `bump`: adds one to `counter` (a command that changes state);
 //! - `peek`: a query (read-only command) that shows `counter`;
-//! - `spawn N`: starts N more threads `parked-<i>` and returns once they run.
+//! - `spawn N`: starts N more threads `parked-<i>` and returns once they run;
+//! - `fork-storm T N`: T threads fork N children each, at once; each child exits at once (after
+//!   the manhole's fork handlers ran in it) and the command reports how the children ended.
 //!
 //! Flags: `--socket-path PATH`, `--threads N` (N threads `parked-<i>` parked in
 //! `faults_parked_thread` before install), `--churn` (a `churner` thread that spawns and joins
@@ -136,6 +138,45 @@ fn faults_vfork_waiter() -> ! {
     }
 }
 
+/// `threads` threads fork `each` children each; returns how many children exited with 0.
+fn fork_storm(threads: usize, each: usize) -> Result<String, String> {
+    let forkers: Vec<_> = (0..threads)
+        .map(|t| {
+            std::thread::Builder::new()
+                .name(format!("forker-{t}"))
+                .spawn(move || {
+                    let mut clean = 0;
+                    for _ in 0..each {
+                        // SAFETY: the child makes one async-signal-safe call, `_exit`, after the
+                        // fork handlers (the manhole's among them) have run in it.
+                        match unsafe { libc::fork() } {
+                            -1 => return Err(std::io::Error::last_os_error().to_string()),
+                            // SAFETY: see above.
+                            0 => unsafe { libc::_exit(0) },
+                            pid => {
+                                let status =
+                                    nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+                                if matches!(status, Ok(nix::sys::wait::WaitStatus::Exited(_, 0))) {
+                                    clean += 1;
+                                }
+                            }
+                        }
+                    }
+                    Ok(clean)
+                })
+                .expect("spawn a forker")
+        })
+        .collect();
+    let mut clean = 0;
+    for forker in forkers {
+        clean += forker.join().map_err(|_| "a forker panicked")??;
+    }
+    Ok(format!(
+        "{clean} of {} children exited cleanly",
+        threads * each
+    ))
+}
+
 fn number<T: std::str::FromStr>(arg: Option<String>) -> T {
     arg.and_then(|a| a.parse().ok()).unwrap_or_else(|| {
         eprintln!("faults: this flag needs a number");
@@ -241,6 +282,13 @@ fn main() {
         .query("peek", "show counter", {
             let counter = counter.clone();
             move |_| Ok(counter.load(Ordering::SeqCst).to_string())
+        })
+        .command("fork-storm", "T threads fork N children each", |args| {
+            let numbers: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
+            match numbers[..] {
+                [threads, each] => fork_storm(threads, each),
+                _ => Err("usage: fork-storm T N".into()),
+            }
         })
         .command("spawn", "start N more parked threads", move |args| {
             let n: usize = args
