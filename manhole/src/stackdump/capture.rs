@@ -6,9 +6,11 @@
 //! The dumper (a normal thread) prepares one *slot* per thread in a pool of preallocated memory,
 //! bumps the dump *generation*, and sends each thread the dump signal with
 //! `rt_tgsigqueueinfo(getpid(), tid, signal, info)`, where `info` has `si_code = SI_QUEUE`, our pid
-//! and uid, and the value `(generation << 20) | slot_index`. It sends to every thread first and
-//! then waits, so a dump costs about as much as the slowest thread, not the sum. The wait sleeps on
-//! a futex word that every handler bumps when it is done; it never polls.
+//! and uid, and the value `(generation << 20) | slot_index`. It sends each thread its signal as
+//! soon as it has read that thread's status, so the first handlers run while the later statuses
+//! are read, and waits only after the last send: a dump costs about the reading of the statuses
+//! plus the slowest thread, not the sum of the threads. The wait sleeps on a futex word that
+//! every handler bumps when it is done; it never polls.
 //!
 //! # Rules for the code that runs in the handler
 //!
@@ -509,29 +511,44 @@ pub(super) enum Answer {
 pub(super) struct Requests {
     pool: &'static Pool,
     generation: usize,
+    signal: c_int,
     /// Per requested thread: the slot index, or the send failure.
     requests: Vec<std::result::Result<usize, SendError>>,
 }
 
-/// Sends the dump request to every thread of `tids`, each with room for `frames` addresses.
-/// Returns at once; [`Requests::collect`] waits for the answers.
-pub(super) fn signal_threads(signal: c_int, tids: &[i32], frames: usize) -> Requests {
-    let pool = pool_for(tids.len(), frames);
+/// Starts a dump generation for up to `threads` threads, each with room for `frames` addresses.
+/// [`Requests::send`] then asks one thread at a time (the dumper sends each thread its signal
+/// right after reading its status, so handlers run while the other statuses are read), and
+/// [`Requests::collect`] waits for the answers.
+pub(super) fn start(signal: c_int, threads: usize, frames: usize) -> Requests {
+    let pool = pool_for(threads, frames);
     let generation = next_generation();
-    let mut requests = Vec::with_capacity(tids.len());
-    for (index, &tid) in tids.iter().enumerate() {
-        let Some(slot) = pool.slots.get(index) else {
-            requests.push(Err(SendError::Other(io::Error::other(
+    Requests {
+        pool,
+        generation,
+        signal,
+        requests: Vec::with_capacity(threads),
+    }
+}
+
+impl Requests {
+    /// Sends the dump request to `tid`. Its answer is the next one in [`Requests::collect`]'s
+    /// list.
+    pub(super) fn send(&mut self, tid: i32) {
+        let index = self.requests.len();
+        let Some(slot) = self.pool.slots.get(index) else {
+            self.requests.push(Err(SendError::Other(io::Error::other(
                 "too many threads for one dump",
             ))));
-            continue;
+            return;
         };
+        let generation = self.generation;
         slot.len.store(0, Ordering::Relaxed);
         slot.truncated.store(false, Ordering::Relaxed);
         slot.state
             .store(state_word(generation, SENT), Ordering::Release);
-        let sent = queue_signal(tid, signal, (generation << INDEX_BITS) | index);
-        requests.push(match sent {
+        let sent = queue_signal(tid, self.signal, (generation << INDEX_BITS) | index);
+        self.requests.push(match sent {
             Ok(()) => Ok(index),
             Err(error) => {
                 // Nobody will answer this slot; make sure a stray signal cannot claim it.
@@ -545,17 +562,12 @@ pub(super) fn signal_threads(signal: c_int, tids: &[i32], frames: usize) -> Requ
             }
         });
     }
-    Requests {
-        pool,
-        generation,
-        requests,
-    }
 }
 
 impl Requests {
     /// Waits until every request is answered or `deadline` passes, gives up on the rest, and
-    /// waits up to `grace` more for handlers that had already started. One answer per thread,
-    /// in the order of the `tids` given to [`signal_threads`].
+    /// waits up to `grace` more for handlers that had already started. One answer per
+    /// [`Requests::send`], in the order they were sent.
     pub(super) fn collect(self, deadline: Instant, grace: Duration) -> Vec<Answer> {
         let sent: Vec<usize> = self
             .requests

@@ -8,9 +8,10 @@
 //! 1. check that our handler still owns the dump signal (if not, no signal is sent: a real-time
 //!    signal's default action would kill the process);
 //! 2. list `/proc/self/task` and read each thread's name, state and signal masks; never signal a
-//!    thread that blocks the signal or already has it pending, nor a zombie;
-//! 3. signal every other thread at once, capture the dumping thread directly, wait for the
-//!    answers until the deadline (at most [`HARD_CAP`] in all);
+//!    thread that blocks the signal or already has it pending, nor a zombie; signal every other
+//!    thread right after reading its status (its handler runs while the next are read);
+//! 3. capture the dumping thread directly, wait for the answers until the deadline (at most
+//!    [`HARD_CAP`] in all);
 //! 4. for threads that did not answer, read their wait channel and `/proc/.../syscall` (one
 //!    program counter, no code run in the thread) and say why in a note;
 //! 5. symbolize outside any handler (the private `symbolize` module), with a cache.
@@ -116,24 +117,27 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
             "not signalled: cannot read the disposition of signal {signal}: {e}"
         )),
     };
-    let tids = procfs::thread_ids().map_err(|e| {
+    let cannot_list = |e| {
         Error::with_source(
             ErrorKind::Unsupported,
             "cannot list the threads in /proc/self/task",
             e,
         )
-    })?;
-    let mut threads: Vec<Pending> = tids
-        .iter()
-        .map(|&tid| plan(tid, me, signal, refusal.as_deref()))
-        .collect();
-
-    let to_signal: Vec<i32> = threads
-        .iter()
-        .filter(|t| t.plan == Plan::Signal)
-        .map(|t| t.tid)
-        .collect();
-    let requests = capture::signal_threads(signal, &to_signal, max_frames + HANDLER_FRAMES);
+    };
+    let mut tasks = procfs::TaskDir::open().map_err(cannot_list)?;
+    let tids = tasks.thread_ids().map_err(cannot_list)?;
+    // Each thread is signalled right after its status is read: its handler runs while the
+    // dumper reads the next statuses.
+    let mut requests = capture::start(signal, tids.len(), max_frames + HANDLER_FRAMES);
+    let mut threads: Vec<Pending> = Vec::with_capacity(tids.len());
+    for &tid in &tids {
+        let thread = plan(&mut tasks, tid, me, signal, refusal.as_deref());
+        if thread.plan == Plan::Signal {
+            requests.send(tid);
+        }
+        threads.push(thread);
+    }
+    drop(tasks);
     let sent_at = Instant::now();
     let deadline = (sent_at + options.timeout.min(HARD_CAP)).min(started + HARD_CAP);
     // The other threads answer meanwhile.
@@ -266,7 +270,13 @@ struct Pending {
     handler_time: Option<Duration>,
 }
 
-fn plan(tid: i32, me: i32, signal: libc::c_int, refusal: Option<&str>) -> Pending {
+fn plan(
+    tasks: &mut procfs::TaskDir,
+    tid: i32,
+    me: i32,
+    signal: libc::c_int,
+    refusal: Option<&str>,
+) -> Pending {
     let mut thread = Pending {
         tid,
         name: String::new(),
@@ -282,7 +292,7 @@ fn plan(tid: i32, me: i32, signal: libc::c_int, refusal: Option<&str>) -> Pendin
         syscall: None,
         handler_time: None,
     };
-    let status = match procfs::thread_status(tid) {
+    let status = match tasks.status(tid) {
         Ok(status) => status,
         Err(_) => {
             thread.outcome = Outcome::Exited;
