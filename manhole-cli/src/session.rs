@@ -21,6 +21,7 @@
 //! In every mode the first line is checked for the server's refusals (`manhole: access denied`,
 //! `manhole: too many sessions`), which become errors with their own exit codes.
 
+use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
@@ -34,7 +35,7 @@ use rustyline::config::Config;
 use rustyline::error::ReadlineError;
 use rustyline::history::DefaultHistory;
 use rustyline::{DefaultEditor, Editor, ExternalPrinter};
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::error::{Error, ErrorKind, Result};
 
@@ -93,36 +94,38 @@ fn server_closed_early() -> Error {
 // ---------------------------------------------------------------------------------------------
 // One-shot
 
-/// The answer to one exec-mode command.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Frame {
+/// The answer to one exec-mode command, borrowed from its line: `data` is kept as the JSON
+/// text the server sent (a dump's is megabytes), not parsed into a tree.
+#[derive(Debug, Clone)]
+pub struct Frame<'a> {
     pub ok: bool,
     pub command: String,
     pub text: String,
-    pub data: Value,
+    /// `data` as sent; `None` when the frame has none.
+    pub data: Option<&'a RawValue>,
     pub error: String,
     /// The frame as the server sent it.
-    pub raw: Value,
+    pub raw: &'a str,
 }
 
-impl Frame {
+impl<'a> Frame<'a> {
     /// Parses one frame line (a JSON object); `None` if it is not one.
-    pub fn parse(line: &str) -> Option<Frame> {
-        let raw: Value = serde_json::from_str(line.trim()).ok()?;
-        let object = raw.as_object()?;
+    pub fn parse(line: &'a str) -> Option<Frame<'a>> {
+        let raw = line.trim();
+        // The fields as JSON text: the line is checked in full, but no tree is built.
+        let object: BTreeMap<String, &'a RawValue> = serde_json::from_str(raw).ok()?;
         let text_of = |key: &str| {
             object
                 .get(key)
-                .and_then(Value::as_str)
+                .and_then(|value| serde_json::from_str::<String>(value.get()).ok())
                 .unwrap_or_default()
-                .to_owned()
         };
         Some(Frame {
-            ok: object.get("ok")?.as_bool()?,
+            ok: serde_json::from_str::<bool>(object.get("ok")?.get()).ok()?,
             command: text_of("command"),
             text: text_of("text"),
             error: text_of("error"),
-            data: object.get("data").cloned().unwrap_or(Value::Null),
+            data: object.get("data").copied(),
             raw,
         })
     }
@@ -130,7 +133,7 @@ impl Frame {
 
 /// Finds the `exec` frame in a line of output: the frame may follow a prompt on the same line
 /// when the hello came too late and the session started as a REPL.
-pub fn exec_frame(line: &str) -> Option<Frame> {
+pub fn exec_frame(line: &str) -> Option<Frame<'_>> {
     if !line.contains("exec") {
         return None;
     }
@@ -139,7 +142,7 @@ pub fn exec_frame(line: &str) -> Option<Frame> {
 }
 
 /// What one-shot mode prints for `frame`, and whether it goes to stdout.
-pub fn render_frame(frame: &Frame, json: bool) -> (String, bool) {
+pub fn render_frame(frame: &Frame<'_>, json: bool) -> (String, bool) {
     let with_newline = |mut text: String| {
         if !text.is_empty() && !text.ends_with('\n') {
             text.push('\n');
@@ -148,7 +151,10 @@ pub fn render_frame(frame: &Frame, json: bool) -> (String, bool) {
     };
     match (frame.ok, json) {
         (true, false) => (with_newline(frame.text.clone()), true),
-        (true, true) => (format!("{}\n", frame.data), true),
+        (true, true) => (
+            format!("{}\n", frame.data.map_or("null", RawValue::get)),
+            true,
+        ),
         (false, false) => (format!("error: {}\n", frame.error), false),
         (false, true) => (format!("{}\n", frame.raw), true),
     }
@@ -724,7 +730,7 @@ fn finish(end: Option<(Closed, u64)>) -> Result<Outcome> {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
 
@@ -769,12 +775,14 @@ mod tests {
         assert!(frame.ok);
         assert_eq!(frame.command, "get");
         assert_eq!(frame.text, "requests = 42");
-        assert_eq!(frame.data, json!({"name": "requests", "value": "42"}));
+        let data: Value = serde_json::from_str(frame.data.unwrap().get()).unwrap();
+        assert_eq!(data, json!({"name": "requests", "value": "42"}));
         let frame =
             Frame::parse(r#"{"ok":false,"command":"get","error":"no local named \"x\""}"#).unwrap();
         assert!(!frame.ok);
         assert_eq!(frame.error, "no local named \"x\"");
-        assert_eq!(frame.data, Value::Null);
+        assert!(frame.data.is_none());
+        assert_eq!(render_frame(&frame, true).0, format!("{}\n", frame.raw));
         assert!(Frame::parse(">>> ").is_none());
         assert!(Frame::parse("[1]").is_none());
         assert!(Frame::parse(r#"{"command":"x"}"#).is_none());
