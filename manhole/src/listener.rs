@@ -103,6 +103,7 @@ fn start_session(stream: UnixStream, peer: PeerCred, n: u64, shared: &Shared) {
         }
         let _slot = Slot(open_sessions);
         session.run();
+        crate::stackdump::release_dump_memory();
     });
     if let Err(e) = spawned {
         shared.open_sessions.fetch_sub(1, Ordering::SeqCst);

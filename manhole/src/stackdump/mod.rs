@@ -35,6 +35,7 @@ pub(crate) mod symbolize;
 
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -61,6 +62,18 @@ const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// Serializes dumps: they share the slot pool and the generation counter.
 static DUMP_LOCK: Mutex<()> = Mutex::new(());
+/// Set by every dump, taken by [`release_dump_memory`].
+static DUMPED: AtomicBool = AtomicBool::new(false);
+
+/// After a session that made a dump has ended (its text and JSON are freed): gives the freed
+/// heap memory back to the system (`malloc_trim` on glibc). Each client gets a new session
+/// thread, and glibc keeps what each thread's arena freed, so without this the megabytes of
+/// every big dump stayed resident, up to one copy per arena.
+pub(crate) fn release_dump_memory() {
+    if DUMPED.swap(false, Ordering::Relaxed) {
+        capture::release_freed_memory();
+    }
+}
 
 /// Options for one capture.
 #[derive(Debug, Clone)]
@@ -156,6 +169,7 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
         thread.read_proc_details();
     }
     let capture_time = started.elapsed();
+    DUMPED.store(true, Ordering::Relaxed);
 
     let symbolizing = Instant::now();
     let mut symbolizer = Symbolizer::new();
