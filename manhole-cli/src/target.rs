@@ -211,8 +211,37 @@ pub fn check_process(target: &Target, socket: &Path) -> Result<Option<ProcStatus
     Ok(Some(status))
 }
 
-/// Sends `signal` to `pid`, but only if the process catches it (so it cannot be killed by it).
+/// Signals no manhole can be activated by, whatever `SigCgt` says. SIGKILL and SIGSTOP cannot be
+/// caught. The fault signals (and SIGABRT, SIGTRAP, SIGSYS) are caught by crash handlers: every
+/// Rust program catches SIGSEGV and SIGBUS for its stack-overflow report and resets them to the
+/// default action when one arrives that is not an overflow, a JVM treats SIGSEGV as a fault, a
+/// crash reporter dumps and aborts. Sending one would disarm or crash the target.
+const NEVER_SENT: [Signal; 9] = [
+    Signal::SIGKILL,
+    Signal::SIGSTOP,
+    Signal::SIGSEGV,
+    Signal::SIGBUS,
+    Signal::SIGILL,
+    Signal::SIGFPE,
+    Signal::SIGABRT,
+    Signal::SIGTRAP,
+    Signal::SIGSYS,
+];
+
+/// Sends `signal` to `pid`, but only if the process catches it (so it cannot be killed by it)
+/// and it is not one of the signals no manhole uses ([`NEVER_SENT`]).
 pub fn send_signal(pid: i32, status: &ProcStatus, signal: Signal) -> Result<()> {
+    if NEVER_SENT.contains(&signal) {
+        return Err(Error::new(
+            ErrorKind::Unsafe,
+            format!(
+                "refusing to send {} to process {pid} ({}): no manhole is activated by it, and a \
+                 process that catches it does so to report a crash (use a signal like USR2)",
+                signal.as_str(),
+                status.name
+            ),
+        ));
+    }
     if !status.catches(signal) {
         return Err(Error::new(
             ErrorKind::Unsafe,
@@ -658,6 +687,27 @@ SigIgn:\t0000000000001000\nSigCgt:\t0000000180000800\n";
         let err = send_signal(i32::MAX, &status, Signal::SIGUSR1).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unsafe);
         assert!(err.message().contains("does not catch"), "{err}");
+    }
+
+    #[test]
+    fn refuses_crash_signals_even_when_caught() {
+        let mut status = parse_status(STATUS).unwrap();
+        status.caught = u64::MAX;
+        for signal in NEVER_SENT {
+            // The pid does not matter: the check happens before any kill(2).
+            let err = send_signal(i32::MAX, &status, signal).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Unsafe, "{signal:?}");
+            assert!(
+                err.message().contains("no manhole is activated by it"),
+                "{err}"
+            );
+        }
+        assert_eq!(
+            send_signal(i32::MAX, &status, Signal::SIGUSR2)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::NoSuchProcess
+        );
     }
 
     #[test]

@@ -424,6 +424,47 @@ fn refuses_to_signal_a_process_that_does_not_catch_it() {
     assert!(sleeper.alive());
 }
 
+/// The signals process `pid` has a handler for (`SigCgt`, bit `n - 1` for signal `n`).
+fn caught_signals(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let mask = status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigCgt:"))
+        .expect("SigCgt in /proc/PID/status");
+    u64::from_str_radix(mask.trim(), 16).unwrap()
+}
+
+/// Crash signals are never sent, even to a process that catches them: every Rust program
+/// catches SIGSEGV and SIGBUS (its stack-overflow report), and a stray one would reset that
+/// handler (a JVM or a crash reporter would dump and abort).
+#[test]
+fn refuses_crash_signals_even_when_caught() {
+    let mut app = App::demo(&[]);
+    let pid = app.pid().to_string();
+    let segv_and_bus = (1 << (libc::SIGSEGV - 1)) | (1 << (libc::SIGBUS - 1));
+    assert_eq!(
+        caught_signals(app.pid()) & segv_and_bus,
+        segv_and_bus,
+        "the demo catches SIGSEGV and SIGBUS (Rust's stack-overflow handler)"
+    );
+    for signal in ["SEGV", "SIGBUS", "11", "ABRT", "KILL", "STOP"] {
+        let ran = run_cli(&["-s", signal, &pid, "echo", "x"]);
+        assert_fails(&ran, 10, "no manhole is activated by it");
+        assert!(app.alive(), "the demo died of -s {signal}");
+    }
+    assert_eq!(
+        caught_signals(app.pid()) & segv_and_bus,
+        segv_and_bus,
+        "the demo's fault handlers are untouched"
+    );
+    let ran = run_cli(&[&pid, "echo", "still", "here"]);
+    assert_eq!(
+        (ran.code, ran.stdout.as_str()),
+        (0, "still here\n"),
+        "{ran:#?}"
+    );
+}
+
 #[test]
 fn a_caught_signal_is_sent_then_the_socket_wait_times_out() {
     let mut catcher = usr2_catcher();
