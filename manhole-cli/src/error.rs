@@ -9,6 +9,16 @@
 use std::fmt;
 use std::io;
 
+/// Like `eprintln!`, but a stderr that cannot be written (a closed pipe, as in `2>&1 | head`) is
+/// ignored instead of a panic: the exit code still tells what happened.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+pub(crate) use note;
+
 /// `Result` with the client's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 

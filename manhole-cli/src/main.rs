@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use crate::args::Args;
 use crate::connect::Expect;
-use crate::error::{EXIT_COMMAND_FAILED, ErrorKind, Result};
+use crate::error::{EXIT_COMMAND_FAILED, ErrorKind, Result, note};
 use crate::session::Outcome;
 
 /// The least time a one-shot command waits for the server's first answer (the `exec` frame).
@@ -42,9 +42,9 @@ fn main() -> ExitCode {
         Ok(Outcome::CommandFailed) => ExitCode::from(EXIT_COMMAND_FAILED),
         Err(err) if err.kind() == ErrorKind::StdoutClosed => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("manhole-cli: {err}");
+            note!("manhole-cli: {err}");
             if let Some(hint) = err.hint() {
-                eprintln!("manhole-cli: hint: {hint}");
+                note!("manhole-cli: hint: {hint}");
             }
             ExitCode::from(err.exit_code())
         }

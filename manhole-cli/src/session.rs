@@ -37,7 +37,7 @@ use rustyline::history::DefaultHistory;
 use rustyline::{DefaultEditor, Editor, ExternalPrinter};
 use serde_json::value::RawValue;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result, note};
 
 /// How the session ended when it did not fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,7 +264,8 @@ pub fn one_shot(
         if to_stdout {
             write_stdout(output.as_bytes())?;
         } else {
-            eprint!("{output}");
+            // `output` ends with its newline; a stderr nobody reads is not worth a panic.
+            let _ = io::stderr().write_all(output.as_bytes());
         }
         return Ok(if frame.ok {
             Outcome::Success
@@ -648,7 +649,7 @@ fn converse(
         |state| state.prompt_count > 0 || state.closed.is_some(),
     );
     if first == Wait::Interrupted {
-        println!();
+        let _ = writeln!(io::stdout());
     }
     loop {
         let prompt = {
@@ -695,13 +696,13 @@ fn converse(
                 );
                 if waited == Wait::Interrupted {
                     // The terminal echoed ^C; the answer, if it comes, is printed above the prompt.
-                    println!();
+                    let _ = writeln!(io::stdout());
                 }
             }
             Err(ReadlineError::Interrupted) => {
                 // Ctrl-C clears the line; the reader's SIGINT means the server closed.
                 if let Some(end) = shared.take_end() {
-                    eprintln!("manhole-cli: the server closed the session");
+                    note!("manhole-cli: the server closed the session");
                     return finish(Some(end));
                 }
             }

@@ -19,7 +19,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{AccessFlags, Pid, Uid, User, access, geteuid};
 
-use crate::error::{Error, ErrorKind, Result, errno};
+use crate::error::{Error, ErrorKind, Result, errno, note};
 
 /// The accepted TARGET forms, for usage errors.
 const TARGET_FORMS: &str = "expected a pid (1234), a manhole socket path (/tmp/manhole-1234) or any socket path containing a '/' (./app.sock)";
@@ -475,7 +475,7 @@ pub fn list(dir: &Path, prune: bool, json: bool) -> Result<()> {
             }
             match prune_one(entry) {
                 Ok(()) => {
-                    eprintln!(
+                    note!(
                         "manhole-cli: removed {} (process {} is {})",
                         entry.path.display(),
                         entry.pid,
@@ -484,7 +484,7 @@ pub fn list(dir: &Path, prune: bool, json: bool) -> Result<()> {
                     false
                 }
                 Err(why) => {
-                    eprintln!("manhole-cli: kept {}: {why}", entry.path.display());
+                    note!("manhole-cli: kept {}: {why}", entry.path.display());
                     true
                 }
             }
@@ -501,7 +501,7 @@ pub fn list(dir: &Path, prune: bool, json: bool) -> Result<()> {
         .and_then(|()| stdout.flush())
         .map_err(|err| Error::stdout(&err))?;
     if entries.is_empty() && !json {
-        eprintln!(
+        note!(
             "manhole-cli: no manhole sockets in {} that you can reach",
             dir.display()
         );

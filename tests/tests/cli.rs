@@ -350,6 +350,53 @@ fn a_closed_stdout_ends_the_client_quietly() {
     assert!(stderr.is_empty(), "{stderr}");
 }
 
+/// Runs the client with stderr into a pipe nobody reads (as `2>&1 | head` once head left), stdout
+/// discarded, and returns its exit code.
+fn run_with_dead_stderr(args: &[&str]) -> i32 {
+    let (reader, writer) = nix::unistd::pipe().unwrap();
+    drop(reader);
+    let child = cli(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(writer))
+        .spawn()
+        .expect("start the client");
+    let mut client = Proc { child };
+    let status =
+        wait_until(|| client.child.try_wait().expect("try_wait")).expect("the client exits");
+    status
+        .code()
+        .unwrap_or_else(|| panic!("the client died of a signal: {status:?}"))
+}
+
+#[test]
+fn a_closed_stderr_does_not_change_the_exit_code() {
+    let app = App::demo(&[]);
+    let pid = app.pid().to_string();
+    // The command's error goes to stderr: still exit 1, not a panic (101).
+    assert_eq!(run_with_dead_stderr(&[&pid, "nosuchcommand"]), 1);
+    assert_eq!(run_with_dead_stderr(&[&dead_pid().to_string()]), 3);
+    // --prune reports each removal on stderr: all of them are still removed.
+    let dir = TempDir::new();
+    let stale: Vec<PathBuf> = (0..2)
+        .map(|_| dir.join(&format!("manhole-{}", dead_pid())))
+        .collect();
+    for path in &stale {
+        drop(UnixListener::bind(path).unwrap());
+    }
+    let dirs = dir.path().to_str().unwrap();
+    assert_eq!(
+        run_with_dead_stderr(&["--list", "--prune", "--dir", dirs]),
+        0
+    );
+    for path in &stale {
+        assert!(
+            fs::symlink_metadata(path).is_err(),
+            "{} kept",
+            path.display()
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Piped sessions
 
