@@ -2,7 +2,7 @@
 //!
 //! * **one-shot** (`manhole-cli PID COMMAND...`): say `exec` (the protocol's hello), then the
 //!   command, half-close; skip everything before the `exec` frame (a banner, a dump, prompts, if
-//!   the hello came after the server's 50 ms window), then print the next frame's `text` (or
+//!   the hello came after the server's 200 ms window), then print the next frame's `text` (or
 //!   `data` with `--json`). Exit 1 when the frame says `ok: false`.
 //! * **piped** (stdin is not a terminal): one thread sends every stdin line and half-closes; the
 //!   main thread copies everything the server sends to stdout until the server closes.

@@ -2,10 +2,11 @@
 //! error paths a healthy server never shows, small servers played by the test itself).
 //!
 //! Covered: piped sessions, one-shot commands with and without `--json`, custom socket paths, an
-//! exec-handler server, a closed stdout, signal refusal (the target stays alive), `-s USR2`
-//! starting `bare`'s signal-activated manhole, a caught signal followed by a timeout,
-//! `--list`/`--prune`, every error exit code (5 and 6 need root to run the client as another
-//! uid), and interactive sessions through a pseudo-terminal (line editing, history, Ctrl-C at
+//! exec-handler server, a closed stdout or stderr, signal refusal (the target stays alive; crash
+//! signals are refused even when caught), `-s USR2` starting `bare`'s signal-activated manhole, a
+//! caught signal followed by a timeout, connection retries that do not spin, `--list`/`--prune`
+//! (only dead sockets, only the user's own), every error exit code (5, 6 and the socket-owner
+//! check need root to run the client as, or chown to, another uid), and interactive sessions through a pseudo-terminal (line editing, history, Ctrl-C at
 //! the prompt and while waiting, Ctrl-D, `exit`, live output while typing, the server going
 //! away).
 //!
@@ -681,6 +682,44 @@ fn prune_removes_only_dead_sockets() {
     assert_eq!(entries.as_array().unwrap().len(), 2, "{entries}");
 }
 
+/// `--prune` removes only the user's own sockets: another user's socket of a dead process is
+/// listed (root can reach it) and kept.
+#[test]
+fn prune_keeps_other_users_sockets() {
+    if !can_switch_uid() {
+        return;
+    }
+    let dir = TempDir::new();
+    let dirs = dir.path().to_str().unwrap();
+    let theirs = dir.join(&format!("manhole-{}", dead_pid()));
+    drop(UnixListener::bind(&theirs).unwrap());
+    nix::unistd::chown(
+        &theirs,
+        Some(nix::unistd::Uid::from_raw(NOBODY)),
+        Some(nix::unistd::Gid::from_raw(NOBODY)),
+    )
+    .unwrap();
+    let mine = dir.join(&format!("manhole-{}", dead_pid()));
+    drop(UnixListener::bind(&mine).unwrap());
+    let ran = run_cli(&["--list", "--prune", "--dir", dirs]);
+    assert_eq!(ran.code, 0, "{ran:#?}");
+    assert!(
+        ran.stderr.contains(&format!("removed {}", mine.display())),
+        "{ran:#?}"
+    );
+    assert!(fs::symlink_metadata(&mine).is_err(), "{ran:#?}");
+    assert!(
+        fs::symlink_metadata(&theirs).is_ok(),
+        "another user's socket is never removed: {ran:#?}"
+    );
+    let row = ran
+        .stdout
+        .lines()
+        .find(|line| line.ends_with(theirs.to_str().unwrap()))
+        .unwrap_or_else(|| panic!("their socket is still listed: {ran:#?}"));
+    assert!(row.contains(" nobody ") && row.contains(" gone "), "{row}");
+}
+
 #[test]
 fn list_of_an_empty_directory_says_so() {
     let dir = TempDir::new();
@@ -777,6 +816,46 @@ fn stale_sockets_and_plain_files_exit_4() {
         &run_cli(&["-t", "0", dir.join("missing").to_str().unwrap()]),
         4,
         "no manhole socket",
+    );
+}
+
+/// `-t` keeps retrying with pauses, not in a busy loop: a client that waits 2 s for a socket
+/// that never comes uses almost no CPU. Its CPU time is read from `/proc/PID/stat` while it is
+/// a zombie (waited for with `WNOWAIT`, so it is not reaped yet).
+#[test]
+fn retrying_the_connection_does_not_spin() {
+    let dir = TempDir::new();
+    let missing = dir.join("never.sock");
+    let child = cli(&["-t", "2", missing.to_str().unwrap(), "info"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the client");
+    let mut client = Proc { child };
+    let pid = nix::unistd::Pid::from_raw(client.pid() as i32);
+    let flags = nix::sys::wait::WaitPidFlag::WEXITED
+        | nix::sys::wait::WaitPidFlag::WNOWAIT
+        | nix::sys::wait::WaitPidFlag::WNOHANG;
+    wait_until(|| {
+        match nix::sys::wait::waitid(nix::sys::wait::Id::Pid(pid), flags).expect("waitid") {
+            nix::sys::wait::WaitStatus::StillAlive => None,
+            exited => Some(exited),
+        }
+    })
+    .expect("the client gives up after its timeout");
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    // utime and stime, fields 14 and 15 (the 12th and 13th after the command name).
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .unwrap() as u64;
+    let status = client.child.wait().unwrap();
+    assert_eq!(status.code(), Some(4), "no socket after the timeout");
+    // A busy loop for 2 s would use about 2 * hz ticks; pauses use next to none.
+    assert!(
+        ticks * 5 < hz,
+        "the client used {ticks} ticks of CPU (hz {hz}) waiting 2 s for a socket"
     );
 }
 
@@ -893,6 +972,52 @@ fn a_socket_served_by_another_process_is_refused_with_10() {
         "info",
     ]);
     assert_fails(&ran, 10, "refusing to talk to");
+}
+
+/// A pid TARGET whose socket file is owned by a user the process does not run as: refused
+/// before anything is sent (someone else may have planted it).
+#[test]
+fn a_socket_owned_by_another_user_is_refused_with_10() {
+    if !can_switch_uid() {
+        return;
+    }
+    let app = App::demo(&[]);
+    let pid = app.pid().to_string();
+    nix::unistd::chown(
+        app.socket(),
+        Some(nix::unistd::Uid::from_raw(NOBODY)),
+        Some(nix::unistd::Gid::from_raw(NOBODY)),
+    )
+    .unwrap();
+    let ran = run_cli(&[&pid, "echo", "x"]);
+    assert_fails(&ran, 10, &format!("owned by uid {NOBODY}"));
+    assert!(
+        ran.stderr
+            .contains(&format!("process {pid} (demo) runs as uid 0")),
+        "{ran:#?}"
+    );
+    assert!(ran.stdout.is_empty(), "{ran:#?}");
+}
+
+/// Signalling a process of another user: the kernel refuses, exit 5, the process is unharmed.
+#[test]
+fn permission_denied_signalling_exits_5() {
+    if !can_switch_uid() {
+        return;
+    }
+    let mut app = App::start("bare", &[], &[("MANHOLE", "activate_on=USR2")]);
+    app.wait_for_line("ready pid=");
+    app.socket = Some(PathBuf::from(format!("/tmp/manhole-{}", app.pid())));
+    let pid = app.pid().to_string();
+    let ran = run(cli(&["-s", "USR2", "-t", "0", &pid, "info"])
+        .uid(NOBODY)
+        .gid(NOBODY));
+    assert_fails(&ran, 5, "permission denied sending SIGUSR2 to process");
+    assert!(app.alive());
+    assert!(
+        !app.socket().exists(),
+        "the signal was not delivered: no manhole started"
+    );
 }
 
 #[test]
