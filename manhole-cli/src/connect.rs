@@ -106,15 +106,21 @@ pub fn open(path: &Path, timeout: Duration, expect: &Expect<'_>) -> Result<UnixS
         Ok(stream) => stream,
         Err(Failure::Missing) => {
             if let Some(signal) = expect.signal_sent {
-                return Err(Error::new(
+                let err = Error::new(
                     ErrorKind::TimedOut,
                     format!(
                         "timed out after {} waiting for {shown} to appear after sending {}",
                         seconds(timeout),
                         signal.as_str()
                     ),
-                )
-                .with_hint("the process may not start a manhole on that signal; a longer -t may help if it is slow"));
+                );
+                // The signal may have started a manhole on a custom socket_path.
+                if let Some((pid, status)) = expect.process
+                    && let Some(hint) = listens_elsewhere(pid, status)
+                {
+                    return Err(err.with_hint(hint));
+                }
+                return Err(err.with_hint("the process may not start a manhole on that signal; a longer -t may help if it is slow"));
             }
             let err = Error::new(ErrorKind::NoSocket, format!("no manhole socket at {shown}"));
             return Err(match expect.process {
@@ -163,6 +169,20 @@ pub fn open(path: &Path, timeout: Duration, expect: &Expect<'_>) -> Result<UnixS
 /// Suggests where the process's manhole may be instead: another socket it listens on, or the
 /// activation signal it catches.
 fn with_discovery_hint(err: Error, pid: i32, status: &ProcStatus) -> Error {
+    if let Some(hint) = listens_elsewhere(pid, status) {
+        return err.with_hint(hint);
+    }
+    if status.catches(Signal::SIGUSR2) {
+        return err.with_hint(format!(
+            "process {pid} ({}) catches SIGUSR2: if its manhole starts on a signal, try `manhole-cli -s USR2 {pid}`",
+            status.name
+        ));
+    }
+    err
+}
+
+/// A hint naming the unix sockets process `pid` listens on (a custom `socket_path`), if any.
+fn listens_elsewhere(pid: i32, status: &ProcStatus) -> Option<String> {
     let mut places: Vec<String> = Vec::new();
     for path in crate::target::listening_socket_paths(pid) {
         let place = if fs::symlink_metadata(&path).is_ok_and(|meta| meta.file_type().is_socket()) {
@@ -178,20 +198,13 @@ fn with_discovery_hint(err: Error, pid: i32, status: &ProcStatus) -> Error {
             places.push(place);
         }
     }
-    if !places.is_empty() {
-        return err.with_hint(format!(
+    (!places.is_empty()).then(|| {
+        format!(
             "process {pid} ({}) listens {}: if that is its manhole (a custom socket_path), pass that path as TARGET",
             status.name,
             places.join(", ")
-        ));
-    }
-    if status.catches(Signal::SIGUSR2) {
-        return err.with_hint(format!(
-            "process {pid} ({}) catches SIGUSR2: if its manhole starts on a signal, try `manhole-cli -s USR2 {pid}`",
-            status.name
-        ));
-    }
-    err
+        )
+    })
 }
 
 /// For a bound path `DIR/.manhole-XXXXXX/s` (the manhole's private bind directory), `DIR`.

@@ -573,6 +573,36 @@ fn signal_activates_a_manhole() {
     assert_eq!((ran.code, ran.stdout.as_str()), (0, "again\n"), "{ran:#?}");
 }
 
+/// A signal-activated manhole on a custom `socket_path`: after `-s USR2 PID` the default path
+/// never appears (exit 8), the signal did start the manhole on the custom path, and once it
+/// listens the hint names the directory (a further signal is ignored by an active manhole);
+/// that path then works as TARGET.
+#[test]
+fn after_a_signal_the_hint_names_a_custom_socket_path() {
+    let dir = TempDir::new();
+    let path = dir.join("app.sock");
+    let manhole = format!("activate_on=USR2,socket_path={}", path.display());
+    let mut app = App::start("bare", &[], &[("MANHOLE", manhole.as_str())]);
+    app.wait_for_line("ready pid=");
+    app.socket = Some(path.clone());
+    let pid = app.pid().to_string();
+    let ran = run_cli(&["-s", "USR2", "-t", "0.2", &pid, "echo", "x"]);
+    assert_fails(&ran, 8, "after sending SIGUSR2");
+    wait_until(|| path.exists().then_some(())).expect("the signal starts the manhole");
+    let ran = run_cli(&["-s", "USR2", "-t", "0", &pid, "echo", "x"]);
+    assert_fails(&ran, 8, "after sending SIGUSR2");
+    assert!(
+        ran.stderr.contains(&format!(
+            "hint: process {pid} (bare) listens on a socket in {}",
+            dir.path().display()
+        )),
+        "{ran:#?}"
+    );
+    assert!(app.alive());
+    let ran = run_cli(&[path.to_str().unwrap(), "echo", "found"]);
+    assert_eq!((ran.code, ran.stdout.as_str()), (0, "found\n"), "{ran:#?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // --list and --prune
 
