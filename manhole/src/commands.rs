@@ -306,7 +306,20 @@ fn threads(word: &str, args: &[&str], settings: &Settings) -> Reply {
     match stackdump::capture(&settings.dump) {
         Ok(dump) => {
             let dump = match filter {
-                Some(filter) => dump.filtered(filter),
+                Some(filter) => {
+                    let kept = dump.filtered(filter);
+                    if kept.threads().is_empty() {
+                        return Reply::err(
+                            word,
+                            format!(
+                                "no thread has tid {0:?} or a name containing it ({1} threads; \"{word}\" lists them all)",
+                                shorten(filter),
+                                dump.threads().len()
+                            ),
+                        );
+                    }
+                    kept
+                }
                 None => dump,
             };
             Reply::ok(word, dump.to_text(), Data::Json(dump.to_json_string()))
@@ -356,7 +369,7 @@ fn no_such(name: &str) -> String {
 }
 
 /// Client-typed words quoted back in an error are cut short, so an error stays one short line.
-fn shorten(word: &str) -> String {
+pub(crate) fn shorten(word: &str) -> String {
     const MAX: usize = 60;
     match word.char_indices().nth(MAX) {
         Some((end, _)) => format!("{}...", &word[..end]),

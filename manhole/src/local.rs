@@ -346,7 +346,8 @@ where
             Ok(v) => v,
             Err(e) => {
                 return Some(Err(format!(
-                    "cannot parse {text:?} as {}: {e}",
+                    "cannot parse {:?} as {}: {e}",
+                    crate::commands::shorten(text),
                     short_type_name::<L::Target>()
                 )));
             }
@@ -382,7 +383,11 @@ macro_rules! impl_atomic {
             }
             fn store_text(&self, text: &str) -> Outcome<String> {
                 let value: $int = text.trim().parse().map_err(|e| {
-                    format!("cannot parse {text:?} as {}: {e}", stringify!($int))
+                    format!(
+                        "cannot parse {:?} as {}: {e}",
+                        crate::commands::shorten(text),
+                        stringify!($int)
+                    )
                 })?;
                 Ok(self.swap(value, Ordering::SeqCst).to_string())
             }

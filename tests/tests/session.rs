@@ -319,3 +319,118 @@ fn a_regular_file_at_the_path_is_refused_and_left_alone() {
     assert!(app.stderr().contains("not a socket"), "{}", app.stderr());
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "data");
 }
+
+/// The tid of the thread of `app` named `name`, from `/proc`.
+fn tid_of(app: &App, name: &str) -> i32 {
+    std::fs::read_dir(format!("/proc/{}/task", app.pid()))
+        .unwrap()
+        .filter_map(|t| {
+            let t = t.ok()?;
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            (comm.trim_end() == name).then(|| t.file_name().to_str()?.parse().ok())?
+        })
+        .next()
+        .unwrap_or_else(|| panic!("no thread {name} in /proc"))
+}
+
+#[test]
+fn threads_by_tid_and_a_filter_that_matches_nothing() {
+    let app = App::demo(&[]);
+    let (mut c, _) = session(&app);
+    let tid = tid_of(&app, "worker-1");
+    let one = c.command(&format!("threads {tid}"));
+    assert!(one.starts_with("Threads: 1 "), "{one}");
+    assert!(one.contains(&format!("Thread {tid} \"worker-1\"")), "{one}");
+    assert!(one.contains("demo_worker_loop"), "{one}");
+    assert_eq!(one.matches("\nThread ").count(), 1, "{one}");
+    // A filter that matches no thread is a one-line error, and the session goes on.
+    for line in ["threads no-such-thread", "bt 999999999"] {
+        let answer = c.command(line);
+        assert!(
+            answer.starts_with("error: no thread has tid "),
+            "{line:?} answered {answer:?}"
+        );
+        assert_eq!(answer.trim_end().lines().count(), 1, "{answer:?}");
+    }
+    assert_eq!(c.command("echo on").trim(), "on");
+}
+
+#[test]
+fn a_bad_value_for_a_settable_number_is_one_error_line_and_changes_nothing() {
+    let app = App::listening("faults", &[]);
+    let (mut c, _) = session(&app);
+    assert_eq!(c.command("set counter 3").trim(), "counter: 0 -> 3");
+    let long = "9".repeat(10_000);
+    for (value, expected) in [
+        ("nine", "error: counter: cannot parse \"nine\" as u64"),
+        ("-1", "error: counter: cannot parse \"-1\" as u64"),
+        (long.as_str(), "error: counter: cannot parse \"999"),
+    ] {
+        let answer = c.command(&format!("set counter {value}"));
+        assert!(
+            answer.starts_with(expected),
+            "{value:.20} answered {answer:.200}"
+        );
+        assert_eq!(answer.trim_end().lines().count(), 1, "{answer:.200}");
+        assert!(
+            answer.len() < 300,
+            "the error quotes the value short: {answer:.200}"
+        );
+    }
+    assert_eq!(c.command("get counter").trim(), "3");
+}
+
+#[test]
+fn info_agrees_with_proc() {
+    let app = App::demo(&[]);
+    let (mut c, _) = session(&app);
+    c.command("format json");
+    let frame: Value = serde_json::from_str(c.command("info").trim()).unwrap();
+    let info = &frame["data"];
+    let pid = app.pid();
+    assert_eq!(info["pid"], pid);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let ppid: u32 = stat
+        .rsplit(") ")
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(info["ppid"], ppid);
+    assert_eq!(info["ppid"], std::process::id());
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(info["exe"], exe.display().to_string());
+    let cmdline: Vec<String> = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+        .unwrap()
+        .split_terminator('\0')
+        .map(str::to_string)
+        .collect();
+    assert_eq!(info["cmdline"], serde_json::json!(cmdline));
+    let me = nix::unistd::geteuid().as_raw();
+    assert_eq!(info["uid"], me);
+    assert_eq!(info["euid"], me);
+    // Threads and fds: the session is idle, so what /proc says now is what info saw, give or
+    // take the directory info itself had open and a worker thread that was ending.
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count() as u64;
+    let reported = info["threads"].as_u64().unwrap();
+    assert!(
+        reported.abs_diff(threads) <= 1,
+        "info {reported}, /proc {threads}"
+    );
+    let fds = app.fd_count() as u64;
+    let reported = info["fds"].as_u64().unwrap();
+    assert!(reported.abs_diff(fds) <= 1, "info {reported}, /proc {fds}");
+    let rss = info["rss_bytes"].as_u64().unwrap() / 1024;
+    let now = app.rss_kib();
+    assert!(
+        rss > 0 && rss.abs_diff(now) < now / 2,
+        "info {rss} KiB, /proc {now} KiB"
+    );
+    let uptime = info["uptime_secs"].as_f64().unwrap();
+    assert!((0.0..60.0).contains(&uptime), "{uptime}");
+}
