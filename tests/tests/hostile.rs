@@ -7,12 +7,30 @@ use std::time::Duration;
 
 use manhole_e2e::{App, Client};
 
+/// The signals the process ignores (`SigIgn` in `/proc/<pid>/status`).
+fn ignored_signals(app: &App) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", app.pid())).unwrap();
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .expect("SigIgn in /proc/<pid>/status");
+    u64::from_str_radix(mask.trim(), 16).unwrap()
+}
+
+const SIGPIPE_BIT: u64 = 1 << (libc::SIGPIPE - 1);
+
 /// Runs `attack`, then checks the process survived, a new session works, and the sessions'
 /// threads and descriptors are gone again.
 fn survives(app: &mut App, attack: impl FnOnce(&App)) {
     let fds_before = app.fd_count();
+    let ignored_before = ignored_signals(app);
     attack(app);
-    assert!(app.alive(), "the process died");
+    assert!(app.alive(), "the process died: {:?}", app.wait_exit());
+    assert_eq!(
+        ignored_signals(app),
+        ignored_before,
+        "the manhole changed which signals the process ignores"
+    );
     app.wait_sessions_gone();
     let mut c = Client::connect(app.socket()).expect("connect after the attack");
     c.skip_greeting();
@@ -80,7 +98,9 @@ fn ten_thousand_pipelined_commands_are_all_answered_in_order() {
 
 #[test]
 fn clients_vanishing_in_the_middle_of_a_big_dump_do_not_hurt_the_process() {
-    let mut app = App::demo(&["--extra-threads", "300"]);
+    // SIGPIPE kills this demo, and its manhole threads do not block it.
+    let mut app = App::demo(&["--extra-threads", "300", "--sigpipe-default"]);
+    assert_eq!(ignored_signals(&app) & SIGPIPE_BIT, 0);
     survives(&mut app, |app| {
         for _ in 0..20 {
             let mut c = Client::connect(app.socket()).unwrap();
@@ -97,7 +117,7 @@ fn clients_vanishing_in_the_middle_of_a_big_dump_do_not_hurt_the_process() {
 
 #[test]
 fn a_client_that_never_reads_is_dropped_after_the_write_timeout() {
-    let mut app = App::demo(&["--write-timeout-ms", "300"]);
+    let mut app = App::demo(&["--write-timeout-ms", "300", "--sigpipe-default"]);
     survives(&mut app, |app| {
         let mut bystander = Client::connect(app.socket()).unwrap();
         bystander.skip_greeting();

@@ -15,7 +15,10 @@
 //! `--own-handler SIG` (before installing, give SIG a plain `sigaction` handler of the
 //! application's that counts; a thread prints `own handler count=<n>` when the count changes),
 //! `--activate-on SIG` (the option of that name; prints `manhole waiting for SIG` instead of the
-//! listening line).
+//! listening line), `--sigpipe-default` (before installing, put SIGPIPE back to `SIG_DFL`, which
+//! kills the process, as C programs and Rust programs that want `| head` to work have it, and
+//! install with an empty `sigmask`, so a write to a vanished client that raised SIGPIPE would
+//! kill the demo: only `MSG_NOSIGNAL` stands between them).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -100,6 +103,14 @@ fn install_own_handler(signal: i32) {
         .expect("spawn the own-handler reporter");
 }
 
+/// SIGPIPE back to its default action (terminate). Rust's runtime ignores it before `main`.
+fn sigpipe_default() {
+    // SAFETY: `signal` with `SIG_DFL` installs no handler; called from `main` before any other
+    // thread exists.
+    let previous = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    assert_ne!(previous, libc::SIG_ERR, "signal(SIGPIPE, SIG_DFL)");
+}
+
 fn main() {
     let mut options = Options::new();
     let mut extra_threads = 0;
@@ -129,6 +140,10 @@ fn main() {
                 let signal = signal_arg(args.next());
                 activate_on = Some(signal);
                 options = options.activate_on(signal);
+            }
+            "--sigpipe-default" => {
+                sigpipe_default();
+                options = options.sigmask(std::iter::empty::<i32>());
             }
             "--handle-oneshot" => {
                 handle_oneshot = true;
