@@ -23,6 +23,7 @@ const SIGPIPE_BIT: u64 = 1 << (libc::SIGPIPE - 1);
 /// threads and descriptors are gone again.
 fn survives(app: &mut App, attack: impl FnOnce(&App)) {
     let fds_before = app.fd_count();
+    let threads_before = app.thread_names().len();
     let ignored_before = ignored_signals(app);
     attack(app);
     assert!(app.alive(), "the process died: {:?}", app.wait_exit());
@@ -38,6 +39,14 @@ fn survives(app: &mut App, attack: impl FnOnce(&App)) {
     drop(c);
     app.wait_sessions_gone();
     assert_eq!(app.fd_count(), fds_before, "file descriptors leaked");
+    // The stderr pump ends a moment after the last session detaches.
+    let settled =
+        manhole_e2e::wait_until(|| (app.thread_names().len() == threads_before).then_some(()));
+    assert!(
+        settled.is_some(),
+        "threads leaked: {threads_before} before, now {:?}",
+        app.thread_names()
+    );
 }
 
 #[test]
