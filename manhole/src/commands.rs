@@ -170,6 +170,29 @@ pub(crate) const BUILTINS: &[(&str, &str, &str)] = &[
     ("exit", "exit", "end the session (alias: quit)"),
 ];
 
+/// The words a session reads as built-in commands, aliases included.
+const BUILTIN_WORDS: &[&str] = &[
+    "help", "?", "threads", "bt", "locals", "get", "set", "info", "format", "exec", "runtime",
+    "tasks", "exit", "quit",
+];
+
+/// Why a registered name could not be used from a session, if it could not: a session splits
+/// lines at white space, and a command named like a built-in one is never reached (a value named
+/// so still is, with `get NAME`).
+pub(crate) fn unusable_name(name: &str, is_command: bool) -> Option<String> {
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return Some(format!(
+            "the name {name:?} cannot be typed in a session: it is empty or has white space"
+        ));
+    }
+    if is_command && BUILTIN_WORDS.contains(&name) {
+        return Some(format!(
+            "a command named {name:?} would never run: {name:?} is a built-in command"
+        ));
+    }
+    None
+}
+
 /// Runs one command line for a session.
 pub(crate) fn run(line: &str, settings: &Settings, peer: &PeerCred) -> Reply {
     let words: Vec<&str> = line.split_whitespace().collect();

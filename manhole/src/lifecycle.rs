@@ -216,6 +216,13 @@ fn resolve(options: &Options) -> Result<Resolved> {
             signal_name(signal)
         )));
     }
+    let names = (options.locals.iter().map(|(name, _)| (name, false)))
+        .chain(options.commands.iter().map(|(name, _, _)| (name, true)));
+    for (name, is_command) in names {
+        if let Some(reason) = crate::commands::unusable_name(name, is_command) {
+            return Err(Error::config(reason));
+        }
+    }
     let sigmask = match &options.sigmask {
         None => u64::MAX,
         Some(list) => list.iter().try_fold(0u64, |set, spec| {
@@ -717,6 +724,7 @@ pub(crate) fn reinstall_in_child(plan: ChildPlan) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Local;
 
     #[test]
     fn conflicting_signals_are_configuration_errors() {
@@ -734,6 +742,22 @@ mod tests {
         assert!(rt.message().contains("dump signal"), "{rt}");
         let unknown = resolve(&Options::new().activate_on("USR3")).unwrap_err();
         assert_eq!(unknown.kind(), ErrorKind::Signal);
+    }
+
+    #[test]
+    fn names_a_session_could_not_reach_are_configuration_errors() {
+        let ok = |_: &[String]| Ok(String::new());
+        let builtin = resolve(&Options::new().command("info", "shadowed", ok)).unwrap_err();
+        assert_eq!(builtin.kind(), ErrorKind::Configuration);
+        assert!(builtin.message().contains("built-in"), "{builtin}");
+        assert!(resolve(&Options::new().query("quit", "alias", ok)).is_err());
+        let spaced =
+            resolve(&Options::new().local("two words", Local::debug(Arc::new(1)))).unwrap_err();
+        assert!(spaced.message().contains("white space"), "{spaced}");
+        assert!(resolve(&Options::new().local("", Local::debug(Arc::new(1)))).is_err());
+        // A value named like a command is still read with `get info`.
+        assert!(resolve(&Options::new().local("info", Local::debug(Arc::new(1)))).is_ok());
+        assert!(resolve(&Options::new().command("info-verbose", "fine", ok)).is_ok());
     }
 
     #[test]

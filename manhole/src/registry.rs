@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::local::{CommandFn, Local};
+use crate::log::log_event;
 
 /// What a name stands for.
 #[derive(Clone)]
@@ -71,6 +72,11 @@ impl Drop for Registration {
 }
 
 pub(crate) fn insert(name: String, entry: Entry) -> Registration {
+    let is_command = matches!(entry, Entry::Command { .. });
+    if let Some(reason) = crate::commands::unusable_name(&name, is_command) {
+        // Registering cannot fail (it returns a guard); `install` refuses such names instead.
+        log_event!("Registered anyway, but {reason}");
+    }
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     table().insert(name.clone(), Registered { id, entry });
     Registration { name, id }
