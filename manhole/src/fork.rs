@@ -10,7 +10,9 @@
 //! - **parent** drops the guards.
 //! - **child** (only the forking thread exists) first does async-signal-safe bookkeeping while it
 //!   still holds the locks: forget the sessions count, drop the parent's signal self-pipe and
-//!   pending signals, point stderr back at the original if a session had it teed, close its
+//!   pending signals, note whether a parent thread was inside a stack dump (its locks, which
+//!   include the `backtrace` crate's, may then be held forever here: the child refuses dumps
+//!   with a clear error instead of waiting on them), point stderr back at the original if a session had it teed, close its
 //!   copies of the sessions' client connections (so a client sees its session end when the
 //!   parent's session ends, not when the child exits), take the
 //!   parent's installation out of the state and leak it after closing its descriptors (its socket
@@ -36,7 +38,7 @@ use std::os::fd::RawFd;
 use std::sync::{Mutex, MutexGuard, Once, PoisonError};
 
 use crate::log::log_event;
-use crate::{lifecycle, registry, signals, tee};
+use crate::{lifecycle, registry, signals, stackdump, tee};
 
 struct Held {
     state: lifecycle::ForkHold,
@@ -110,6 +112,7 @@ extern "C" fn child() {
         return;
     };
     signals::after_fork_in_child();
+    stackdump::after_fork_in_child();
     tee::after_fork_in_child(&mut held.tee);
     for &fd in held.sessions.iter() {
         crate::sys::close_raw(fd);

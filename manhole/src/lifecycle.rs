@@ -683,6 +683,11 @@ pub(crate) fn after_fork_in_child(hold: &mut ForkHold) -> Option<ChildPlan> {
 pub(crate) fn reinstall_in_child(plan: ChildPlan) {
     let spawned = threads::spawn("manhole-fork".into(), move || {
         let mut options = (*plan.0).clone();
+        if stackdump::forked_mid_dump() {
+            log_event!(
+                "Fork detected during a stack dump in the parent: no stack dumps in this process"
+            );
+        }
         let by_signal = options.activate_on.is_some() || options.oneshot_on.is_some();
         if by_signal {
             // Signal activation in the child listens at the child's own pid path.

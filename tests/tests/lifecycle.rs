@@ -736,3 +736,59 @@ fn with_patch_fork_off_a_child_has_no_manhole() {
     );
     session_works(app.socket(), app.pid());
 }
+
+#[test]
+fn a_child_forked_during_a_dump_in_the_parent_says_so_instead_of_waiting_on_its_locks() {
+    // The parent's first dump loads the debug info (hundreds of milliseconds in a debug build),
+    // so a fork asked for once its banner has started lands inside it; a fork that missed it
+    // gives an ordinary child, and the scenario is tried again.
+    for _attempt in 0..3 {
+        let dir = TempDir::new();
+        let trigger = dir.join("fork");
+        let mut app = bare(
+            Some(""),
+            &["--fork", "1", "--fork-when", trigger.to_str().unwrap()],
+        );
+        let path = default_path(app.pid());
+        wait_for_socket(&path);
+        let mut parent = Client::connect(&path).unwrap();
+        parent.read_until("; type \"help\" for the commands.\n");
+        fs::write(&trigger, b"").unwrap();
+        let line = app.wait_for_line("child pid=");
+        let child: u32 = line.trim_start_matches("child pid=").parse().unwrap();
+        let _orphan = Orphan(child);
+        assert!(
+            parent.skip_greeting().contains("Thread "),
+            "the parent dumps"
+        );
+        wait_for_socket(&default_path(child));
+        let started = std::time::Instant::now();
+        let mut client = Client::connect(&default_path(child)).unwrap();
+        let greeting = client.skip_greeting();
+        if greeting.contains("Thread ") {
+            continue; // The fork came after the parent's dump.
+        }
+        // Without the fix the child waited 10 s for a dump lock its parent's thread held, then
+        // said "another stack dump has been running for more than 10 s", at every dump.
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}: {greeting}",
+            started.elapsed()
+        );
+        assert!(
+            greeting.contains("no stack dumps in this process: it was forked while its parent"),
+            "{greeting}"
+        );
+        assert!(
+            client
+                .command("threads")
+                .contains("no stack dumps in this process")
+        );
+        assert_eq!(client.command("echo still serving").trim(), "still serving");
+        app.wait_for_stderr("Fork detected during a stack dump in the parent");
+        // The parent is unaffected.
+        assert!(parent.command("threads").contains("Thread "));
+        return;
+    }
+    panic!("three forks in a row missed the parent's dump");
+}

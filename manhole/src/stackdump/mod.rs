@@ -35,7 +35,7 @@ pub(crate) mod symbolize;
 
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -64,6 +64,42 @@ const LOCK_WAIT: Duration = Duration::from_secs(10);
 static DUMP_LOCK: Mutex<()> = Mutex::new(());
 /// Set by every dump, taken by [`release_dump_memory`].
 static DUMPED: AtomicBool = AtomicBool::new(false);
+/// Callers of [`capture`] between its start and its end (waiting for [`DUMP_LOCK`] included).
+static IN_CAPTURE: AtomicUsize = AtomicUsize::new(0);
+/// This process was forked while a thread of its parent was inside [`capture`]: the locks the
+/// dump holds ([`DUMP_LOCK`], the symbol cache, the `backtrace` crate's own lock) may have been
+/// copied locked, with their owner left behind in the parent, so this process never dumps.
+static FORKED_MID_DUMP: AtomicBool = AtomicBool::new(false);
+
+/// Counts a caller of [`capture`] in [`IN_CAPTURE`] while it lives.
+struct InCapture;
+
+impl InCapture {
+    fn enter() -> InCapture {
+        IN_CAPTURE.fetch_add(1, Ordering::SeqCst);
+        InCapture
+    }
+}
+
+impl Drop for InCapture {
+    fn drop(&mut self) {
+        IN_CAPTURE.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// In a forked child (async-signal-safe: atomics only). Only the forking thread exists here and
+/// it is not inside [`capture`] (a dump never forks), so a non-zero count means a parent thread
+/// was: its locks may be held forever, and dumps are refused here rather than waiting on them.
+pub(crate) fn after_fork_in_child() {
+    if IN_CAPTURE.swap(0, Ordering::SeqCst) > 0 {
+        FORKED_MID_DUMP.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Whether this process was forked in the middle of a dump (see [`after_fork_in_child`]).
+pub(crate) fn forked_mid_dump() -> bool {
+    FORKED_MID_DUMP.load(Ordering::SeqCst)
+}
 
 /// After a session that made a dump has ended (its text and JSON are freed): gives the freed
 /// heap memory back to the system (`malloc_trim` on glibc). Each client gets a new session
@@ -105,6 +141,14 @@ pub(crate) fn install_handler(signal: libc::c_int) -> Result<()> {
 // Never inlined: the dumping thread's stack is cut at this function's frame (see `trace_self`).
 #[inline(never)]
 pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
+    if forked_mid_dump() {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            "no stack dumps in this process: it was forked while its parent was taking one, so \
+             the dump's locks may be held by a thread that does not exist here",
+        ));
+    }
+    let _counted = InCapture::enter();
     let _one_at_a_time = DUMP_LOCK.try_lock_for(LOCK_WAIT).ok_or_else(|| {
         Error::new(
             ErrorKind::Io,
