@@ -386,11 +386,11 @@ fn a_storm_of_fork_exec_children_leaves_no_socket_and_no_deadlock() {
         .map(|p| p.parse().unwrap())
         .collect();
     assert_eq!(pids.len(), 100);
-    // Past the reinstall delay (0.5 s), a child that had not exec'd would have bound its socket
-    // and logged it. (The log is the evidence: pids are reused, and another test's process may
-    // own /tmp/manhole-<pid> by now.)
-    std::thread::sleep(Duration::from_millis(1000));
-    let stderr = app.stderr();
+    // Every child has exited (bare reaped them all), so none can bind a socket any more; one
+    // that bound before its exec logged it on the stderr they share with bare, ahead of bare's
+    // own `fork-exec done` line there. (The log is the evidence: pids are reused, and another
+    // test's process may own /tmp/manhole-<pid> by now.)
+    let stderr = app.wait_for_stderr("fork-exec done n=100");
     for pid in &pids {
         let bound = format!("Manhole UDS path: {}", default_path(*pid).display());
         assert!(

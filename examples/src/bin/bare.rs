@@ -15,7 +15,8 @@
 //!   `child pid=<pid>` and dies with its parent.
 //! - `--fork-when PATH`: do the `--fork` forks only once PATH exists.
 //! - `--fork-exec N`: after `ready`, fork N children that exec `true` at once, reap them, then
-//!   print `fork-exec done n=<N> pids=<pid>,<pid>,...`.
+//!   print `fork-exec done n=<N> pids=<pid>,<pid>,...` (and `fork-exec done n=<N>` on stderr,
+//!   after anything the children wrote there).
 //! - `--exit-when PATH`: once PATH exists, call `std::process::exit(3)`.
 //! - `--return-when PATH`: once PATH exists, return from `main` (exit status 0).
 
@@ -131,6 +132,8 @@ fn fork_exec_children(n: usize) {
         let _ = nix::sys::wait::waitpid(pid, None);
     }
     let pids: Vec<String> = children.iter().map(|p| p.to_string()).collect();
+    // Also on stderr, which the children shared: whatever they wrote there comes before it.
+    eprintln!("fork-exec done n={n}");
     println!("fork-exec done n={n} pids={}", pids.join(","));
 }
 
