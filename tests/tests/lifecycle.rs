@@ -235,10 +235,17 @@ fn sigmask_keeps_the_applications_signals_out_of_manhole_threads() {
 fn without_sigmask_a_manhole_thread_takes_the_applications_signal() {
     // The control for the test above: with blocking off, USR1 reaches a manhole thread and its
     // default action ends the process.
+    // A process-directed USR1 also wakes the signalfd reader, which may dequeue it first (and
+    // print `usr1 via signalfd`): the kernel does not say which of them wins. So signal until
+    // one lands on a manhole thread.
     let mut app = bare(Some("sigmask=None"), &["--signalfd", "USR1"]);
     let pid = app.pid();
     wait_for_socket(&default_path(pid));
-    signal(pid, SIGUSR1);
+    wait_until(|| {
+        signal(pid, SIGUSR1);
+        (!app.alive()).then_some(())
+    })
+    .expect("a USR1 reached a manhole thread and ended the process");
     let status = app.wait_exit();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(SIGUSR1), "{status:?}");
