@@ -21,7 +21,7 @@
 //! kill the demo: only `MSG_NOSIGNAL` stands between them).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
 use manhole::{ConnectionHandler, Local, Options};
@@ -162,20 +162,32 @@ fn main() {
     });
     let requests = Arc::new(AtomicU64::new(0));
     let log_level = Arc::new(Mutex::new(String::from("info")));
+    // Every thread is running (named, with its signal mask set up) before the listening line: a
+    // thread still being created blocks every signal and would show in a dump without its stack.
+    let started = Arc::new(Barrier::new(config.workers + extra_threads + 1));
     for i in 0..config.workers {
         let requests = requests.clone();
         let tick = config.tick;
+        let started = started.clone();
         std::thread::Builder::new()
             .name(format!("worker-{i}"))
-            .spawn(move || demo_worker_loop(&requests, tick))
+            .spawn(move || {
+                started.wait();
+                demo_worker_loop(&requests, tick)
+            })
             .expect("spawn a worker");
     }
     for i in 0..extra_threads {
+        let started = started.clone();
         std::thread::Builder::new()
             .name(format!("idle-{i}"))
-            .spawn(|| demo_idle_thread())
+            .spawn(move || {
+                started.wait();
+                demo_idle_thread()
+            })
             .expect("spawn an idle thread");
     }
+    started.wait();
     let options = options
         .local("requests", Local::atomic(requests))
         .local("config", Local::debug(config))
