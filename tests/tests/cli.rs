@@ -1329,9 +1329,9 @@ fn interactive_live_output_is_printed_while_typing() {
 
 #[test]
 fn interactive_ctrl_c_stops_waiting_for_a_slow_command() {
-    // `hang_sync` never finishes; with a 120 s command timeout the server stays silent for
-    // longer than any wait here, so only Ctrl-C can bring the prompt back.
-    let mut app = App::start("tokio_app", &["--command-timeout-ms", "120000"], &[]);
+    // `hang` never finishes; with a 120 s command timeout the server stays silent for longer
+    // than any wait here, so only Ctrl-C can bring the prompt back.
+    let mut app = App::start("faults", &["--command-timeout-ms", "120000"], &[]);
     let line = app.wait_for_line("manhole listening on ");
     app.socket = Some(PathBuf::from(
         line.trim_start_matches("manhole listening on "),
@@ -1339,7 +1339,7 @@ fn interactive_ctrl_c_stops_waiting_for_a_slow_command() {
     let home = TempDir::new();
     let mut pty = Pty::start_in_session(&[app.socket().to_str().unwrap()], home.path());
     pty.expect_prompt();
-    pty.send("hang_sync\r");
+    pty.send("hang\r");
     // rustyline hands the line over (and leaves raw mode): the client now waits for an answer.
     pty.expect(BRACKETED_PASTE_OFF);
     pty.send("\x03");
