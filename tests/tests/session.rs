@@ -1,7 +1,7 @@
 //! A session as an operator sees it: banner, every thread's backtrace, each command, bad input,
 //! half-close, many sessions, and the exec framing. Each test starts its own `demo` process.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
 use manhole_e2e::{App, Client, TempDir};
 use serde_json::Value;
@@ -287,6 +287,28 @@ fn custom_socket_path_replaces_a_stale_socket() {
     assert_eq!(app.socket(), path);
     let (mut c, _) = session(&app);
     assert_eq!(c.command("echo fresh").trim(), "fresh");
+}
+
+#[test]
+fn a_socket_left_by_a_killed_process_is_replaced_by_the_next_one() {
+    let dir = TempDir::new();
+    let path = dir.join("app.sock");
+    let arg = ["--socket-path", path.to_str().unwrap()];
+    let mut killed = App::demo(&arg);
+    killed.signal(libc::SIGKILL);
+    assert!(!killed.wait_exit().success());
+    // SIGKILL runs no exit hook: the dead process's socket file stays, and nobody listens.
+    killed.socket = None;
+    assert!(
+        std::fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
+    assert!(std::os::unix::net::UnixStream::connect(&path).is_err());
+    let app = App::demo(&arg);
+    let (mut c, _) = session(&app);
+    assert_eq!(c.command("echo replaced").trim(), "replaced");
 }
 
 #[test]
