@@ -166,6 +166,6 @@ pub use local::{Atomic, Local, Lock};
 pub use options::{ConnectionHandler, Options, default_socket_path, parse_signal};
 pub use registry::{Registration, register, register_command, register_query};
 #[cfg(feature = "tokio")]
-pub use runtime::register_async_command;
+pub use runtime::{TaskName, name_task, register_async_command};
 pub use signals::SignalSpec;
 pub use stackdump::StackDump;

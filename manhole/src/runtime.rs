@@ -17,6 +17,8 @@
 //!   tokio supports it: Linux on x86, x86_64, aarch64 and s390x). The dump is bounded by
 //!   `command_timeout`, because it never finishes while a worker is blocked; symbolizing happens
 //!   on the session thread, not on the runtime.
+//! * **Task names** (the `names` submodule): a task names itself with `name_task`, and `tasks`
+//!   shows the name beside the id tokio's dump gives.
 //! * **Async commands and values** (the `run` submodule) are spawned as tasks on the runtime and
 //!   awaited by the session thread through a channel, at most `command_timeout`. On timeout the
 //!   task is aborted, so its future is dropped at its next await point, and the session says so.
@@ -29,10 +31,14 @@ use serde_json::Value;
 #[cfg(feature = "tokio")]
 mod metrics;
 #[cfg(feature = "tokio")]
+mod names;
+#[cfg(feature = "tokio")]
 mod run;
 #[cfg(feature = "tokio")]
 mod taskdump;
 
+#[cfg(feature = "tokio")]
+pub use names::{TaskName, name_task};
 #[cfg(feature = "tokio")]
 pub use run::register_async_command;
 #[cfg(feature = "tokio")]

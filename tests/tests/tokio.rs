@@ -204,6 +204,11 @@ fn tasks_lists_the_named_tasks_with_the_examples_own_frames() {
     assert!(text.contains("tokio_app::accept_loop::"), "{text}");
     assert!(text.contains("tokio_app::periodic_job::"), "{text}");
     assert!(text.contains("tokio_app.rs:"), "{text}");
+    assert!(
+        text.contains(r#" "accept-loop" ("#),
+        "tasks show their names: {text}"
+    );
+    assert!(text.contains(r#" "periodic-job" ("#), "{text}");
 
     client.command("format json");
     let dump = data(&mut client, "tasks");
@@ -229,10 +234,21 @@ fn tasks_lists_the_named_tasks_with_the_examples_own_frames() {
     assert_eq!(runtime["unstable_metrics"], true, "{runtime}");
     assert!(runtime["blocking_threads"].is_u64(), "{runtime}");
 
+    let named = |name: &str| tasks.iter().filter(|t| t["name"] == name).count();
+    assert_eq!(named("accept-loop"), 1, "{dump}");
+    assert_eq!(named("periodic-job"), 1, "{dump}");
     let filtered = data(&mut client, "tasks accept_loop");
     let matching = filtered["tasks"].as_array().unwrap().len();
     assert!(
         matching >= 1 && matching < tasks.len(),
         "the filter keeps the accept loop only: {filtered}"
     );
+    let by_name = data(&mut client, "tasks periodic-job");
+    let by_name = by_name["tasks"].as_array().unwrap();
+    assert_eq!(
+        by_name.len(),
+        1,
+        "a filter matches a task's name: {by_name:?}"
+    );
+    assert_eq!(by_name[0]["name"], "periodic-job");
 }

@@ -1,6 +1,7 @@
 //! `tokio_app`: a tokio application with a manhole attached to its runtime.
 //!
-//! Two long-lived tasks: `accept_loop` serves TCP on 127.0.0.1 (an ephemeral port; each client
+//! Two long-lived tasks, named with `manhole::name_task` so `tasks` shows `"accept-loop"` and
+//! `"periodic-job"`: `accept_loop` serves TCP on 127.0.0.1 (an ephemeral port; each client
 //! gets one line), counts connections and watches a shutdown channel, and `periodic_job` ticks
 //! every 100 ms and answers status requests over a channel. The manhole is installed from inside the runtime, so it attaches to it
 //! by itself, and shows:
@@ -37,6 +38,7 @@ async fn accept_loop(
     recent: Peers,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let _name = manhole::name_task("accept-loop");
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -70,6 +72,7 @@ async fn periodic_job(
     ticks: Arc<AtomicU64>,
     mut requests: mpsc::Receiver<oneshot::Sender<String>>,
 ) {
+    let _name = manhole::name_task("periodic-job");
     let started = Instant::now();
     let mut interval = tokio::time::interval(Duration::from_millis(100));
     loop {

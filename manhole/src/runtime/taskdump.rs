@@ -80,41 +80,47 @@ mod imp {
     /// One task of the dump, symbolized.
     struct TaskTrace {
         id: String,
+        /// What the task called itself with `name_task`.
+        name: Option<String>,
         /// One backtrace per leaf future the task is waiting in, innermost frame first.
         backtraces: Vec<Backtrace>,
     }
 
     impl TaskTrace {
         fn matches(&self, filter: &str) -> bool {
-            self.backtraces.iter().any(|backtrace| {
-                backtrace
-                    .frames()
-                    .flat_map(|frame| frame.symbols())
-                    .any(|symbol| {
-                        symbol.name_demangled().is_some_and(|n| n.contains(filter))
-                            || symbol
-                                .filename()
-                                .is_some_and(|f| f.to_string_lossy().contains(filter))
-                    })
-            })
+            self.name.as_deref().is_some_and(|n| n.contains(filter))
+                || self.backtraces.iter().any(|backtrace| {
+                    backtrace
+                        .frames()
+                        .flat_map(|frame| frame.symbols())
+                        .any(|symbol| {
+                            symbol.name_demangled().is_some_and(|n| n.contains(filter))
+                                || symbol
+                                    .filename()
+                                    .is_some_and(|f| f.to_string_lossy().contains(filter))
+                        })
+                })
         }
 
         fn write_text(&self, out: &mut String) {
             let count = self.backtraces.len();
+            let task = match &self.name {
+                Some(name) => format!("Task {} {name:?}", self.id),
+                None => format!("Task {}", self.id),
+            };
             match count {
                 0 => {
                     let _ = writeln!(
                         out,
-                        "Task {}: no traced await point (tokio traces timers, channels, locks \
-                         and joins, not I/O readiness)",
-                        self.id
+                        "{task}: no traced await point (tokio traces timers, channels, locks \
+                         and joins, not I/O readiness)"
                     );
                 }
                 1 => {
-                    let _ = writeln!(out, "Task {} (1 await point)", self.id);
+                    let _ = writeln!(out, "{task} (1 await point)");
                 }
                 _ => {
-                    let _ = writeln!(out, "Task {} ({count} await points)", self.id);
+                    let _ = writeln!(out, "{task} ({count} await points)");
                 }
             }
             for (i, backtrace) in self.backtraces.iter().enumerate() {
@@ -168,7 +174,7 @@ mod imp {
                     Value::Array(frames)
                 })
                 .collect();
-            json!({"id": self.id, "backtraces": backtraces})
+            json!({"id": self.id, "name": self.name, "backtraces": backtraces})
         }
     }
 
@@ -225,6 +231,7 @@ mod imp {
             .filter(|task| task.id() != me)
             .map(|task| TaskTrace {
                 id: task.id().to_string(),
+                name: super::super::names::lookup(task.id()),
                 backtraces: task.trace().resolve_backtraces(),
             })
             .collect();
@@ -241,7 +248,11 @@ mod imp {
             symbolized_in.as_secs_f64() * 1e3
         );
         if let Some(filter) = filter {
-            let _ = write!(text, "; {} with a frame matching {filter:?}", tasks.len());
+            let _ = write!(
+                text,
+                "; {} with a name or frame matching {filter:?}",
+                tasks.len()
+            );
         }
         text.push('\n');
         for task in &tasks {
@@ -285,13 +296,24 @@ mod imp {
                 .build()
                 .unwrap();
             let (stop, wait) = tokio::sync::oneshot::channel::<()>();
-            rt.spawn(parked_in_a_named_function(wait));
+            rt.spawn(async move {
+                let _name = crate::name_task("parked-task");
+                parked_in_a_named_function(wait).await
+            });
             let (text, data) = dump(rt.handle(), None, Duration::from_secs(20)).unwrap();
             // rustc names an async fn's body `{async_fn#0}` in its debug info, without the
             // path: the file and line say whose body it is.
             assert!(text.contains("src/runtime/taskdump.rs:"), "{text}");
             assert!(text.contains("oneshot::Receiver<T>"), "{text}");
             assert_eq!(data["total"], 1, "the requesting task is left out: {data}");
+            assert!(
+                text.contains(r#"Task "#) && text.contains(r#" "parked-task" ("#),
+                "{text}"
+            );
+            assert_eq!(data["tasks"][0]["name"], "parked-task", "{data}");
+            let (_, by_name) =
+                dump(rt.handle(), Some("parked-t"), Duration::from_secs(20)).unwrap();
+            assert_eq!(by_name["tasks"].as_array().unwrap().len(), 1, "{by_name}");
             let (_, filtered) =
                 dump(rt.handle(), Some("no_such_fn"), Duration::from_secs(20)).unwrap();
             assert_eq!(filtered["tasks"].as_array().unwrap().len(), 0);
