@@ -1,6 +1,7 @@
 //! Talking to the server once connected, in one of three ways:
 //!
-//! * **one-shot** (`manhole-cli PID COMMAND...`): say `exec` (the protocol's hello), then the
+//! * **one-shot** (`manhole-cli PID COMMAND...`): say `exec text` (or `exec data` with
+//!   `--json`: the protocol's hello, asking only for the part that is printed), then the
 //!   command, half-close; skip everything before the `exec` frame (a banner, a dump, prompts, if
 //!   the hello came after the server's 200 ms window), then print the next frame's `text` (or
 //!   `data` with `--json`). Exit 1 when the frame says `ok: false`.
@@ -167,7 +168,9 @@ pub fn one_shot(
     json: bool,
     answer_timeout: Duration,
 ) -> Result<Outcome> {
-    let request = format!("exec\n{command}\n");
+    // Only the part of the answer that is printed: a dump's JSON is several times its text.
+    let hello = if json { "exec data" } else { "exec text" };
+    let request = format!("{hello}\n{command}\n");
     match (&stream).write_all(request.as_bytes()) {
         // A server that refuses the session writes its one line and closes, possibly before
         // the request arrives: the line is still there to read.

@@ -25,8 +25,42 @@ pub(crate) enum Action {
     Exit,
     /// Answer with JSON frames (`true`) or text (`false`) from now on.
     JsonFormat(bool),
-    /// Switch to exec framing.
-    Exec,
+    /// Switch to exec framing, with frames carrying these parts of each answer.
+    Exec(Forms),
+}
+
+/// Which parts of an answer a session sends: the text, the data, or both (exec frames and
+/// `format json`). A command may skip building a part nobody reads: a stack dump's JSON is
+/// several times the size of its text, and a REPL never sends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Forms {
+    pub text: bool,
+    pub data: bool,
+}
+
+impl Forms {
+    pub(crate) const BOTH: Forms = Forms {
+        text: true,
+        data: true,
+    };
+    pub(crate) const TEXT: Forms = Forms {
+        text: true,
+        data: false,
+    };
+    pub(crate) const DATA: Forms = Forms {
+        text: false,
+        data: true,
+    };
+
+    /// The forms `exec [text|data]` asks for; `None` for other arguments.
+    pub(crate) fn for_exec(args: &[&str]) -> Option<Forms> {
+        match args {
+            [] => Some(Forms::BOTH),
+            ["text"] => Some(Forms::TEXT),
+            ["data"] => Some(Forms::DATA),
+            _ => None,
+        }
+    }
 }
 
 /// A successful answer: what the REPL prints, and the same as data.
@@ -84,8 +118,9 @@ impl Reply {
         self
     }
 
-    /// The exec-mode frame: one line of JSON without the trailing newline.
-    pub(crate) fn frame(&self) -> String {
+    /// The exec-mode frame, with the parts of the answer `forms` names: one line of JSON
+    /// without the trailing newline.
+    pub(crate) fn frame(&self, forms: Forms) -> String {
         let answer = match &self.result {
             Ok(answer) => answer,
             Err(message) => {
@@ -96,19 +131,29 @@ impl Reply {
         // frame would copy both before serializing them.
         let value;
         let data = match &answer.data {
+            _ if !forms.data => "",
             Data::Json(json) => json.as_str(),
             Data::Value(data) => {
                 value = data.to_string();
                 value.as_str()
             }
         };
-        let mut frame = String::with_capacity(answer.text.len() + data.len() + 64);
+        let text = if forms.text {
+            json_string(&answer.text)
+        } else {
+            String::new()
+        };
+        let mut frame = String::with_capacity(text.len() + data.len() + 64);
         frame.push_str("{\"ok\":true,\"command\":");
         frame.push_str(&json_string(&self.command));
-        frame.push_str(",\"text\":");
-        frame.push_str(&json_string(&answer.text));
-        frame.push_str(",\"data\":");
-        frame.push_str(data);
+        if forms.text {
+            frame.push_str(",\"text\":");
+            frame.push_str(&text);
+        }
+        if forms.data {
+            frame.push_str(",\"data\":");
+            frame.push_str(data);
+        }
         frame.push('}');
         frame
     }
@@ -154,8 +199,8 @@ pub(crate) const BUILTINS: &[(&str, &str, &str)] = &[
     ),
     (
         "exec",
-        "exec",
-        "switch to exec framing: one JSON frame per answer, no prompt",
+        "exec [text|data]",
+        "switch to exec framing: one JSON frame per answer (only its text or data), no prompt",
     ),
     (
         "runtime",
@@ -193,15 +238,15 @@ pub(crate) fn unusable_name(name: &str, is_command: bool) -> Option<String> {
     None
 }
 
-/// Runs one command line for a session.
-pub(crate) fn run(line: &str, settings: &Settings, peer: &PeerCred) -> Reply {
+/// Runs one command line for a session that will send the `forms` of the answer.
+pub(crate) fn run(line: &str, settings: &Settings, peer: &PeerCred, forms: Forms) -> Reply {
     let words: Vec<&str> = line.split_whitespace().collect();
     let Some((&word, args)) = words.split_first() else {
         return Reply::ok("", "", Value::Null);
     };
     match word {
         "help" | "?" => help(),
-        "threads" | "bt" => threads(word, args, settings),
+        "threads" | "bt" => threads(word, args, settings, forms),
         "locals" => locals(settings.policy.read_only),
         "get" => match args {
             [name] => get(name, settings),
@@ -221,12 +266,15 @@ pub(crate) fn run(line: &str, settings: &Settings, peer: &PeerCred) -> Reply {
                 _ => Reply::err("format", "usage: format json|text"),
             }
         }
-        "exec" => Reply::ok(
-            "exec",
-            "",
-            json!({"protocol": 1, "pid": std::process::id()}),
-        )
-        .then(Action::Exec),
+        "exec" => match Forms::for_exec(args) {
+            Some(forms) => Reply::ok(
+                "exec",
+                "",
+                json!({"protocol": 1, "pid": std::process::id()}),
+            )
+            .then(Action::Exec(forms)),
+            None => Reply::err("exec", "usage: exec [text|data]"),
+        },
         "exit" | "quit" => Reply::ok(word, "", json!({})).then(Action::Exit),
         "runtime" => match args {
             [] => answered(word, runtime::runtime_command(&settings.runtime)),
@@ -320,7 +368,7 @@ fn help() -> Reply {
     )
 }
 
-fn threads(word: &str, args: &[&str], settings: &Settings) -> Reply {
+fn threads(word: &str, args: &[&str], settings: &Settings, forms: Forms) -> Reply {
     let filter = match args {
         [] => None,
         [filter] => Some(*filter),
@@ -345,7 +393,18 @@ fn threads(word: &str, args: &[&str], settings: &Settings) -> Reply {
                 }
                 None => dump,
             };
-            Reply::ok(word, dump.to_text(), Data::Json(dump.to_json_string()))
+            // Only the parts the session sends: the JSON of 1,000 threads is megabytes.
+            let text = if forms.text {
+                dump.to_text()
+            } else {
+                String::new()
+            };
+            let data = if forms.data {
+                dump.to_json_string()
+            } else {
+                String::from("null")
+            };
+            Reply::ok(word, text, Data::Json(data))
         }
         Err(e) => Reply::err(word, format!("cannot dump the threads: {e}")),
     }

@@ -66,11 +66,11 @@ pub fn command(line: &str) -> Option<String> {
         uid: 0,
         gid: 0,
     };
-    let reply = commands::run(line, &settings(), &peer);
+    let reply = commands::run(line, &settings(), &peer, commands::Forms::BOTH);
     if let Err(message) = &reply.result {
         assert!(!message.contains('\n'), "a multi-line error: {message:?}");
     }
-    let frame = reply.frame();
+    let frame = reply.frame(commands::Forms::BOTH);
     assert!(!frame.contains('\n'), "a multi-line frame: {frame:?}");
     let parsed: serde_json::Value =
         serde_json::from_str(&frame).unwrap_or_else(|e| panic!("invalid frame {frame:?}: {e}"));

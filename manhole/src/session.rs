@@ -18,7 +18,7 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{MsgFlags, recv, send};
 
-use crate::commands::{self, Action, Reply};
+use crate::commands::{self, Action, Forms, Reply};
 use crate::credentials::PeerCred;
 use crate::log::log_event;
 use crate::options::ConnectionHandler;
@@ -178,7 +178,8 @@ pub(crate) struct Session {
     stop: Arc<OwnedFd>,
     reader: LineReader,
     json: bool,
-    exec: bool,
+    /// Exec framing, with frames carrying these parts of each answer.
+    exec: Option<Forms>,
     /// The stderr tee while this session shows the process's stderr.
     feed: Option<tee::Feed>,
 }
@@ -194,7 +195,7 @@ impl Session {
         settings: Arc<Settings>,
         stop: Arc<OwnedFd>,
     ) -> Session {
-        let exec = settings.handler == ConnectionHandler::Exec;
+        let exec = (settings.handler == ConnectionHandler::Exec).then_some(Forms::BOTH);
         Session {
             stream,
             peer,
@@ -229,11 +230,16 @@ impl Session {
         self.stream.set_write_timeout(Some(
             self.settings.write_timeout.max(Duration::from_millis(1)),
         ))?;
-        if !self.exec && self.hello_is_exec()? {
-            self.exec = true;
-            self.reply(&commands::run("exec", &self.settings, &self.peer))?;
+        if self.exec.is_none()
+            && let Some(hello) = self.exec_hello()?
+        {
+            let reply = commands::run(&hello, &self.settings, &self.peer, Forms::BOTH);
+            if let Action::Exec(forms) = reply.action {
+                self.exec = Some(forms);
+            }
+            self.reply(&reply)?;
         }
-        if !self.exec {
+        if self.exec.is_none() {
             self.greet()?;
         }
         self.update_feed();
@@ -242,15 +248,15 @@ impl Session {
                 Input::Line(line) => {
                     let line = line.trim();
                     if line.is_empty() {
-                        if !self.exec {
+                        if self.exec.is_none() {
                             self.write(self.prompt().as_bytes())?;
                         }
                         continue;
                     }
-                    let reply = commands::run(line, &self.settings, &self.peer);
+                    let reply = commands::run(line, &self.settings, &self.peer, self.forms());
                     match reply.action {
                         Action::JsonFormat(on) => self.json = on,
-                        Action::Exec => self.exec = true,
+                        Action::Exec(forms) => self.exec = Some(forms),
                         Action::Continue | Action::Exit => {}
                     }
                     self.update_feed();
@@ -280,30 +286,32 @@ impl Session {
         }
     }
 
-    /// Waits up to [`HELLO_WINDOW`] for a first line and reports whether it is `exec`.
-    fn hello_is_exec(&mut self) -> io::Result<bool> {
+    /// Waits up to [`HELLO_WINDOW`] for a first line and, if it is an exec hello (`exec`,
+    /// `exec text` or `exec data`), takes it out of the input and returns it.
+    fn exec_hello(&mut self) -> io::Result<Option<String>> {
         if !self.fill(Some(HELLO_WINDOW))? {
-            return Ok(false);
+            return Ok(None);
         }
         // A partial first line may still be on its way; give it the rest of the window once.
-        if !self.reader.buffer.contains(&b'\n') && !self.reader.eof && self.reader.buffer.len() < 8
+        if !self.reader.buffer.contains(&b'\n')
+            && !self.reader.eof
+            && self.reader.buffer.len() < "exec data".len()
         {
             self.fill(Some(HELLO_WINDOW))?;
         }
-        let first_line_is_exec = {
-            let line_end = self.reader.buffer.iter().position(|&b| b == b'\n');
-            line_end.is_some_and(|end| clean_line(&self.reader.buffer[..end]).trim() == "exec")
+        let Some(end) = self.reader.buffer.iter().position(|&b| b == b'\n') else {
+            return Ok(None);
         };
-        if first_line_is_exec {
-            let end = self
-                .reader
-                .buffer
-                .iter()
-                .position(|&b| b == b'\n')
-                .unwrap_or(0);
-            self.reader.buffer.drain(..=end);
+        let line = clean_line(&self.reader.buffer[..end]);
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let is_hello =
+            matches!(words.split_first(), Some((&"exec", args)) if Forms::for_exec(args).is_some());
+        if !is_hello {
+            return Ok(None);
         }
-        Ok(first_line_is_exec)
+        let hello = words.join(" ");
+        self.reader.buffer.drain(..=end);
+        Ok(Some(hello))
     }
 
     fn greet(&mut self) -> io::Result<()> {
@@ -326,7 +334,7 @@ impl Session {
                 self.write(b"\n")?;
             }
         }
-        let dump = commands::run("threads", &self.settings, &self.peer);
+        let dump = commands::run("threads", &self.settings, &self.peer, Forms::TEXT);
         match &dump.result {
             Ok(answer) => self.write(answer.text.as_bytes())?,
             Err(message) => self.write(format!("error: {message}").as_bytes())?,
@@ -338,7 +346,7 @@ impl Session {
     /// Shows the process's stderr in text REPL sessions only: exec frames and JSON answers must
     /// stay one JSON document per line.
     fn update_feed(&mut self) {
-        let wanted = self.settings.redirect_stderr && !self.exec && !self.json;
+        let wanted = self.settings.redirect_stderr && self.exec.is_none() && !self.json;
         if wanted && self.feed.is_none() {
             match tee::attach() {
                 Ok(feed) => self.feed = Some(feed),
@@ -366,12 +374,22 @@ impl Session {
     }
 
     fn prompt(&self) -> &'static str {
-        if self.exec { "" } else { PROMPT }
+        if self.exec.is_some() { "" } else { PROMPT }
+    }
+
+    /// The parts of an answer this session sends: a REPL only the text, `format json` and
+    /// plain exec framing both, `exec text` and `exec data` one.
+    fn forms(&self) -> Forms {
+        match self.exec {
+            Some(forms) => forms,
+            None if self.json => Forms::BOTH,
+            None => Forms::TEXT,
+        }
     }
 
     fn reply(&mut self, reply: &Reply) -> io::Result<()> {
-        let mut out = if self.exec || self.json {
-            reply.frame() + "\n"
+        let mut out = if self.exec.is_some() || self.json {
+            reply.frame(self.forms()) + "\n"
         } else {
             match &reply.result {
                 Ok(answer) if answer.text.is_empty() => String::new(),

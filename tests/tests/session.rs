@@ -204,6 +204,57 @@ fn exec_hello_skips_the_greeting_and_frames_each_answer() {
     assert_eq!(frames[3]["command"], "exit");
 }
 
+/// The frames of one exec session: `hello`, then `lines`, then end of input.
+fn exec_frames(app: &App, hello: &str, lines: &[&str]) -> Vec<Value> {
+    let mut c = Client::connect(app.socket()).unwrap();
+    c.send(hello);
+    for line in lines {
+        c.send(line);
+    }
+    c.shutdown_write();
+    let out = c.read_to_end();
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+#[test]
+fn exec_text_and_exec_data_send_only_that_part_of_each_answer() {
+    let app = App::demo(&[]);
+    let text = exec_frames(&app, "exec text", &["threads", "get requests", "nosuch"]);
+    assert_eq!(text.len(), 4, "{text:?}");
+    assert_eq!(text[0]["command"], "exec");
+    assert!(
+        text[1]["text"]
+            .as_str()
+            .unwrap()
+            .contains("demo_worker_loop")
+    );
+    assert!(text[1].get("data").is_none(), "no data after exec text");
+    assert!(text[2]["text"].is_string() && text[2].get("data").is_none());
+    assert_eq!(text[3]["ok"], false);
+    assert!(text[3]["error"].is_string(), "errors are unchanged");
+
+    let data = exec_frames(&app, "exec data", &["threads", "get requests"]);
+    assert_eq!(data.len(), 3, "{data:?}");
+    assert_eq!(data[0]["data"]["pid"], app.pid());
+    let threads = data[1]["data"]["threads"].as_array().unwrap();
+    assert!(threads.len() >= 5, "{data:?}");
+    assert!(data[1].get("text").is_none(), "no text after exec data");
+    assert_eq!(data[2]["data"]["name"], "requests");
+
+    // A bad argument is no hello: the session greets as a REPL and answers it with an error.
+    let mut c = Client::connect(app.socket()).unwrap();
+    c.send("exec sideways");
+    let greeting = c.skip_greeting();
+    assert!(greeting.contains("demo_worker_loop"), "{greeting}");
+    let answer = c.read_prompt();
+    assert!(
+        answer.contains("error: usage: exec [text|data]"),
+        "{answer}"
+    );
+}
+
 #[test]
 fn exec_handler_serves_frames_from_the_start() {
     let app = App::demo(&["--exec"]);
