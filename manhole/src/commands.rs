@@ -124,7 +124,12 @@ impl Reply {
         let answer = match &self.result {
             Ok(answer) => answer,
             Err(message) => {
-                return json!({"ok": false, "command": self.command, "error": message}).to_string();
+                // In the documented key order, like a success frame.
+                return format!(
+                    "{{\"ok\":false,\"command\":{},\"error\":{}}}",
+                    json_string(&self.command),
+                    json_string(message)
+                );
             }
         };
         // Written piece by piece: the text and data of a big dump are megabytes, and a `json!`
