@@ -10,6 +10,10 @@ cd "$(dirname "$0")/.."
 taskdump_target="${MANHOLE_TASKDUMP_TARGET:-target/taskdump}"
 flags="--cfg tokio_unstable"
 
+echo "== taskdump: clippy of manhole with $flags"
+RUSTFLAGS="$flags" CARGO_TARGET_DIR="$taskdump_target" \
+    cargo clippy -p manhole --features tokio --all-targets -- -D warnings
+
 echo "== taskdump: unit tests of manhole with $flags"
 RUSTFLAGS="$flags" CARGO_TARGET_DIR="$taskdump_target" \
     cargo test -p manhole --features tokio --lib runtime

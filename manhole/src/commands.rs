@@ -292,6 +292,7 @@ pub(crate) fn run(line: &str, settings: &Settings, peer: &PeerCred, forms: Forms
                     &settings.runtime,
                     args.first().copied(),
                     settings.command_timeout,
+                    settings.task_dumps,
                 ),
             ),
             _ => Reply::err(word, "usage: tasks [FILTER]"),

@@ -292,6 +292,7 @@ fn apply(options: Options, key: &str, value: &Value) -> Result<Options> {
         "dump_timeout" => options.dump_timeout(seconds(key, value)?),
         "lock_timeout" => options.lock_timeout(seconds(key, value)?),
         "command_timeout" => options.command_timeout(seconds(key, value)?),
+        "task_dumps" => options.task_dumps(boolean(key, value)?),
         "write_timeout" => options.write_timeout(seconds(key, value)?),
         "idle_timeout" if none => options.idle_timeout(None),
         "idle_timeout" => options.idle_timeout(Some(seconds(key, value)?)),

@@ -38,6 +38,7 @@ fn settings() -> Settings {
         handler: crate::ConnectionHandler::Repl,
         lock_timeout: Duration::from_millis(50),
         command_timeout: Duration::from_secs(5),
+        task_dumps: false,
         write_timeout: Duration::from_secs(1),
         idle_timeout: None,
         dump: DumpOptions {

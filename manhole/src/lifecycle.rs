@@ -285,6 +285,7 @@ fn install_as(options: Options, quiet_conflict: bool) -> Result<Manhole> {
         handler: options.connection_handler,
         lock_timeout: options.lock_timeout,
         command_timeout: options.command_timeout,
+        task_dumps: options.task_dumps,
         write_timeout: options.write_timeout,
         idle_timeout: options.idle_timeout,
         dump: DumpOptions {

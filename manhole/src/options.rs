@@ -62,6 +62,7 @@ pub struct Options {
     pub(crate) max_frames: usize,
     pub(crate) lock_timeout: Duration,
     pub(crate) command_timeout: Duration,
+    pub(crate) task_dumps: bool,
     pub(crate) write_timeout: Duration,
     pub(crate) idle_timeout: Option<Duration>,
     /// `allowed_uids`, `allowed_gids` and `read_only`.
@@ -97,6 +98,7 @@ impl Default for Options {
             max_frames: Options::DEFAULT_MAX_FRAMES,
             lock_timeout: Options::DEFAULT_LOCK_TIMEOUT,
             command_timeout: Options::DEFAULT_COMMAND_TIMEOUT,
+            task_dumps: false,
             write_timeout: Options::DEFAULT_WRITE_TIMEOUT,
             idle_timeout: Some(Options::DEFAULT_IDLE_TIMEOUT),
             policy: Policy::default(),
@@ -138,6 +140,7 @@ impl fmt::Debug for Options {
             .field("max_frames", &self.max_frames)
             .field("lock_timeout", &self.lock_timeout)
             .field("command_timeout", &self.command_timeout)
+            .field("task_dumps", &self.task_dumps)
             .field("write_timeout", &self.write_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("allowed_uids", &self.policy.uids)
@@ -169,6 +172,18 @@ impl Options {
     pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(1);
     /// How long a registered command or value read may run before the session stops waiting.
     pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Lets the `tasks` command ask tokio for a task dump (`Handle::dump`, in applications built
+    /// with `--cfg tokio_unstable`). Off by default because tokio's task dump can itself harm
+    /// the runtime: when a worker does not join the dump within tokio's 250 ms (a busy or
+    /// blocked worker, a loaded machine), a later dump may trace without exclusive access and
+    /// panic or leave a worker waiting for good (tokio-rs/tokio#8370, #7478, #8391). Turn it on
+    /// where that risk is acceptable, e.g. in staging or for a runtime with one worker.
+    /// Defaults to `false`.
+    pub fn task_dumps(mut self, on: bool) -> Options {
+        self.task_dumps = on;
+        self
+    }
+
     /// How long a write to a client may block before the session gives up on it.
     pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
     /// How long a session may sit without input before it is closed.

@@ -142,14 +142,15 @@ pub(crate) fn tasks_command(
     attached: &Attached,
     filter: Option<&str>,
     timeout: Duration,
+    enabled: bool,
 ) -> Result<(String, Value), String> {
     #[cfg(feature = "tokio")]
     {
-        taskdump::dump(attached, filter, timeout)
+        taskdump::dump(attached, filter, timeout, enabled)
     }
     #[cfg(not(feature = "tokio"))]
     {
-        let _ = (attached, filter, timeout);
+        let _ = (attached, filter, timeout, enabled);
         Err(NO_TOKIO.to_string())
     }
 }
@@ -163,7 +164,7 @@ mod tests {
     fn without_the_feature_both_commands_say_how_to_get_it() {
         let none = Attached::default().for_install();
         assert_eq!(runtime_command(&none).unwrap_err(), NO_TOKIO);
-        let tasks = tasks_command(&none, None, Duration::from_secs(1)).unwrap_err();
+        let tasks = tasks_command(&none, None, Duration::from_secs(1), true).unwrap_err();
         assert_eq!(tasks, NO_TOKIO);
         assert!(none.greeting().is_none());
     }
@@ -173,7 +174,7 @@ mod tests {
     fn without_a_runtime_both_commands_say_so() {
         let none = Attached::default().for_install();
         assert_eq!(runtime_command(&none).unwrap_err(), NO_RUNTIME);
-        let tasks = tasks_command(&none, None, Duration::from_secs(1)).unwrap_err();
+        let tasks = tasks_command(&none, None, Duration::from_secs(1), true).unwrap_err();
         assert!(
             tasks == NO_RUNTIME || tasks.contains("--cfg tokio_unstable"),
             "{tasks}"

@@ -38,6 +38,8 @@ pub(crate) struct Settings {
     pub handler: ConnectionHandler,
     pub lock_timeout: Duration,
     pub command_timeout: Duration,
+    /// Whether `tasks` may ask tokio for a task dump (`Options::task_dumps`).
+    pub task_dumps: bool,
     pub write_timeout: Duration,
     pub idle_timeout: Option<Duration>,
     pub dump: DumpOptions,

@@ -14,7 +14,8 @@
 //!   can only be reported as still running.
 //!
 //! It prints `tcp listening on ADDR` and `manhole listening on PATH` and runs until killed.
-//! Flags: `--socket-path PATH`, `--command-timeout-ms N`.
+//! Flags: `--socket-path PATH`, `--command-timeout-ms N`, `--task-dumps` (let `tasks` take task
+//! dumps: `Options::task_dumps`), `--workers N` (runtime workers, default 2).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -100,8 +101,10 @@ impl Drop for CountDrop {
     }
 }
 
-fn parse_args() -> Options {
+/// The options, and how many runtime workers to start.
+fn parse_args() -> (Options, usize) {
     let mut options = Options::new();
+    let mut workers = 2;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -115,20 +118,36 @@ fn parse_args() -> Options {
                     .expect("--command-timeout-ms needs a number of milliseconds");
                 options = options.command_timeout(Duration::from_millis(ms));
             }
+            "--task-dumps" => options = options.task_dumps(true),
+            "--workers" => {
+                workers = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("--workers needs a number");
+            }
             other => {
                 eprintln!(
-                    "tokio_app: unknown argument {other:?} (flags: --socket-path PATH, --command-timeout-ms N)"
+                    "tokio_app: unknown argument {other:?} (flags: --socket-path PATH, \
+                     --command-timeout-ms N, --task-dumps, --workers N)"
                 );
                 std::process::exit(2);
             }
         }
     }
-    options
+    (options, workers)
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    let options = parse_args();
+fn main() {
+    let (options, workers) = parse_args();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect("build the tokio runtime")
+        .block_on(serve(options));
+}
+
+async fn serve(options: Options) {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind a TCP port on loopback");

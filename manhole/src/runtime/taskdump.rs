@@ -29,10 +29,29 @@ pub(super) fn dump(
     attached: &Attached,
     filter: Option<&str>,
     timeout: Duration,
+    enabled: bool,
 ) -> Result<(String, Value), String> {
     let handle = attached.handle().ok_or(super::NO_RUNTIME)?;
+    if !enabled {
+        return Err(TASK_DUMPS_OFF.to_string());
+    }
     imp::dump(handle, filter, timeout)
 }
+
+/// What `tasks` answers while `Options::task_dumps` is off.
+#[cfg(all(
+    tokio_unstable,
+    target_os = "linux",
+    any(
+        target_arch = "x86",
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "s390x"
+    )
+))]
+pub(super) const TASK_DUMPS_OFF: &str = "task dumps are off: tokio's task dump can panic or wedge \
+     a runtime worker that is busy (tokio-rs/tokio#8370); turn them on with \
+     Options::task_dumps(true) or MANHOLE task_dumps=true where that risk is acceptable";
 
 #[cfg(not(all(
     tokio_unstable,
@@ -48,6 +67,7 @@ pub(super) fn dump(
     _attached: &Attached,
     _filter: Option<&str>,
     _timeout: Duration,
+    _enabled: bool,
 ) -> Result<(String, Value), String> {
     Err(
         "task dumps need tokio's unstable taskdump support: build the application with \
@@ -291,8 +311,11 @@ mod imp {
 
         #[test]
         fn a_waiting_task_is_listed_with_its_own_frames() {
+            // One worker: with two, tokio's dump barrier can elect a lone leader after a worker
+            // was late (tokio-rs/tokio#8370) and then wedge that worker, which hung this test on
+            // a loaded machine. It is why task dumps are opt-in.
             let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+                .worker_threads(1)
                 .build()
                 .unwrap();
             let (stop, wait) = tokio::sync::oneshot::channel::<()>();
@@ -317,6 +340,9 @@ mod imp {
             let (_, filtered) =
                 dump(rt.handle(), Some("no_such_fn"), Duration::from_secs(20)).unwrap();
             assert_eq!(filtered["tasks"].as_array().unwrap().len(), 0);
+            let attached = crate::runtime::Attached::new(rt.handle().clone());
+            let off = super::super::dump(&attached, None, Duration::from_secs(20), false);
+            assert_eq!(off.unwrap_err(), super::super::TASK_DUMPS_OFF);
             let _ = stop.send(());
         }
 
