@@ -5,7 +5,7 @@
 //! types can end the session except `exit`/`quit` or closing the connection: an unknown command
 //! or a bad argument is an error reply and the next line is read as usual.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 
 use serde_json::{Value, json};
 
@@ -15,7 +15,7 @@ use crate::log::log_event;
 use crate::registry::{self, Entry};
 use crate::runtime;
 use crate::session::Settings;
-use crate::stackdump;
+use crate::stackdump::{self, JsonEscaped, StackDump};
 use crate::threads::run_bounded;
 
 /// What the session does after sending a reply.
@@ -29,9 +29,9 @@ pub(crate) enum Action {
     Exec(Forms),
 }
 
-/// Which parts of an answer a session sends: the text, the data, or both (exec frames and
-/// `format json`). A command may skip building a part nobody reads: a stack dump's JSON is
-/// several times the size of its text, and a REPL never sends it.
+/// Which parts of an answer an exec frame carries: the text, the data, or both (plain `exec`
+/// and `format json`). A part left out is never written: a stack dump's JSON is several times
+/// the size of its text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Forms {
     pub text: bool,
@@ -64,29 +64,36 @@ impl Forms {
 }
 
 /// A successful answer: what the REPL prints, and the same as data.
-#[derive(Debug, Clone)]
-pub(crate) struct Answer {
-    pub text: String,
-    pub data: Data,
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// Built already.
+    Built { text: String, data: Value },
+    /// A stack dump, written out only as the session sends it: the text and JSON of a big
+    /// process are megabytes, and building them whole would leave that much in the session
+    /// thread's malloc arena (glibc's `malloc_trim` does not shrink a thread arena's top).
+    Dump(StackDump),
 }
 
-/// The data of an answer: a JSON value, or one already written as JSON text (the stack dump,
-/// whose `Value` would cost more to build, copy and drop than the capture itself).
-#[derive(Debug, Clone)]
-pub(crate) enum Data {
-    Value(Value),
-    /// One line of valid JSON.
-    Json(String),
-}
+impl Answer {
+    /// Writes what the REPL prints (without the prompt).
+    fn write_text<W: fmt::Write>(&self, out: &mut W) -> fmt::Result {
+        match self {
+            Answer::Built { text, .. } => out.write_str(text),
+            Answer::Dump(dump) => dump.write_text(out),
+        }
+    }
 
-impl From<Value> for Data {
-    fn from(value: Value) -> Data {
-        Data::Value(value)
+    /// Writes the data as JSON.
+    fn write_data<W: fmt::Write>(&self, out: &mut W) -> fmt::Result {
+        match self {
+            Answer::Built { data, .. } => write!(out, "{data}"),
+            Answer::Dump(dump) => dump.write_json(out),
+        }
     }
 }
 
 /// The reply to one command line.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Reply {
     pub command: String,
     pub result: Result<Answer, String>,
@@ -94,12 +101,12 @@ pub(crate) struct Reply {
 }
 
 impl Reply {
-    fn ok(command: &str, text: impl Into<String>, data: impl Into<Data>) -> Reply {
+    fn ok(command: &str, text: impl Into<String>, data: Value) -> Reply {
         Reply {
             command: command.to_string(),
-            result: Ok(Answer {
+            result: Ok(Answer::Built {
                 text: text.into(),
-                data: data.into(),
+                data,
             }),
             action: Action::Continue,
         }
@@ -121,52 +128,62 @@ impl Reply {
     /// The exec-mode frame, with the parts of the answer `forms` names: one line of JSON
     /// without the trailing newline.
     pub(crate) fn frame(&self, forms: Forms) -> String {
-        let answer = match &self.result {
-            Ok(answer) => answer,
-            Err(message) => {
-                // In the documented key order, like a success frame.
-                return format!(
-                    "{{\"ok\":false,\"command\":{},\"error\":{}}}",
-                    json_string(&self.command),
-                    json_string(message)
-                );
-            }
-        };
-        // Written piece by piece: the text and data of a big dump are megabytes, and a `json!`
-        // frame would copy both before serializing them.
-        let value;
-        let data = match &answer.data {
-            _ if !forms.data => "",
-            Data::Json(json) => json.as_str(),
-            Data::Value(data) => {
-                value = data.to_string();
-                value.as_str()
-            }
-        };
-        let text = if forms.text {
-            json_string(&answer.text)
-        } else {
-            String::new()
-        };
-        let mut frame = String::with_capacity(text.len() + data.len() + 64);
-        frame.push_str("{\"ok\":true,\"command\":");
-        frame.push_str(&json_string(&self.command));
-        if forms.text {
-            frame.push_str(",\"text\":");
-            frame.push_str(&text);
-        }
-        if forms.data {
-            frame.push_str(",\"data\":");
-            frame.push_str(data);
-        }
-        frame.push('}');
+        let mut frame = String::new();
+        let _ = self.write_frame(forms, &mut frame);
         frame
+    }
+
+    /// Writes [`frame`](Reply::frame) into `out` piece by piece (a dump's parts are never
+    /// built whole).
+    pub(crate) fn write_frame<W: fmt::Write>(&self, forms: Forms, out: &mut W) -> fmt::Result {
+        out.write_str("{\"ok\":")?;
+        out.write_str(if self.result.is_ok() { "true" } else { "false" })?;
+        out.write_str(",\"command\":")?;
+        write_json_str(out, &self.command)?;
+        match &self.result {
+            // In the documented key order: ok, command, then text and data, or error.
+            Err(message) => {
+                out.write_str(",\"error\":")?;
+                write_json_str(out, message)?;
+            }
+            Ok(answer) => {
+                if forms.text {
+                    out.write_str(",\"text\":\"")?;
+                    answer.write_text(&mut JsonEscaped(out))?;
+                    out.write_char('"')?;
+                }
+                if forms.data {
+                    out.write_str(",\"data\":")?;
+                    answer.write_data(out)?;
+                }
+            }
+        }
+        out.write_char('}')
+    }
+
+    /// Writes the REPL form of the reply: the answer's text, ending with a newline unless it
+    /// is empty, or one line `error: ...`.
+    pub(crate) fn write_repl<W: fmt::Write>(&self, out: &mut W) -> fmt::Result {
+        match &self.result {
+            Ok(Answer::Built { text, .. }) => {
+                out.write_str(text)?;
+                if !text.is_empty() && !text.ends_with('\n') {
+                    out.write_char('\n')?;
+                }
+                Ok(())
+            }
+            // Always ends with a newline.
+            Ok(answer @ Answer::Dump(_)) => answer.write_text(out),
+            Err(message) => writeln!(out, "error: {message}"),
+        }
     }
 }
 
-/// `text` as a JSON string literal.
-fn json_string(text: &str) -> String {
-    serde_json::to_string(text).unwrap_or_else(|_| String::from("\"\""))
+/// Writes `text` as a JSON string literal.
+fn write_json_str<W: fmt::Write>(out: &mut W, text: &str) -> fmt::Result {
+    out.write_char('"')?;
+    JsonEscaped(out).write_str(text)?;
+    out.write_char('"')
 }
 
 /// The built-in commands: name, usage, one-line description.
@@ -243,15 +260,15 @@ pub(crate) fn unusable_name(name: &str, is_command: bool) -> Option<String> {
     None
 }
 
-/// Runs one command line for a session that will send the `forms` of the answer.
-pub(crate) fn run(line: &str, settings: &Settings, peer: &PeerCred, forms: Forms) -> Reply {
+/// Runs one command line for a session.
+pub(crate) fn run(line: &str, settings: &Settings, peer: &PeerCred) -> Reply {
     let words: Vec<&str> = line.split_whitespace().collect();
     let Some((&word, args)) = words.split_first() else {
         return Reply::ok("", "", Value::Null);
     };
     match word {
         "help" | "?" => help(),
-        "threads" | "bt" => threads(word, args, settings, forms),
+        "threads" | "bt" => threads(word, args, settings),
         "locals" => locals(settings.policy.read_only),
         "get" => match args {
             [name] => get(name, settings),
@@ -374,7 +391,7 @@ fn help() -> Reply {
     )
 }
 
-fn threads(word: &str, args: &[&str], settings: &Settings, forms: Forms) -> Reply {
+fn threads(word: &str, args: &[&str], settings: &Settings) -> Reply {
     let filter = match args {
         [] => None,
         [filter] => Some(*filter),
@@ -399,18 +416,11 @@ fn threads(word: &str, args: &[&str], settings: &Settings, forms: Forms) -> Repl
                 }
                 None => dump,
             };
-            // Only the parts the session sends: the JSON of 1,000 threads is megabytes.
-            let text = if forms.text {
-                dump.to_text()
-            } else {
-                String::new()
-            };
-            let data = if forms.data {
-                dump.to_json_string()
-            } else {
-                String::from("null")
-            };
-            Reply::ok(word, text, Data::Json(data))
+            Reply {
+                command: word.to_string(),
+                result: Ok(Answer::Dump(dump)),
+                action: Action::Continue,
+            }
         }
         Err(e) => Reply::err(word, format!("cannot dump the threads: {e}")),
     }

@@ -67,7 +67,7 @@ pub fn command(line: &str) -> Option<String> {
         uid: 0,
         gid: 0,
     };
-    let reply = commands::run(line, &settings(), &peer, commands::Forms::BOTH);
+    let reply = commands::run(line, &settings(), &peer);
     if let Err(message) = &reply.result {
         assert!(!message.contains('\n'), "a multi-line error: {message:?}");
     }

@@ -7,6 +7,7 @@
 //! process. Input is cut into lines of at most [`MAX_LINE`] bytes; a longer line is answered with
 //! an error and skipped, so memory stays bounded whatever a client sends.
 
+use std::fmt::{self, Write as _};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -235,7 +236,7 @@ impl Session {
         if self.exec.is_none()
             && let Some(hello) = self.exec_hello()?
         {
-            let reply = commands::run(&hello, &self.settings, &self.peer, Forms::BOTH);
+            let reply = commands::run(&hello, &self.settings, &self.peer);
             if let Action::Exec(forms) = reply.action {
                 self.exec = Some(forms);
             }
@@ -255,7 +256,7 @@ impl Session {
                         }
                         continue;
                     }
-                    let reply = commands::run(line, &self.settings, &self.peer, self.forms());
+                    let reply = commands::run(line, &self.settings, &self.peer);
                     match reply.action {
                         Action::JsonFormat(on) => self.json = on,
                         Action::Exec(forms) => self.exec = Some(forms),
@@ -336,13 +337,12 @@ impl Session {
                 self.write(b"\n")?;
             }
         }
-        let dump = commands::run("threads", &self.settings, &self.peer, Forms::TEXT);
-        match &dump.result {
-            Ok(answer) => self.write(answer.text.as_bytes())?,
-            Err(message) => self.write(format!("error: {message}").as_bytes())?,
-        }
-        self.write(b"\n")?;
-        self.write(self.prompt().as_bytes())
+        let dump = commands::run("threads", &self.settings, &self.peer);
+        let mut out = Sink::new(self.stream.as_fd());
+        let _ = dump.write_repl(&mut out);
+        let _ = out.write_char('\n');
+        let _ = out.write_str(self.prompt());
+        out.finish()
     }
 
     /// Shows the process's stderr in text REPL sessions only: exec frames and JSON answers must
@@ -379,31 +379,29 @@ impl Session {
         if self.exec.is_some() { "" } else { PROMPT }
     }
 
-    /// The parts of an answer this session sends: a REPL only the text, `format json` and
-    /// plain exec framing both, `exec text` and `exec data` one.
-    fn forms(&self) -> Forms {
+    /// The parts of an answer this session's frames carry: both in `format json` and plain
+    /// exec framing, one after `exec text` or `exec data`. `None`: the REPL's text.
+    fn frame_forms(&self) -> Option<Forms> {
         match self.exec {
-            Some(forms) => forms,
-            None if self.json => Forms::BOTH,
-            None => Forms::TEXT,
+            Some(forms) => Some(forms),
+            None if self.json => Some(Forms::BOTH),
+            None => None,
         }
     }
 
+    /// Sends a reply, streamed: a big dump is written out as it goes, never built whole.
     fn reply(&mut self, reply: &Reply) -> io::Result<()> {
-        let mut out = if self.exec.is_some() || self.json {
-            reply.frame(self.forms()) + "\n"
-        } else {
-            match &reply.result {
-                Ok(answer) if answer.text.is_empty() => String::new(),
-                Ok(answer) if answer.text.ends_with('\n') => answer.text.clone(),
-                Ok(answer) => format!("{}\n", answer.text),
-                Err(message) => format!("error: {message}\n"),
-            }
+        let mut out = Sink::new(self.stream.as_fd());
+        let _ = match self.frame_forms() {
+            Some(forms) => reply
+                .write_frame(forms, &mut out)
+                .and_then(|()| out.write_char('\n')),
+            None => reply.write_repl(&mut out),
         };
         if reply.action != Action::Exit {
-            out.push_str(self.prompt());
+            let _ = out.write_str(self.prompt());
         }
-        self.write(out.as_bytes())
+        out.finish()
     }
 
     /// The next input event, reading from the socket as needed.
@@ -500,6 +498,57 @@ impl Session {
 
     fn write(&self, bytes: &[u8]) -> io::Result<()> {
         send_all(self.stream.as_fd(), bytes)
+    }
+}
+
+/// What a session writes to its client, sent in pieces of [`Sink::PIECE`] bytes as it is
+/// written (`fmt::Write`). The first send error is kept and everything after it dropped;
+/// [`finish`](Sink::finish) sends the rest and reports that error.
+struct Sink<'a> {
+    fd: BorrowedFd<'a>,
+    buffer: Vec<u8>,
+    error: Option<io::Error>,
+}
+
+impl<'a> Sink<'a> {
+    const PIECE: usize = 64 * 1024;
+
+    fn new(fd: BorrowedFd<'a>) -> Sink<'a> {
+        Sink {
+            fd,
+            buffer: Vec::new(),
+            error: None,
+        }
+    }
+
+    fn send_buffer(&mut self) {
+        if self.error.is_none()
+            && let Err(e) = send_all(self.fd, &self.buffer)
+        {
+            self.error = Some(e);
+        }
+        self.buffer.clear();
+    }
+
+    fn finish(mut self) -> io::Result<()> {
+        self.send_buffer();
+        self.error.map_or(Ok(()), Err)
+    }
+}
+
+impl fmt::Write for Sink<'_> {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        if self.error.is_some() {
+            return Err(fmt::Error);
+        }
+        self.buffer.extend_from_slice(text.as_bytes());
+        if self.buffer.len() >= Sink::PIECE {
+            self.send_buffer();
+        }
+        match self.error {
+            Some(_) => Err(fmt::Error),
+            None => Ok(()),
+        }
     }
 }
 

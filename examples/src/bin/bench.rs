@@ -777,12 +777,13 @@ struct ThroughputRow {
     dumps: usize,
 }
 
-/// A client that keeps one exec session open and asks for `threads` every `period`.
+/// A client that keeps one exec session open and asks for `threads` every `period`, as a
+/// monitoring tool would: `exec data`, the dump as JSON only.
 fn dumper(socket: PathBuf, period: Duration, stop: Arc<AtomicBool>, count: Arc<AtomicUsize>) {
     let stream = UnixStream::connect(&socket).expect("connect to the manhole");
     let mut writer = stream.try_clone().expect("clone");
     let mut reader = BufReader::new(stream);
-    writer.write_all(b"exec\n").expect("hello");
+    writer.write_all(b"exec data\n").expect("hello");
     let mut line = String::new();
     loop {
         line.clear();

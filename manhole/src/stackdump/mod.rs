@@ -654,10 +654,18 @@ impl StackDump {
     /// The header's "without answer" counts every thread with no captured stack that was not
     /// blocked, exited ones included; [`DumpCounts`] and the JSON tell them apart.
     pub fn to_text(&self) -> String {
-        let counts = self.counts();
         let mut text = String::new();
-        let _ = writeln!(
-            text,
+        let _ = self.write_text(&mut text);
+        text
+    }
+
+    /// Writes [`to_text`](StackDump::to_text) into `out` piece by piece (a session streams a
+    /// big dump to its client instead of building megabytes of text first). It always ends with
+    /// a newline.
+    pub(crate) fn write_text<W: fmt::Write>(&self, out: &mut W) -> fmt::Result {
+        let counts = self.counts();
+        writeln!(
+            out,
             "Threads: {} ({} captured, {} blocked, {} without answer) in {} capture + {} symbolize",
             counts.threads,
             counts.captured,
@@ -665,12 +673,12 @@ impl StackDump {
             counts.no_answer + counts.exited,
             HumanDuration(self.capture_time),
             HumanDuration(self.symbolize_time),
-        );
+        )?;
         for thread in &self.threads {
-            text.push('\n');
-            thread.write_text(&mut text);
+            out.write_char('\n')?;
+            thread.write_text(out);
         }
-        text
+        Ok(())
     }
 
     /// The dump as JSON (see `docs/protocol.md`, "The stack dump as data"); the same document as
@@ -684,14 +692,20 @@ impl StackDump {
     /// Written straight into one string: a `serde_json::Value` of a big dump (a map per frame
     /// and per symbol) costs more to build, serialize and drop than the capture itself.
     pub fn to_json_string(&self) -> String {
+        let mut out = String::with_capacity(256 + self.threads.len() * 2048);
+        let _ = self.write_json(&mut out);
+        out
+    }
+
+    /// Writes [`to_json_string`](StackDump::to_json_string) into `out` piece by piece.
+    pub(crate) fn write_json<W: fmt::Write>(&self, out: &mut W) -> fmt::Result {
         let counts = self.counts();
         let taken_at_ms = self
             .taken_at
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let mut out = String::with_capacity(256 + self.threads.len() * 2048);
-        let _ = write!(
+        write!(
             out,
             "{{\"pid\":{},\"taken_at_unix_ms\":{taken_at_ms},\"signal\":{},\"capture_micros\":{},\"symbolize_micros\":{},\"counts\":{{\"threads\":{},\"captured\":{},\"blocked\":{},\"no_answer\":{},\"exited\":{}}},\"threads\":[",
             self.pid,
@@ -703,15 +717,14 @@ impl StackDump {
             counts.blocked,
             counts.no_answer,
             counts.exited,
-        );
+        )?;
         for (i, thread) in self.threads.iter().enumerate() {
             if i > 0 {
-                out.push(',');
+                out.write_char(',')?;
             }
-            thread.write_json(&mut out);
+            thread.write_json(out);
         }
-        out.push_str("]}");
-        out
+        out.write_str("]}")
     }
 
     /// Only the threads whose tid equals `filter` or whose name contains it. The counts follow
@@ -847,7 +860,7 @@ impl ThreadStack {
         self.handler_time
     }
 
-    fn write_text(&self, out: &mut String) {
+    fn write_text<W: fmt::Write>(&self, out: &mut W) {
         let _ = writeln!(
             out,
             "Thread {} \"{}\" ({} {}) [{}]",
@@ -888,7 +901,7 @@ impl ThreadStack {
         }
     }
 
-    fn write_json(&self, out: &mut String) {
+    fn write_json<W: fmt::Write>(&self, out: &mut W) {
         let _ = write!(out, "{{\"tid\":{},\"name\":", self.tid);
         push_json_str(out, &self.name);
         let _ = write!(
@@ -901,59 +914,77 @@ impl ThreadStack {
         push_json_opt(out, self.note.as_deref());
         let _ = write!(out, ",\"truncated\":{},\"wchan\":", self.truncated);
         push_json_opt(out, self.wchan.as_deref());
-        out.push_str(",\"syscall\":");
+        let _ = out.write_str(",\"syscall\":");
         match self.syscall {
-            Some(state) => out.push_str(&syscall_json(state).to_string()),
-            None => out.push_str("null"),
+            Some(state) => {
+                let _ = out.write_str(&syscall_json(state).to_string());
+            }
+            None => {
+                let _ = out.write_str("null");
+            }
         }
         match self.handler_time {
             Some(time) => {
                 let _ = write!(out, ",\"handler_nanos\":{}", time.as_nanos() as u64);
             }
-            None => out.push_str(",\"handler_nanos\":null"),
+            None => {
+                let _ = out.write_str(",\"handler_nanos\":null");
+            }
         }
-        out.push_str(",\"frames\":[");
+        let _ = out.write_str(",\"frames\":[");
         for (i, frame) in self.frames.iter().enumerate() {
             if i > 0 {
-                out.push(',');
+                let _ = out.write_char(',');
             }
             frame.write_json(out);
         }
-        out.push_str("]}");
+        let _ = out.write_str("]}");
     }
 }
 
 /// Appends `text` as a JSON string literal.
-fn push_json_str(out: &mut String, text: &str) {
-    out.push('"');
-    let mut plain = 0;
-    for (at, byte) in text.bytes().enumerate() {
-        let escaped = match byte {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0..=0x1f => "",
-            _ => continue,
-        };
-        out.push_str(&text[plain..at]);
-        if escaped.is_empty() {
-            let _ = write!(out, "\\u{byte:04x}");
-        } else {
-            out.push_str(escaped);
+fn push_json_str<W: fmt::Write>(out: &mut W, text: &str) {
+    let _ = out.write_char('"');
+    let _ = JsonEscaped(out).write_str(text);
+    let _ = out.write_char('"');
+}
+
+/// Writes what it is given escaped for the inside of a JSON string literal (the quotes are the
+/// caller's), so text can be streamed into a JSON document without being built first.
+pub(crate) struct JsonEscaped<'a, W: fmt::Write>(pub &'a mut W);
+
+impl<W: fmt::Write> fmt::Write for JsonEscaped<'_, W> {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        let mut plain = 0;
+        for (at, byte) in text.bytes().enumerate() {
+            let escaped = match byte {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0..=0x1f => "",
+                _ => continue,
+            };
+            self.0.write_str(&text[plain..at])?;
+            if escaped.is_empty() {
+                write!(self.0, "\\u{byte:04x}")?;
+            } else {
+                self.0.write_str(escaped)?;
+            }
+            plain = at + 1;
         }
-        plain = at + 1;
+        self.0.write_str(&text[plain..])
     }
-    out.push_str(&text[plain..]);
-    out.push('"');
 }
 
 /// Appends `text` as a JSON string literal, or `null`.
-fn push_json_opt(out: &mut String, text: Option<&str>) {
+fn push_json_opt<W: fmt::Write>(out: &mut W, text: Option<&str>) {
     match text {
         Some(text) => push_json_str(out, text),
-        None => out.push_str("null"),
+        None => {
+            let _ = out.write_str("null");
+        }
     }
 }
 
@@ -1016,7 +1047,7 @@ impl Frame {
         &self.symbols
     }
 
-    fn write_text(&self, index: usize, out: &mut String) {
+    fn write_text<W: fmt::Write>(&self, index: usize, out: &mut W) {
         let number = format!("#{index}");
         let location = match (&self.module, self.module_offset) {
             (Some(module), Some(offset)) => format!("{module}+{offset:#x}"),
@@ -1047,32 +1078,36 @@ impl Frame {
         }
     }
 
-    fn write_json(&self, out: &mut String) {
+    fn write_json<W: fmt::Write>(&self, out: &mut W) {
         let _ = write!(out, "{{\"ip\":\"{:#x}\",\"module\":", self.ip);
         push_json_opt(out, self.module.as_deref());
         match self.module_offset {
             Some(offset) => {
                 let _ = write!(out, ",\"module_offset\":\"{offset:#x}\"");
             }
-            None => out.push_str(",\"module_offset\":null"),
+            None => {
+                let _ = out.write_str(",\"module_offset\":null");
+            }
         }
-        out.push_str(",\"symbols\":[");
+        let _ = out.write_str(",\"symbols\":[");
         for (i, symbol) in self.symbols.iter().enumerate() {
             if i > 0 {
-                out.push(',');
+                let _ = out.write_char(',');
             }
-            out.push_str("{\"name\":");
+            let _ = out.write_str("{\"name\":");
             push_json_opt(out, symbol.name.as_deref());
-            out.push_str(",\"file\":");
+            let _ = out.write_str(",\"file\":");
             push_json_opt(out, symbol.file.as_deref());
             match symbol.line {
                 Some(line) => {
                     let _ = write!(out, ",\"line\":{line}}}");
                 }
-                None => out.push_str(",\"line\":null}"),
+                None => {
+                    let _ = out.write_str(",\"line\":null}");
+                }
             }
         }
-        out.push_str("]}");
+        let _ = out.write_str("]}");
     }
 }
 
