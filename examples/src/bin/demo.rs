@@ -200,13 +200,7 @@ fn main() {
     if let Some(signal) = own_handler {
         install_own_handler(signal);
     }
-    let manhole = match manhole::install(options) {
-        Ok(manhole) => manhole,
-        Err(e) => {
-            eprintln!("demo: cannot install the manhole: {e}");
-            std::process::exit(1);
-        }
-    };
+    let manhole = manhole_examples::install_or_exit("demo", options);
     if let Some(signal) = activate_on {
         println!("manhole waiting for {signal}");
         loop {
@@ -226,12 +220,7 @@ fn main() {
             }
         }
     }
-    let path = manhole
-        .socket_path()
-        .expect("the listener thread is on")
-        .display()
-        .to_string();
-    println!("manhole listening on {path}");
+    manhole_examples::announce_listening(&manhole);
     for _ in 0..forks {
         // SAFETY: the child only calls async-signal-safe functions (prctl, getpid, write, pause);
         // its manhole comes back on a thread of the manhole's fork handler.

@@ -299,19 +299,8 @@ fn main() {
             spawn_parked(first, n);
             Ok(format!("{n} more threads"))
         });
-    let manhole = match manhole::install(options) {
-        Ok(manhole) => manhole,
-        Err(e) => {
-            eprintln!("faults: cannot install the manhole: {e}");
-            std::process::exit(1);
-        }
-    };
-    let path = manhole
-        .socket_path()
-        .expect("the listener thread is on")
-        .display()
-        .to_string();
-    println!("manhole listening on {path}");
+    let manhole = manhole_examples::install_or_exit("faults", options);
+    manhole_examples::announce_listening(&manhole);
     loop {
         std::thread::park();
     }

@@ -215,19 +215,8 @@ async fn serve(options: Options) {
                 std::thread::park();
             },
         );
-    let manhole = match manhole::install(options) {
-        Ok(manhole) => manhole,
-        Err(e) => {
-            eprintln!("tokio_app: cannot install the manhole: {e}");
-            std::process::exit(1);
-        }
-    };
-    let path = manhole
-        .socket_path()
-        .expect("the listener thread is on")
-        .display()
-        .to_string();
+    let manhole = manhole_examples::install_or_exit("tokio_app", options);
     println!("tcp listening on {address}");
-    println!("manhole listening on {path}");
+    manhole_examples::announce_listening(&manhole);
     std::future::pending::<()>().await;
 }

@@ -33,25 +33,10 @@ pub(super) fn dump(
 ) -> Result<(String, Value), String> {
     let handle = attached.handle().ok_or(super::NO_RUNTIME)?;
     if !enabled {
-        return Err(TASK_DUMPS_OFF.to_string());
+        return Err(imp::TASK_DUMPS_OFF.to_string());
     }
     imp::dump(handle, filter, timeout)
 }
-
-/// What `tasks` answers while `Options::task_dumps` is off.
-#[cfg(all(
-    tokio_unstable,
-    target_os = "linux",
-    any(
-        target_arch = "x86",
-        target_arch = "x86_64",
-        target_arch = "aarch64",
-        target_arch = "s390x"
-    )
-))]
-pub(super) const TASK_DUMPS_OFF: &str = "task dumps are off: tokio's task dump can panic or wedge \
-     a runtime worker that is busy (tokio-rs/tokio#8370); turn them on with \
-     Options::task_dumps(true) or MANHOLE task_dumps=true where that risk is acceptable";
 
 #[cfg(not(all(
     tokio_unstable,
@@ -96,6 +81,11 @@ mod imp {
     use tokio::runtime::dump::{Backtrace, BacktraceSymbol};
 
     use crate::stackdump::symbolize::short_path;
+
+    /// What `tasks` answers while `Options::task_dumps` is off.
+    pub(super) const TASK_DUMPS_OFF: &str = "task dumps are off: tokio's task dump can panic or wedge \
+         a runtime worker that is busy (tokio-rs/tokio#8370); turn them on with \
+         Options::task_dumps(true) or MANHOLE task_dumps=true where that risk is acceptable";
 
     /// One task of the dump, symbolized.
     struct TaskTrace {
@@ -342,7 +332,7 @@ mod imp {
             assert_eq!(filtered["tasks"].as_array().unwrap().len(), 0);
             let attached = crate::runtime::Attached::new(rt.handle().clone());
             let off = super::super::dump(&attached, None, Duration::from_secs(20), false);
-            assert_eq!(off.unwrap_err(), super::super::TASK_DUMPS_OFF);
+            assert_eq!(off.unwrap_err(), TASK_DUMPS_OFF);
             let _ = stop.send(());
         }
 
