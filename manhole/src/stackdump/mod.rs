@@ -1048,11 +1048,9 @@ impl Frame {
     }
 
     fn write_text<W: fmt::Write>(&self, index: usize, out: &mut W) {
-        let number = format!("#{index}");
-        let location = match (&self.module, self.module_offset) {
-            (Some(module), Some(offset)) => format!("{module}+{offset:#x}"),
-            _ => "??".to_string(),
-        };
+        // Formatted straight into `out`: a dump of 1,000 threads has tens of thousands of frames.
+        let number = FrameNumber(index);
+        let location = Location(self);
         if self.symbols.is_empty() {
             let _ = writeln!(out, "  {number:<3} {:#018x} {location}", self.ip);
             return;
@@ -1060,11 +1058,7 @@ impl Frame {
         let last = self.symbols.len() - 1;
         for (i, symbol) in self.symbols.iter().enumerate() {
             let name = symbol.name.as_deref().unwrap_or("??");
-            let place = match (&symbol.file, symbol.line) {
-                (Some(file), Some(line)) => format!("{file}:{line}"),
-                (Some(file), None) => file.clone(),
-                _ => location.clone(),
-            };
+            let place = Place(symbol, location);
             let inlined = if i < last { " (inlined)" } else { "" };
             if i == 0 {
                 let _ = writeln!(
@@ -1108,6 +1102,46 @@ impl Frame {
             }
         }
         let _ = out.write_str("]}");
+    }
+}
+
+/// `#N`, padded to the width asked for (`{:<3}`) without building a string.
+struct FrameNumber(usize);
+
+impl fmt::Display for FrameNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)?;
+        let digits = self.0.checked_ilog10().unwrap_or(0) as usize + 1;
+        for _ in 1 + digits..f.width().unwrap_or(0) {
+            f.write_char(' ')?;
+        }
+        Ok(())
+    }
+}
+
+/// `module+0xoffset`, or `??`.
+#[derive(Clone, Copy)]
+struct Location<'a>(&'a Frame);
+
+impl fmt::Display for Location<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.0.module, self.0.module_offset) {
+            (Some(module), Some(offset)) => write!(f, "{module}+{offset:#x}"),
+            _ => f.write_str("??"),
+        }
+    }
+}
+
+/// `file:line`, `file`, or the frame's [`Location`].
+struct Place<'a>(&'a FrameSymbol, Location<'a>);
+
+impl fmt::Display for Place<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.0.file, self.0.line) {
+            (Some(file), Some(line)) => write!(f, "{file}:{line}"),
+            (Some(file), None) => f.write_str(file),
+            _ => self.1.fmt(f),
+        }
     }
 }
 
@@ -1224,6 +1258,28 @@ mod tests {
             "                         demo::worker (src/demo.rs:40)"
         );
         assert_eq!(lines[5], "  #1  0x00007f0000001000 /lib/libc.so.6+0x1000");
+
+        // Two-digit numbers fill the column; a symbol without a file shows the module+offset.
+        let mut dump = sample();
+        let frames = &mut dump.threads[0].frames;
+        let nameless = Frame {
+            symbols: vec![FrameSymbol {
+                name: Some("stripped".into()),
+                file: None,
+                line: None,
+            }]
+            .into(),
+            ..frames[1].clone()
+        };
+        frames.resize(10, frames[1].clone());
+        frames.push(nameless);
+        let text = dump.to_text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[13], "  #9  0x00007f0000001000 /lib/libc.so.6+0x1000");
+        assert_eq!(
+            lines[14],
+            "  #10 0x00007f0000001000 stripped (/lib/libc.so.6+0x1000)"
+        );
     }
 
     #[test]
