@@ -295,15 +295,23 @@ impl Session {
         if !self.fill(Some(HELLO_WINDOW))? {
             return Ok(None);
         }
-        // A partial first line may still be on its way; give it the rest of the window once.
-        if !self.reader.buffer.contains(&b'\n')
+        // A hello may arrive in pieces (`exec data`, then its newline): while what came so far
+        // can still become one, give the rest of it up to another window.
+        let deadline = std::time::Instant::now() + HELLO_WINDOW;
+        while !self.reader.buffer.contains(&b'\n')
             && !self.reader.eof
-            && self.reader.buffer.len() < "exec data".len()
+            && could_become_hello(&self.reader.buffer)
         {
-            self.fill(Some(HELLO_WINDOW))?;
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || !self.fill(Some(left))? {
+                break;
+            }
         }
-        let Some(end) = self.reader.buffer.iter().position(|&b| b == b'\n') else {
-            return Ok(None);
+        // A last line without a newline is a line too (as for every command).
+        let end = match self.reader.buffer.iter().position(|&b| b == b'\n') {
+            Some(end) => end,
+            None if self.reader.eof => self.reader.buffer.len(),
+            None => return Ok(None),
         };
         let line = clean_line(&self.reader.buffer[..end]);
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -313,7 +321,8 @@ impl Session {
             return Ok(None);
         }
         let hello = words.join(" ");
-        self.reader.buffer.drain(..=end);
+        let taken = (end + 1).min(self.reader.buffer.len());
+        self.reader.buffer.drain(..taken);
         Ok(Some(hello))
     }
 
@@ -501,6 +510,23 @@ impl Session {
     }
 }
 
+/// Whether the start of a first line (no newline yet) may still become an exec hello: `exec`,
+/// `exec text` or `exec data`, perhaps cut in the middle of a word.
+fn could_become_hello(start: &[u8]) -> bool {
+    // Longer than any hello with some white space around it.
+    if start.len() > 64 {
+        return false;
+    }
+    let line = clean_line(start);
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        [] => true,
+        [word] => "exec".starts_with(word),
+        ["exec", word] => "text".starts_with(word) || "data".starts_with(word),
+        _ => false,
+    }
+}
+
 /// What a session writes to its client, sent in pieces of [`Sink::PIECE`] bytes as it is
 /// written (`fmt::Write`). The first send error is kept and everything after it dropped;
 /// [`finish`](Sink::finish) sends the rest and reports that error.
@@ -573,6 +599,39 @@ pub(crate) fn send_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hello_cut_anywhere_may_still_become_one_and_other_lines_may_not() {
+        for start in [
+            "",
+            " ",
+            "e",
+            "exe",
+            "exec",
+            "exec ",
+            "exec t",
+            "exec text",
+            "exec  da",
+            " exec data",
+            "exec\tdata\r",
+        ] {
+            assert!(could_become_hello(start.as_bytes()), "{start:?}");
+        }
+        for start in [
+            "threads",
+            "help",
+            "execs",
+            "exec text extra",
+            "exec x",
+            "exec dat a",
+            "EXEC",
+        ] {
+            assert!(!could_become_hello(start.as_bytes()), "{start:?}");
+        }
+        assert!(!could_become_hello(
+            format!("{}exec", " ".repeat(100)).as_bytes()
+        ));
+    }
 
     fn lines(reader: &mut LineReader) -> Vec<String> {
         let mut out = Vec::new();

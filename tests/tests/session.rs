@@ -256,6 +256,42 @@ fn exec_text_and_exec_data_send_only_that_part_of_each_answer() {
 }
 
 #[test]
+fn an_exec_hello_in_pieces_or_without_its_newline_is_still_a_hello() {
+    let app = App::demo(&[]);
+    // The newline after a whole `exec data` comes in a second packet (a short pause; the
+    // server waits up to 200 ms for the rest of a hello).
+    for pieces in [
+        &["exec data", "\ninfo\n"][..],
+        &["ex", "ec te", "xt\ninfo\n"][..],
+    ] {
+        let mut c = Client::connect(app.socket()).unwrap();
+        for (i, piece) in pieces.iter().enumerate() {
+            if i > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            c.send_raw(piece.as_bytes()).unwrap();
+        }
+        c.shutdown_write();
+        let out = c.read_to_end();
+        let frames: Vec<Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{pieces:?}: {l:?}: {e}")))
+            .collect();
+        assert_eq!(frames.len(), 2, "{pieces:?}: {out}");
+        assert_eq!(frames[0]["command"], "exec");
+        assert_eq!(frames[1]["command"], "info");
+    }
+    // A hello that is the whole input, without a newline, gets its frame and nothing else.
+    let mut c = Client::connect(app.socket()).unwrap();
+    c.send_raw(b"exec data").unwrap();
+    c.shutdown_write();
+    let out = c.read_to_end();
+    let frame: Value =
+        serde_json::from_str(out.trim_end()).unwrap_or_else(|e| panic!("{out:?}: {e}"));
+    assert_eq!(frame["data"]["pid"], app.pid(), "{out}");
+}
+
+#[test]
 fn exec_handler_serves_frames_from_the_start() {
     let app = App::demo(&["--exec"]);
     let mut c = Client::connect(app.socket()).unwrap();
