@@ -349,7 +349,10 @@ impl Session {
         let dump = commands::run("threads", &self.settings, &self.peer);
         let mut out = Sink::new(self.stream.as_fd());
         let _ = dump.write_repl(&mut out);
-        let _ = out.write_char('\n');
+        // A blank line between the dump and the prompt; an error is its one line.
+        if dump.result.is_ok() {
+            let _ = out.write_char('\n');
+        }
         let _ = out.write_str(self.prompt());
         out.finish()
     }

@@ -786,6 +786,9 @@ fn a_child_forked_during_a_dump_in_the_parent_says_so_instead_of_waiting_on_its_
             greeting.contains("no stack dumps in this process: it was forked while its parent"),
             "{greeting}"
         );
+        // The error is one line, and the prompt comes right after it.
+        assert!(greeting.ends_with("\n"), "{greeting:?}");
+        assert!(!greeting.contains("\n\n"), "{greeting:?}");
         assert!(
             client
                 .command("threads")
