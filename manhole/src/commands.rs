@@ -244,12 +244,13 @@ const BUILTIN_WORDS: &[&str] = &[
 ];
 
 /// Why a registered name could not be used from a session, if it could not: a session splits
-/// lines at white space, and a command named like a built-in one is never reached (a value named
-/// so still is, with `get NAME`).
+/// lines at white space (and reads every control character as a space), and a command named
+/// like a built-in one is never reached (a value named so still is, with `get NAME`).
 pub(crate) fn unusable_name(name: &str, is_command: bool) -> Option<String> {
-    if name.is_empty() || name.contains(char::is_whitespace) {
+    if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c.is_control()) {
         return Some(format!(
-            "the name {name:?} cannot be typed in a session: it is empty or has white space"
+            "the name {name:?} cannot be typed in a session: it is empty or has white space or \
+             control characters"
         ));
     }
     if is_command && BUILTIN_WORDS.contains(&name) {

@@ -761,6 +761,15 @@ mod tests {
             resolve(&Options::new().local("two words", Local::debug(Arc::new(1)))).unwrap_err();
         assert!(spaced.message().contains("white space"), "{spaced}");
         assert!(resolve(&Options::new().local("", Local::debug(Arc::new(1)))).is_err());
+        // A session reads a control character as a space (see `session::clean_line`).
+        for name in ["esc\u{1b}[31m", "del\u{7f}", "nul\0", "csi\u{9b}"] {
+            let control = resolve(&Options::new().local(name, Local::debug(Arc::new(1))));
+            assert!(
+                control.unwrap_err().message().contains("control"),
+                "{name:?}"
+            );
+        }
+        assert!(resolve(&Options::new().local("größe", Local::debug(Arc::new(1)))).is_ok());
         // A value named like a command is still read with `get info`.
         assert!(resolve(&Options::new().local("info", Local::debug(Arc::new(1)))).is_ok());
         assert!(resolve(&Options::new().command("info-verbose", "fine", ok)).is_ok());
