@@ -582,3 +582,58 @@ fn info() -> Reply {
         Err(e) => Reply::err("info", format!("cannot read /proc/self: {e}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dump_reply() -> Reply {
+        // Characters the JSON text of the frame must escape.
+        let dump = crate::stackdump::tests::sample_named("tab\t \"quoted\" back\\ bell\u{7}");
+        Reply {
+            command: "threads".into(),
+            result: Ok(Answer::Dump(dump)),
+            action: Action::Continue,
+        }
+    }
+
+    #[test]
+    fn a_dump_frame_in_every_form_is_one_line_of_json_with_the_repl_text() {
+        let reply = dump_reply();
+        let Ok(Answer::Dump(dump)) = &reply.result else {
+            unreachable!()
+        };
+        let mut repl = String::new();
+        reply.write_repl(&mut repl).unwrap();
+        assert_eq!(repl, dump.to_text());
+        assert!(repl.ends_with('\n'));
+        let data: Value = serde_json::from_str(&dump.to_json_string()).unwrap();
+        for forms in [Forms::BOTH, Forms::TEXT, Forms::DATA] {
+            let frame = reply.frame(forms);
+            assert!(!frame.contains('\n'), "{frame}");
+            let parsed: Value = serde_json::from_str(&frame).unwrap();
+            assert_eq!(parsed["ok"], true);
+            assert_eq!(parsed["command"], "threads");
+            assert_eq!(parsed.get("text").is_some(), forms.text, "{frame}");
+            assert_eq!(parsed.get("data").is_some(), forms.data, "{frame}");
+            if forms.text {
+                assert_eq!(parsed["text"], repl.as_str());
+            }
+            if forms.data {
+                assert_eq!(parsed["data"], data);
+            }
+        }
+    }
+
+    #[test]
+    fn an_error_frame_keeps_the_documented_key_order() {
+        let reply = Reply::err("get", "no local named \"x\"");
+        assert_eq!(
+            reply.frame(Forms::TEXT),
+            r#"{"ok":false,"command":"get","error":"no local named \"x\""}"#
+        );
+        let mut repl = String::new();
+        reply.write_repl(&mut repl).unwrap();
+        assert_eq!(repl, "error: no local named \"x\"\n");
+    }
+}

@@ -404,7 +404,12 @@ impl Session {
     /// Sends a reply, streamed: a big dump is written out as it goes, never built whole.
     fn reply(&mut self, reply: &Reply) -> io::Result<()> {
         let mut out = Sink::new(self.stream.as_fd());
-        let _ = match self.frame_forms() {
+        // The exec handshake itself always carries both parts (its data is the pid).
+        let forms = match reply.action {
+            Action::Exec(_) => Some(Forms::BOTH),
+            _ => self.frame_forms(),
+        };
+        let _ = match forms {
             Some(forms) => reply
                 .write_frame(forms, &mut out)
                 .and_then(|()| out.write_char('\n')),

@@ -224,6 +224,11 @@ fn exec_text_and_exec_data_send_only_that_part_of_each_answer() {
     let text = exec_frames(&app, "exec text", &["threads", "get requests", "nosuch"]);
     assert_eq!(text.len(), 4, "{text:?}");
     assert_eq!(text[0]["command"], "exec");
+    assert_eq!(
+        text[0]["data"]["pid"],
+        app.pid(),
+        "the handshake has its data"
+    );
     assert!(
         text[1]["text"]
             .as_str()

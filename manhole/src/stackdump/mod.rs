@@ -1187,10 +1187,18 @@ impl fmt::Display for HumanDuration {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn sample() -> StackDump {
+    /// [`sample`] with its first thread named `name`.
+    pub(crate) fn sample_named(name: &str) -> StackDump {
+        let mut dump = sample();
+        dump.threads[0].name = name.into();
+        dump
+    }
+
+    /// A small dump of two threads, for the tests of what renders one.
+    pub(crate) fn sample() -> StackDump {
         let symbol = FrameSymbol {
             name: Some("demo::worker".into()),
             file: Some("src/demo.rs".into()),
