@@ -248,6 +248,13 @@ mod imp {
         let total = tasks.len();
         if let Some(filter) = filter {
             tasks.retain(|task| task.matches(filter));
+            // As `threads FILTER`: a filter that matches nothing is an error, not an empty list.
+            if tasks.is_empty() {
+                let shown: String = filter.chars().take(64).collect();
+                return Err(format!(
+                    "no task has a name or frame matching {shown:?} ({total} tasks; \"tasks\" lists them all)"
+                ));
+            }
         }
         let symbolized_in = symbolizing.elapsed();
 
@@ -327,9 +334,11 @@ mod imp {
             let (_, by_name) =
                 dump(rt.handle(), Some("parked-t"), Duration::from_secs(20)).unwrap();
             assert_eq!(by_name["tasks"].as_array().unwrap().len(), 1, "{by_name}");
-            let (_, filtered) =
-                dump(rt.handle(), Some("no_such_fn"), Duration::from_secs(20)).unwrap();
-            assert_eq!(filtered["tasks"].as_array().unwrap().len(), 0);
+            let none = dump(rt.handle(), Some("no_such_fn"), Duration::from_secs(20)).unwrap_err();
+            assert!(
+                none.starts_with("no task has a name or frame matching"),
+                "{none}"
+            );
             let attached = crate::runtime::Attached::new(rt.handle().clone());
             let off = super::super::dump(&attached, None, Duration::from_secs(20), false);
             assert_eq!(off.unwrap_err(), TASK_DUMPS_OFF);
