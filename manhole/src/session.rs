@@ -2,9 +2,9 @@
 //!
 //! A session runs on its own `manhole-session-<n>` thread. It never blocks for ever: reads wait
 //! in `poll` together with the installation's stop pipe (so uninstall ends every session) and an
-//! idle timeout; writes use `send(MSG_NOSIGNAL)` (a vanished client is an `EPIPE` error, never a
-//! SIGPIPE) with a send timeout, so a client that stops reading costs one session, not the
-//! process. Input is cut into lines of at most [`MAX_LINE`] bytes; a longer line is answered with
+//! idle timeout; writes use non-blocking `send(MSG_NOSIGNAL)` (a vanished client is an `EPIPE`
+//! error, never a SIGPIPE) and wait in `poll` at most the write timeout for the client to read
+//! more, so a client that stops reading costs one session, not the process. Input is cut into lines of at most [`MAX_LINE`] bytes; a longer line is answered with
 //! an error and skipped, so memory stays bounded whatever a client sends.
 
 use std::fmt::{self, Write as _};
@@ -13,7 +13,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -230,9 +230,6 @@ impl Session {
     }
 
     fn serve(&mut self) -> io::Result<String> {
-        self.stream.set_write_timeout(Some(
-            self.settings.write_timeout.max(Duration::from_millis(1)),
-        ))?;
         if self.exec.is_none()
             && let Some(hello) = self.exec_hello()?
         {
@@ -347,7 +344,7 @@ impl Session {
             }
         }
         let dump = commands::run("threads", &self.settings, &self.peer);
-        let mut out = Sink::new(self.stream.as_fd());
+        let mut out = Sink::new(self.stream.as_fd(), self.settings.write_timeout);
         let _ = dump.write_repl(&mut out);
         // A blank line between the dump and the prompt; an error is its one line.
         if dump.result.is_ok() {
@@ -380,7 +377,11 @@ impl Session {
         loop {
             match nix::unistd::read(feed.reader(), &mut chunk) {
                 Ok(0) | Err(Errno::EAGAIN) => return Ok(()),
-                Ok(n) => send_all(self.stream.as_fd(), &chunk[..n])?,
+                Ok(n) => send_all(
+                    self.stream.as_fd(),
+                    &chunk[..n],
+                    self.settings.write_timeout,
+                )?,
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -403,7 +404,7 @@ impl Session {
 
     /// Sends a reply, streamed: a big dump is written out as it goes, never built whole.
     fn reply(&mut self, reply: &Reply) -> io::Result<()> {
-        let mut out = Sink::new(self.stream.as_fd());
+        let mut out = Sink::new(self.stream.as_fd(), self.settings.write_timeout);
         // The exec handshake itself always carries both parts (its data is the pid).
         let forms = match reply.action {
             Action::Exec(_) => Some(Forms::BOTH),
@@ -446,14 +447,12 @@ impl Session {
     /// Waits for input (or the stop pipe) up to `timeout` and appends what arrived. `Ok(false)`
     /// means the time ran out; a stop is reported as `Interrupted`.
     fn fill(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
-        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             let timeout = match deadline {
                 None => PollTimeout::NONE,
-                Some(d) => {
-                    PollTimeout::try_from(d.saturating_duration_since(std::time::Instant::now()))
-                        .unwrap_or(PollTimeout::MAX)
-                }
+                Some(d) => PollTimeout::try_from(d.saturating_duration_since(Instant::now()))
+                    .unwrap_or(PollTimeout::MAX),
             };
             // Slot 2 is the stderr feed, when the session shows stderr: its output goes to the
             // client as it is written, without waiting for the client's next line.
@@ -514,7 +513,7 @@ impl Session {
     }
 
     fn write(&self, bytes: &[u8]) -> io::Result<()> {
-        send_all(self.stream.as_fd(), bytes)
+        send_all(self.stream.as_fd(), bytes, self.settings.write_timeout)
     }
 }
 
@@ -540,6 +539,7 @@ fn could_become_hello(start: &[u8]) -> bool {
 /// [`finish`](Sink::finish) sends the rest and reports that error.
 struct Sink<'a> {
     fd: BorrowedFd<'a>,
+    timeout: Duration,
     buffer: Vec<u8>,
     error: Option<io::Error>,
 }
@@ -547,9 +547,10 @@ struct Sink<'a> {
 impl<'a> Sink<'a> {
     const PIECE: usize = 64 * 1024;
 
-    fn new(fd: BorrowedFd<'a>) -> Sink<'a> {
+    fn new(fd: BorrowedFd<'a>, timeout: Duration) -> Sink<'a> {
         Sink {
             fd,
+            timeout,
             buffer: Vec::new(),
             error: None,
         }
@@ -557,7 +558,7 @@ impl<'a> Sink<'a> {
 
     fn send_buffer(&mut self) {
         if self.error.is_none()
-            && let Err(e) = send_all(self.fd, &self.buffer)
+            && let Err(e) = send_all(self.fd, &self.buffer, self.timeout)
         {
             self.error = Some(e);
         }
@@ -586,17 +587,42 @@ impl fmt::Write for Sink<'_> {
     }
 }
 
-/// Sends all of `bytes` with `MSG_NOSIGNAL`; the socket's send timeout bounds each wait.
-pub(crate) fn send_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()> {
+/// Sends all of `bytes` with `MSG_NOSIGNAL`, giving up once the client has taken nothing for
+/// `timeout`. The sends do not block; the waits are `poll`s for `POLLOUT`. (A blocking send with
+/// `SO_SNDTIMEO` waits twice as long: the send that fills the buffer blocks the whole timeout
+/// and then returns the part it copied, and only the next one fails.)
+pub(crate) fn send_all(fd: BorrowedFd<'_>, mut bytes: &[u8], timeout: Duration) -> io::Result<()> {
+    let timed_out = || {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client stopped reading (write timed out)",
+        )
+    };
+    let mut deadline = Instant::now() + timeout;
     while !bytes.is_empty() {
-        match send(fd.as_raw_fd(), bytes, MsgFlags::MSG_NOSIGNAL) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(Errno::EINTR) => continue,
+        match send(
+            fd.as_raw_fd(),
+            bytes,
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(n) => {
+                bytes = &bytes[n..];
+                deadline = Instant::now() + timeout;
+            }
+            Err(Errno::EINTR) => {}
             Err(Errno::EAGAIN) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the client stopped reading (write timed out)",
-                ));
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(timed_out());
+                }
+                let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
+                let wait = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+                match poll(&mut fds, wait) {
+                    Ok(0) => return Err(timed_out()),
+                    // Writable, or an error or hang-up the next send reports.
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
             Err(e) => return Err(e.into()),
         }

@@ -147,6 +147,39 @@ fn a_client_that_never_reads_is_dropped_after_the_write_timeout() {
     });
 }
 
+/// The time of the process's first log line containing `needle` (`Manhole[pid:secs.frac]: ...`).
+fn log_time(stderr: &str, needle: &str) -> f64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no log line with {needle:?} in {stderr:?}"));
+    let stamp = line
+        .split_once(':')
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .map(|(stamp, _)| stamp)
+        .unwrap_or_else(|| panic!("no time stamp in {line:?}"));
+    stamp.parse().unwrap()
+}
+
+#[test]
+fn a_client_that_stops_reading_a_big_dump_is_dropped_after_one_write_timeout_not_two() {
+    // The greeting's dump of 300 more threads is far bigger than the socket buffer. A blocking
+    // send with SO_SNDTIMEO used to wait the timeout twice: once in the send that filled the
+    // buffer (which then returned what it had copied), once more in the next send.
+    let mut app = App::demo(&["--write-timeout-ms", "2000", "--extra-threads", "300"]);
+    survives(&mut app, |app| {
+        let stuck = UnixStream::connect(app.socket()).unwrap();
+        let stderr = app.wait_for_stderr("the client stopped reading");
+        let waited = log_time(&stderr, "the client stopped reading")
+            - log_time(&stderr, "Accepted session 1 ");
+        assert!(
+            (1.9..3.5).contains(&waited),
+            "the session gave up {waited:.2} s after it was accepted, write timeout 2 s"
+        );
+        drop(stuck);
+    });
+}
+
 #[test]
 fn a_silent_client_is_closed_after_the_idle_timeout() {
     let mut app = App::demo(&["--idle-timeout-ms", "300"]);
