@@ -46,7 +46,8 @@
 //! - `credentials`: the peer check (the process's effective uid, root, or the allow-lists) and
 //!   the read-only policy.
 //! - `session`: one `manhole-session-<n>` thread per client: bounded line reading, writes with
-//!   `MSG_NOSIGNAL` and a send timeout, idle timeout, the `exec` hello.
+//!   `MSG_NOSIGNAL` that give up after `write_timeout` without progress, idle timeout, the `exec`
+//!   hello.
 //! - `commands`: the command language; every answer as text and as JSON.
 //! - `local` and `registry`: what the application registers ([`Local`], [`register`],
 //!   [`register_command`]) and the process-wide table of names.

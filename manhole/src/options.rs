@@ -378,8 +378,8 @@ impl Options {
         self
     }
 
-    /// How long a write to a client may block (a client that stops reading) before the session
-    /// is closed.
+    /// How long a client may take nothing of an answer (it stopped reading) before its session
+    /// is closed; the wait starts again whenever the client reads more.
     /// Defaults to [`Options::DEFAULT_WRITE_TIMEOUT`] (10 s).
     pub fn write_timeout(mut self, timeout: Duration) -> Options {
         self.write_timeout = timeout;
