@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
@@ -624,7 +624,13 @@ pub fn interactive(stream: UnixStream) -> Result<Outcome> {
     // process exits when this thread returns anyway.
     thread::spawn(move || read_server(reader_stream, reader_shared, printer));
 
-    let result = converse(&stream, &shared, &mut editor, &interrupted);
+    let result = converse(
+        &stream,
+        &shared,
+        &mut editor,
+        &interrupted,
+        history.as_deref(),
+    );
 
     shared.lock().main_done = true;
     shared.changed.notify_all();
@@ -641,6 +647,7 @@ fn converse(
     shared: &Shared,
     editor: &mut Editor<(), DefaultHistory>,
     interrupted: &AtomicBool,
+    history: Option<&Path>,
 ) -> Result<Outcome> {
     // Wait for the banner, the dump and the first prompt. The dump may take seconds to come
     // (symbolizing), so only the prompt, the end or Ctrl-C ends this wait, or, for a server
@@ -674,6 +681,10 @@ fn converse(
                     continue;
                 }
                 let _ = editor.add_history_entry(line.as_str());
+                // Saved at once, so a closed terminal (SIGHUP) or a kill loses nothing typed.
+                if let Some(path) = history {
+                    let _ = editor.save_history(path);
+                }
                 let (prompts_before, quiet_before) = {
                     let state = shared.lock();
                     (state.prompt_count, state.quiet_count)

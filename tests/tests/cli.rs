@@ -1259,6 +1259,27 @@ fn interactive_line_editing_history_ctrl_c_and_ctrl_d() {
 }
 
 #[test]
+fn interactive_history_survives_a_closed_terminal() {
+    let app = App::demo(&[]);
+    let home = TempDir::new();
+    let mut pty = Pty::start(&[&app.pid().to_string()], home.path());
+    pty.expect_prompt();
+    pty.send("echo typed-before-hangup\r");
+    pty.expect("typed-before-hangup\r\n");
+    pty.expect_prompt();
+    // The terminal goes away: SIGHUP's default action ends the client, with no exit path run.
+    let pid = nix::unistd::Pid::from_raw(pty.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("hang up the client");
+    let status = pty.wait_exit();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGHUP)
+    );
+    let history = fs::read_to_string(home.join(".manhole_history")).expect("history saved");
+    assert!(history.contains("echo typed-before-hangup"), "{history}");
+}
+
+#[test]
 fn interactive_exit_command_ends_the_client() {
     let app = App::demo(&[]);
     let home = TempDir::new();
