@@ -10,7 +10,13 @@ bin=target/debug
 out=$(mktemp)
 "$bin/demo" >"$out" 2>/dev/null &
 demo=$!
-cleanup() { kill "$demo" 2>/dev/null || true; wait "$demo" 2>/dev/null || true; rm -f "$out"; }
+# SIGTERM skips the demo's exit handlers (it installs with the defaults: no cleanup_on_sigterm),
+# so the tour removes the socket it started, once the demo is gone.
+cleanup() {
+  kill "$demo" 2>/dev/null || true
+  wait "$demo" 2>/dev/null || true
+  rm -f "$out" "/tmp/manhole-$demo"
+}
 trap cleanup EXIT
 
 for _ in $(seq 1 200); do grep -q "manhole listening on" "$out" && break; sleep 0.05; done
