@@ -15,7 +15,7 @@ use crate::log::log_event;
 use crate::registry::{self, Entry};
 use crate::runtime;
 use crate::session::Settings;
-use crate::stackdump::{self, JsonEscaped, StackDump};
+use crate::stackdump::{self, JsonEscaped, StackDump, write_json_str};
 use crate::threads::run_bounded;
 
 /// What the session does after sending a reply.
@@ -179,13 +179,6 @@ impl Reply {
     }
 }
 
-/// Writes `text` as a JSON string literal.
-fn write_json_str<W: fmt::Write>(out: &mut W, text: &str) -> fmt::Result {
-    out.write_char('"')?;
-    JsonEscaped(out).write_str(text)?;
-    out.write_char('"')
-}
-
 /// The built-in commands: name, usage, one-line description.
 pub(crate) const BUILTINS: &[(&str, &str, &str)] = &[
     ("help", "help", "list the commands and registered commands"),
@@ -237,11 +230,9 @@ pub(crate) const BUILTINS: &[(&str, &str, &str)] = &[
     ("exit", "exit", "end the session (alias: quit)"),
 ];
 
-/// The words a session reads as built-in commands, aliases included.
-const BUILTIN_WORDS: &[&str] = &[
-    "help", "?", "threads", "bt", "locals", "get", "set", "info", "format", "exec", "runtime",
-    "tasks", "exit", "quit",
-];
+/// The other words a session reads as built-in commands (see `run`), besides the names in
+/// [`BUILTINS`].
+const ALIASES: &[&str] = &["?", "bt", "quit"];
 
 /// Why a registered name could not be used from a session, if it could not: a session splits
 /// lines at white space (and reads every control character as a space), and a command named
@@ -253,7 +244,8 @@ pub(crate) fn unusable_name(name: &str, is_command: bool) -> Option<String> {
              control characters"
         ));
     }
-    if is_command && BUILTIN_WORDS.contains(&name) {
+    let builtin = BUILTINS.iter().any(|&(word, ..)| word == name) || ALIASES.contains(&name);
+    if is_command && builtin {
         return Some(format!(
             "a command named {name:?} would never run: {name:?} is a built-in command"
         ));

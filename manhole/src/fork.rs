@@ -12,9 +12,9 @@
 //!   still holds the locks: forget the sessions count, drop the parent's signal self-pipe and
 //!   pending signals, note whether a parent thread was inside a stack dump (its locks, which
 //!   include the `backtrace` crate's, may then be held forever here: the child refuses dumps
-//!   with a clear error instead of waiting on them), point stderr back at the original if a session had it teed, close its
-//!   copies of the sessions' client connections (so a client sees its session end when the
-//!   parent's session ends, not when the child exits), take the
+//!   with a clear error instead of waiting on them), point stderr back at the original if a
+//!   session had it teed, close its copies of the sessions' client connections (so a client
+//!   sees its session end when the parent's session ends, not when the child exits), take the
 //!   parent's installation out of the state and leak it after closing its descriptors (its socket
 //!   file is the parent's and is never removed by the child: `socket.rs` also checks the pid;
 //!   its threads do not exist here). Then it drops the guards: for std's futex mutexes an unlock

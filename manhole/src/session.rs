@@ -4,8 +4,10 @@
 //! in `poll` together with the installation's stop pipe (so uninstall ends every session) and an
 //! idle timeout; writes use non-blocking `send(MSG_NOSIGNAL)` (a vanished client is an `EPIPE`
 //! error, never a SIGPIPE) and wait in `poll` at most the write timeout for the client to read
-//! more, so a client that stops reading costs one session, not the process. Input is cut into lines of at most [`MAX_LINE`] bytes; a longer line is answered with
-//! an error and skipped, so memory stays bounded whatever a client sends.
+//! more, so a client that stops reading costs one session, not the process. Input is cut into
+//! lines of at most [`MAX_LINE`] bytes; a longer line is answered with an error and skipped, so
+//! memory stays bounded whatever a client sends. Answers are streamed to the socket in pieces
+//! ([`Sink`]): a stack dump is never built whole.
 
 use std::fmt::{self, Write as _};
 use std::io;
@@ -294,12 +296,12 @@ impl Session {
         }
         // A hello may arrive in pieces (`exec data`, then its newline): while what came so far
         // can still become one, give the rest of it up to another window.
-        let deadline = std::time::Instant::now() + HELLO_WINDOW;
+        let deadline = Instant::now() + HELLO_WINDOW;
         while !self.reader.buffer.contains(&b'\n')
             && !self.reader.eof
             && could_become_hello(&self.reader.buffer)
         {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || !self.fill(Some(left))? {
                 break;
             }

@@ -944,9 +944,14 @@ impl ThreadStack {
 
 /// Appends `text` as a JSON string literal.
 fn push_json_str<W: fmt::Write>(out: &mut W, text: &str) {
-    let _ = out.write_char('"');
-    let _ = JsonEscaped(out).write_str(text);
-    let _ = out.write_char('"');
+    let _ = write_json_str(out, text);
+}
+
+/// Writes `text` as a JSON string literal.
+pub(crate) fn write_json_str<W: fmt::Write>(out: &mut W, text: &str) -> fmt::Result {
+    out.write_char('"')?;
+    JsonEscaped(out).write_str(text)?;
+    out.write_char('"')
 }
 
 /// Writes what it is given escaped for the inside of a JSON string literal (the quotes are the
