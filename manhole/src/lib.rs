@@ -36,6 +36,13 @@
 //!
 //! # Anatomy
 //!
+//! The source tree is layered, bottom up; a module uses only its own layer and those below it:
+//! `sys/` (the `unsafe` libc wrappers, the manhole's threads, `poll` waits, `/proc` readers, the
+//! event log), then `stackdump/` (capture, unwind, symbolize, format), then `registry/` and
+//! `server/` (what the application registers; the socket, listener, peer check, sessions and
+//! commands), then `lifecycle/` (installation, the `MANHOLE` variable, signals, `fork`, exit).
+//! `options` and `error` are plain data that every layer shares; `runtime/` is the tokio support.
+//!
 //! - `lifecycle`: the one installation per process, [`install`], the [`Manhole`] handle,
 //!   uninstall, and the exit hook that removes the socket file.
 //! - `options`: [`Options`], every setting with its default.
@@ -136,29 +143,21 @@
 #[doc(hidden)]
 #[path = "fuzzing.rs"]
 pub mod __fuzz;
-mod commands;
-mod credentials;
-mod envvar;
 mod error;
-mod fork;
 mod lifecycle;
-mod listener;
-mod local;
-mod log;
 mod options;
-pub mod procfs;
 mod registry;
 mod runtime;
-mod session;
-mod signals;
-mod socket;
+mod server;
 #[allow(unsafe_code)]
 pub mod stackdump;
-#[allow(unsafe_code)]
 mod sys;
-mod tee;
-mod threads;
-mod wait;
+
+// Short paths (`crate::session`, `crate::log`, ...) to the modules inside the layers.
+use lifecycle::{envvar, fork, signals};
+use registry::local;
+use server::{commands, credentials, listener, session, socket, tee};
+use sys::{log, threads, wait};
 
 pub use credentials::PeerCred;
 pub use error::{Error, ErrorKind, Result};
@@ -170,3 +169,4 @@ pub use registry::{Registration, register, register_command, register_query};
 pub use runtime::{TaskName, name_task, register_async_command};
 pub use signals::SignalSpec;
 pub use stackdump::StackDump;
+pub use sys::procfs;

@@ -5,6 +5,8 @@
 //! lock that another thread held at `fork`, and it is what python-manhole does. The settings live
 //! in atomics so every thread, including a freshly forked child, reads them without a lock.
 
+#![deny(unsafe_code)]
+
 use std::fmt::Write as _;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};

@@ -10,6 +10,8 @@
 //! go through nix's safe `openat`, see [`TaskDir`]), nothing that could disturb the process. A thread may exit between listing and reading, so every per-thread
 //! reader returns an `io::Result` and callers treat `NotFound` (or `ESRCH`) as "exited".
 
+#![deny(unsafe_code)]
+
 use std::fs;
 use std::io::{self, Read, Write};
 

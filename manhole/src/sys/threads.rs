@@ -7,6 +7,8 @@
 //! or panics costs a worker, not the session; after `command_timeout` the session reports it as
 //! still running and goes on.
 
+#![deny(unsafe_code)]
+
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};

@@ -3,6 +3,13 @@
 //! This and `stackdump::capture` are the only modules with `unsafe` code. Each function here is
 //! safe to call; the `// SAFETY:` comment on each block says why the call is sound.
 
+#![allow(unsafe_code)]
+
+pub(crate) mod log;
+pub mod procfs;
+pub(crate) mod threads;
+pub(crate) mod wait;
+
 use std::os::fd::{BorrowedFd, RawFd};
 
 /// Borrows a raw descriptor for one call.

@@ -2,6 +2,8 @@
 //! the installation's stop pipe, so it costs no CPU and no wake-ups while idle, and uninstall
 //! (which hangs up the stop pipe) wakes it at once.
 
+#![deny(unsafe_code)]
+
 use std::os::fd::BorrowedFd;
 
 use nix::errno::Errno;

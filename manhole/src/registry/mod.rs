@@ -5,6 +5,8 @@
 //! registration returns a [`Registration`] guard that removes exactly that entry when dropped
 //! (registering a name again replaces the entry; dropping the older guard then does nothing).
 
+pub(crate) mod local;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -10,6 +10,10 @@
 //! Lock order: `STATE`, then `registry::TABLE`, `signals::HOOKED`, `tee::TEE`. All four are std
 //! mutexes held by the fork handlers across `fork` (see `fork.rs`).
 
+pub(crate) mod envvar;
+pub(crate) mod fork;
+pub(crate) mod signals;
+
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -17,11 +21,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use self::signals::{Roles, signal_name};
 use crate::listener::{self, Shared};
 use crate::log::log_event;
 use crate::registry::{self, Entry, Registration};
 use crate::session::{LIVE_SESSIONS, Session, Settings};
-use crate::signals::{self, Roles, signal_name};
 use crate::socket::{self, BoundSocket};
 use crate::stackdump::{self, DumpOptions, StackDump};
 use crate::{Error, ErrorKind, Options, Result, threads};
