@@ -27,8 +27,8 @@ show() { printf '\n$ %s\n' "$*"; "$@"; }
 show "$bin/manhole-cli" "$demo" info
 show "$bin/manhole-cli" "$demo" locals
 show "$bin/manhole-cli" "$demo" get requests
-show "$bin/manhole-cli" "$demo" set log_level debug
-show "$bin/manhole-cli" --json "$demo" get log_level
+show "$bin/manhole-cli" "$demo" set log_filter debug
+show "$bin/manhole-cli" --json "$demo" get log_filter
 show "$bin/manhole-cli" "$demo" echo hello from the tour
 printf '\n$ echo threads | %s %s   # a whole session, piped: banner, every thread, answers\n' "$bin/manhole-cli" "$demo"
 echo threads | "$bin/manhole-cli" "$demo" | head -n 40

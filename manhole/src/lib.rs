@@ -16,15 +16,15 @@
 //! # Quickstart
 //!
 //! ```no_run
-//! use std::sync::{Arc, Mutex, atomic::AtomicU64};
+//! use std::sync::{Arc, atomic::AtomicU64};
 //! use manhole::{Local, Options};
 //!
 //! let requests = Arc::new(AtomicU64::new(0));
-//! let log_level = Arc::new(Mutex::new(String::from("info")));
+//! let max_batch = Arc::new(AtomicU64::new(64));
 //! let manhole = manhole::install(
 //!     Options::new()
 //!         .local("requests", Local::atomic(requests.clone()))
-//!         .local("log_level", Local::settable_locked(log_level.clone()))
+//!         .local("max_batch", Local::settable_atomic(max_batch.clone()))
 //!         .command("echo", "print the arguments back", |args| Ok(args.join(" "))),
 //! )?;
 //! println!("manhole listening on {}", manhole.socket_path().unwrap().display());
@@ -57,7 +57,8 @@
 //!   hello.
 //! - `commands`: the command language; every answer as text and as JSON.
 //! - `local` and `registry`: what the application registers ([`Local`], [`register`],
-//!   [`register_command`]) and the process-wide table of names.
+//!   [`register_command`]) and the process-wide table of names; `logfilter` (features `tracing`
+//!   and `log`) makes the application's log filter one of those values.
 //! - `threads`: manhole threads block the application's signals; application callbacks run on
 //!   bounded `manhole-worker` threads, never on a session thread.
 //! - [`stackdump`]: every thread's backtrace. Capture is a real-time signal sent to each thread at
@@ -131,6 +132,10 @@
 //!   async backtrace, in applications built with `--cfg tokio_unstable`), and async registered
 //!   commands and values (`Options::async_command`, `Local::from_async_fn`). Without the feature
 //!   tokio is not compiled. See `docs/async.md`.
+//! - `tracing` (off by default): `Local::log_filter` and `register_log_filter`, a `log_filter`
+//!   value over a `tracing-subscriber` reload handle to an `EnvFilter`, changed live by `set`.
+//! - `log` (off by default): `Local::log_level` and `register_log_level`, a `log_level` value
+//!   over `log::set_max_level`.
 //!
 //! # Limitations
 //!
@@ -164,6 +169,10 @@ pub use error::{Error, ErrorKind, Result};
 pub use lifecycle::{Manhole, dump_threads, install};
 pub use local::{Atomic, Local, Lock};
 pub use options::{ConnectionHandler, Options, default_socket_path, parse_signal};
+#[cfg(feature = "tracing")]
+pub use registry::register_log_filter;
+#[cfg(feature = "log")]
+pub use registry::register_log_level;
 pub use registry::{Registration, register, register_command, register_query};
 #[cfg(feature = "tokio")]
 pub use runtime::{TaskName, name_task, register_async_command};

@@ -226,13 +226,13 @@ fn one_shot_set_then_get_and_the_default_path_form() {
     let app = App::demo(&[]);
     let pid = app.pid().to_string();
     let path = format!("/tmp/manhole-{pid}");
-    let ran = run_cli(&[&path, "set", "log_level", "debug"]);
+    let ran = run_cli(&[&path, "set", "log_filter", "debug"]);
     assert_eq!(ran.code, 0, "{ran:#?}");
     assert!(
         ran.stdout.contains("info") && ran.stdout.contains("debug"),
         "{ran:#?}"
     );
-    let ran = run_cli(&[&pid, "get", "log_level"]);
+    let ran = run_cli(&[&pid, "get", "log_filter"]);
     assert_eq!(ran.code, 0, "{ran:#?}");
     assert!(ran.stdout.contains("debug"), "{ran:#?}");
 }
@@ -422,12 +422,12 @@ fn piped_lines_are_all_answered_even_without_a_final_newline() {
     let dir = TempDir::new();
     let ran = run_piped(
         &dir,
-        "echo first\nget log_level\necho last",
+        "echo first\nget log_filter\necho last",
         &[&app.pid().to_string()],
     );
     assert_eq!(ran.code, 0, "{ran:#?}");
     let first = ran.stdout.find("first\n").expect("first answer");
-    let level = ran.stdout.find("info").expect("log_level answer");
+    let level = ran.stdout.find("info").expect("log_filter answer");
     let last = ran.stdout.find("last\n").expect("last answer");
     assert!(first < level && level < last, "{ran:#?}");
 }

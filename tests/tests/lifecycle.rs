@@ -324,7 +324,7 @@ fn a_forked_child_gets_its_own_socket_after_the_delay_and_keeps_the_registered_v
     let mut client = Client::connect(&child_path).unwrap();
     let greeting = client.skip_greeting();
     assert!(greeting.contains(&format!("pid {child}")), "{greeting}");
-    assert_eq!(client.command("get log_level").trim(), "\"info\"");
+    assert_eq!(client.command("get log_filter").trim(), "info");
     assert_eq!(
         client.command("echo from the child").trim(),
         "from the child"
@@ -607,7 +607,7 @@ fn strict_false_takes_over_a_manhole_installed_from_the_variable() {
     );
     let mut client = Client::connect(app.socket()).unwrap();
     client.skip_greeting();
-    assert_eq!(client.command("get log_level").trim(), "\"info\"");
+    assert_eq!(client.command("get log_filter").trim(), "info");
 }
 
 #[test]

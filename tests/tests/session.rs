@@ -62,13 +62,13 @@ fn each_command_answers() {
         assert!(help.contains(word), "help lacks {word}: {help}");
     }
     let locals = c.command("locals");
-    for line in ["requests", "config", "log_level", "echo"] {
+    for line in ["requests", "config", "log_filter", "echo"] {
         assert!(locals.contains(line), "locals lacks {line}: {locals}");
     }
     assert!(
         locals
             .lines()
-            .any(|l| l.starts_with("log_level") && l.contains("settable")),
+            .any(|l| l.starts_with("log_filter") && l.contains("settable")),
         "{locals}"
     );
     assert!(
@@ -93,12 +93,12 @@ fn each_command_answers() {
         config.contains("Config {") && config.contains("workers: 4"),
         "{config}"
     );
-    assert_eq!(c.command("get log_level").trim(), "\"info\"");
+    assert_eq!(c.command("get log_filter").trim(), "info");
     assert_eq!(
-        c.command("set log_level debug").trim(),
-        "log_level: \"info\" -> \"debug\""
+        c.command("set log_filter debug").trim(),
+        "log_filter: info -> debug"
     );
-    assert_eq!(c.command("log_level").trim(), "\"debug\"");
+    assert_eq!(c.command("log_filter").trim(), "debug");
     assert_eq!(c.command("echo hello  world").trim(), "hello world");
     let info = c.command("info");
     assert!(info.contains(&format!("pid {}", app.pid())), "{info}");
@@ -125,7 +125,7 @@ fn bad_input_gets_one_error_line_and_the_session_goes_on() {
         ("get", "error: usage: get NAME"),
         ("get nosuch", "error: no local named \"nosuch\""),
         ("set requests 5", "error: requests is read-only"),
-        ("set log_level", "error: usage: set NAME VALUE"),
+        ("set log_filter", "error: usage: set NAME VALUE"),
         ("set nosuch 1", "error: no local named \"nosuch\""),
         ("format yaml", "error: usage: format json|text"),
         ("requests 5", "error: requests is a value"),
@@ -187,7 +187,7 @@ fn exec_hello_skips_the_greeting_and_frames_each_answer() {
     let app = App::demo(&[]);
     let mut c = Client::connect(app.socket()).unwrap();
     c.send("exec");
-    c.send("get log_level");
+    c.send("get log_filter");
     c.send("");
     c.send("nosuch");
     c.send("exit");
@@ -199,7 +199,7 @@ fn exec_hello_skips_the_greeting_and_frames_each_answer() {
     assert_eq!(frames.len(), 4, "{out}");
     assert_eq!(frames[0]["command"], "exec");
     assert_eq!(frames[0]["data"]["pid"], app.pid());
-    assert_eq!(frames[1]["data"]["value"], "\"info\"");
+    assert_eq!(frames[1]["data"]["value"], "info");
     assert_eq!(frames[2]["ok"], false);
     assert_eq!(frames[3]["command"], "exit");
 }

@@ -1,8 +1,13 @@
 //! `demo`: an application with a manhole installed in code.
 //!
 //! Four workers (`worker-0` .. `worker-3`) count requests inside `demo_worker_loop`; the manhole
-//! shows `requests` (the counter), `config` (a struct), `log_level` (settable text) and a command
-//! `echo`. It prints `manhole listening on <path>` and runs until killed.
+//! shows `requests` (the counter), `config` (a struct), `log_filter` (the live tracing filter) and
+//! a command `echo`. It prints `manhole listening on <path>` and runs until killed.
+//!
+//! It logs to stderr through `tracing-subscriber`, filtered by an `EnvFilter` that starts at
+//! `info` (whatever `RUST_LOG` says, so a run always starts the same): an INFO event `demo
+//! started`, then, from each worker, a DEBUG event per batch of ten requests, which only shows
+//! after `set log_filter debug`.
 //!
 //! Flags: `--socket-path PATH` (listen there instead of `/tmp/manhole-<pid>`), `--exec` (serve
 //! the exec handler instead of the REPL), `--extra-threads N` (N more threads `idle-<i>` parked
@@ -21,10 +26,14 @@
 //! kill the demo: only `MSG_NOSIGNAL` stands between them).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use manhole::{ConnectionHandler, Local, Options};
+use tracing_subscriber::{EnvFilter, Registry, prelude::*, reload};
+
+/// Requests a worker serves between two DEBUG events.
+const BATCH: u64 = 10;
 
 #[derive(Debug)]
 #[allow(dead_code)] // Read through its Debug text in the manhole.
@@ -35,11 +44,33 @@ struct Config {
 }
 
 #[inline(never)]
-fn demo_worker_loop(requests: &AtomicU64, tick: Duration) -> ! {
+fn demo_worker_loop(worker: usize, requests: &AtomicU64, tick: Duration) -> ! {
+    let mut served = 0u64;
     loop {
-        requests.fetch_add(1, Ordering::Relaxed);
+        let total = requests.fetch_add(1, Ordering::Relaxed) + 1;
+        served += 1;
+        if served.is_multiple_of(BATCH) {
+            tracing::debug!(
+                worker,
+                batch = BATCH,
+                served,
+                total,
+                "served a batch of requests"
+            );
+        }
         std::thread::sleep(tick);
     }
+}
+
+/// Logs to stderr through an `EnvFilter` at `info` behind a reload layer; the handle lets the
+/// manhole's `log_filter` change the filter live.
+fn init_logging() -> reload::Handle<EnvFilter, Registry> {
+    let (filter, handle) = reload::Layer::new(EnvFilter::new("info"));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .init();
+    handle
 }
 
 #[inline(never)]
@@ -112,6 +143,7 @@ fn sigpipe_default() {
 }
 
 fn main() {
+    let log_filter = init_logging();
     let mut options = Options::new();
     let mut extra_threads = 0;
     let mut forks = 0usize;
@@ -161,7 +193,11 @@ fn main() {
         tick: Duration::from_millis(100),
     });
     let requests = Arc::new(AtomicU64::new(0));
-    let log_level = Arc::new(Mutex::new(String::from("info")));
+    tracing::info!(
+        workers = config.workers,
+        tick_ms = config.tick.as_millis() as u64,
+        "demo started"
+    );
     // Every thread is running (named, with its signal mask set up) before the listening line: a
     // thread still being created blocks every signal and would show in a dump without its stack.
     let started = Arc::new(Barrier::new(config.workers + extra_threads + 1));
@@ -173,7 +209,7 @@ fn main() {
             .name(format!("worker-{i}"))
             .spawn(move || {
                 started.wait();
-                demo_worker_loop(&requests, tick)
+                demo_worker_loop(i, &requests, tick)
             })
             .expect("spawn a worker");
     }
@@ -191,7 +227,7 @@ fn main() {
     let options = options
         .local("requests", Local::atomic(requests))
         .local("config", Local::debug(config))
-        .local("log_level", Local::settable_locked(log_level))
+        .local("log_filter", Local::log_filter(log_filter))
         .command(
             "echo",
             "print the arguments back",

@@ -11,6 +11,9 @@
 //! | [`Local::settable_locked`] | the same, with `T: FromStr` | yes, parsed |
 //! | [`Local::atomic`] | `Arc<AtomicU64>` and every other std atomic | no |
 //! | [`Local::settable_atomic`] | the same | yes, parsed |
+//! | [`Local::settable_fn`] | a reading closure and a setting closure | yes, by the closure |
+//! | `Local::log_filter` (feature `tracing`) | a reload handle to an `EnvFilter` | yes, directives |
+//! | `Local::log_level` (feature `log`) | `log::max_level` | yes, a level |
 //!
 //! Reading a value behind a lock tries the lock until the session's `lock_timeout` and then
 //! says the lock is busy: a session never hangs on an application lock. A poisoned std lock is
@@ -118,6 +121,43 @@ impl Local {
         )
     }
 
+    /// A value read by `get` and changed by `set`, for state that is not a plain lock or
+    /// atomic: a log filter behind a reload handle, a pool size applied by a method call.
+    ///
+    /// `get` returns the value, shown with its `Display` text. `set NAME VALUE` calls `set` with
+    /// `VALUE` (the rest of the line, as typed); it returns the new value's text, or a reason it
+    /// refused, which the session shows as one line (`error: NAME: reason`). A refusing `set`
+    /// must leave the value as it was. Both run on a manhole worker thread, bounded by the
+    /// session's `command_timeout`.
+    ///
+    /// ```
+    /// use std::sync::{Arc, atomic::{AtomicU64, Ordering}};
+    /// let pool_size = Arc::new(AtomicU64::new(8));
+    /// let (read, write) = (pool_size.clone(), pool_size.clone());
+    /// let _registration = manhole::register(
+    ///     "pool_size",
+    ///     manhole::Local::settable_fn(
+    ///         move || read.load(Ordering::Relaxed),
+    ///         move |text| {
+    ///             let size: u64 = text.trim().parse().map_err(|e| format!("not a size: {e}"))?;
+    ///             if !(1..=64).contains(&size) {
+    ///                 return Err(format!("{size} is not between 1 and 64"));
+    ///             }
+    ///             write.store(size, Ordering::Relaxed);
+    ///             Ok(size.to_string())
+    ///         },
+    ///     ),
+    /// );
+    /// ```
+    pub fn settable_fn<T, G, S>(get: G, set: S) -> Local
+    where
+        T: fmt::Display,
+        G: Fn() -> T + Send + Sync + 'static,
+        S: Fn(&str) -> std::result::Result<String, String> + Send + Sync + 'static,
+    {
+        Local::new(SettableFnSlot { get, set }, true)
+    }
+
     /// Whether `set` may change this value.
     pub fn is_settable(&self) -> bool {
         self.settable
@@ -183,6 +223,42 @@ impl<T: Debug, F: Fn() -> T + Send + Sync> Slot for FnSlot<F> {
     fn read(&self, _: Access) -> Outcome<String> {
         Ok(format!("{:?}", (self.0)()))
     }
+}
+
+struct SettableFnSlot<G, S> {
+    get: G,
+    set: S,
+}
+
+impl<T, G, S> Slot for SettableFnSlot<G, S>
+where
+    T: fmt::Display,
+    G: Fn() -> T + Send + Sync,
+    S: Fn(&str) -> std::result::Result<String, String> + Send + Sync,
+{
+    fn type_name(&self) -> String {
+        short_type_name::<T>()
+    }
+    fn read(&self, _: Access) -> Outcome<String> {
+        Ok((self.get)().to_string())
+    }
+    fn set(&self, text: &str, _: Access) -> Option<Outcome<(String, String)>> {
+        let old = (self.get)().to_string();
+        Some(
+            (self.set)(text)
+                .map(|new| (old, new))
+                .map_err(|reason| one_line(&reason)),
+        )
+    }
+}
+
+/// A reason from application code, folded to one line: an answer's error is one line.
+fn one_line(text: &str) -> String {
+    text.split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// A lock the manhole can try with a timeout. Implemented for `std::sync::{Mutex, RwLock}` and
@@ -554,6 +630,37 @@ mod tests {
         })
         .join();
         assert_eq!(Local::locked(m).read(ACCESS).unwrap(), "1 (lock poisoned)");
+    }
+
+    #[test]
+    fn a_settable_fn_sets_through_its_closure_and_a_refusal_changes_nothing() {
+        let level = Arc::new(std::sync::Mutex::new(String::from("info")));
+        let (read, write) = (level.clone(), level.clone());
+        let local = Local::settable_fn(
+            move || read.lock().unwrap().clone(),
+            move |text| match text.trim() {
+                "info" | "debug" => {
+                    *write.lock().unwrap() = text.trim().to_string();
+                    Ok(text.trim().to_string())
+                }
+                other => Err(format!(
+                    "{other:?} is not a level\n(expected info or debug)"
+                )),
+            },
+        );
+        assert!(local.is_settable());
+        assert_eq!(local.type_name(), "String");
+        assert_eq!(local.read(ACCESS).unwrap(), "info");
+        assert_eq!(
+            local.set("debug", ACCESS).unwrap(),
+            ("info".into(), "debug".into())
+        );
+        assert_eq!(
+            local.set("loud", ACCESS).unwrap_err(),
+            "\"loud\" is not a level; (expected info or debug)"
+        );
+        assert_eq!(local.read(ACCESS).unwrap(), "debug");
+        assert_eq!(*level.lock().unwrap(), "debug");
     }
 
     #[test]

@@ -6,6 +6,13 @@
 //! (registering a name again replaces the entry; dropping the older guard then does nothing).
 
 pub(crate) mod local;
+#[cfg(any(feature = "tracing", feature = "log"))]
+mod logfilter;
+
+#[cfg(feature = "tracing")]
+pub use logfilter::register_log_filter;
+#[cfg(feature = "log")]
+pub use logfilter::register_log_level;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
