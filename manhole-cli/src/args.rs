@@ -20,7 +20,8 @@ use crate::target::Target;
 const ABOUT: &str = "Connect to a manhole: a live debugging session inside a running process.";
 
 const USAGE: &str = "manhole-cli [OPTIONS] TARGET [COMMAND [ARGS...]]\n       \
-                     manhole-cli --list [--prune] [--json] [--dir DIR]";
+                     manhole-cli --list [--prune] [--json] [--dir DIR]\n       \
+                     manhole-cli --completions SHELL | --man";
 
 const LONG_ABOUT: &str = "\
 Connect to a manhole: a live debugging session inside a running process.
@@ -46,7 +47,11 @@ With COMMAND, that one command runs and only its output is printed (no banner, n
 )]
 pub struct Args {
     /// The process: a pid (1234), its socket (/tmp/manhole-1234), or any socket path (./app.sock)
-    #[arg(value_name = "TARGET", value_parser = Target::from_str, required_unless_present = "list")]
+    #[arg(
+        value_name = "TARGET",
+        value_parser = Target::from_str,
+        required_unless_present_any = ["list", "completions", "man"]
+    )]
     pub target: Option<Target>,
 
     /// Run this one command, print its output and exit (0 if it succeeded, 1 if it failed)
@@ -101,6 +106,14 @@ pub struct Args {
         help = "Where manhole-<pid> sockets live: for --list and for a pid TARGET"
     )]
     pub dir: PathBuf,
+
+    /// Print a completion script for SHELL and exit (e.g. `manhole-cli --completions bash`)
+    #[arg(long, value_name = "SHELL", exclusive = true)]
+    pub completions: Option<clap_complete::Shell>,
+
+    /// Print the man page (roff) and exit: `manhole-cli --man | man -l -`
+    #[arg(long, exclusive = true)]
+    pub man: bool,
 }
 
 impl Args {
@@ -394,6 +407,16 @@ mod tests {
         assert!(parse_args(&["--list", "1234"]).is_err());
         assert!(parse_args(&["--prune"]).is_err());
         assert!(parse_args(&["--list", "-2"]).is_err());
+    }
+
+    #[test]
+    fn completions_and_man_stand_alone() {
+        let args = parse_args(&["--completions", "zsh"]).unwrap();
+        assert_eq!(args.completions, Some(clap_complete::Shell::Zsh));
+        assert!(parse_args(&["--man"]).unwrap().man);
+        assert!(parse_args(&["--man", "1234"]).is_err());
+        assert!(parse_args(&["--completions", "bash", "--list"]).is_err());
+        assert!(parse_args(&["--completions", "tcsh"]).is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 mod args;
 mod connect;
 mod error;
+mod manpage;
 mod session;
 mod target;
 
@@ -37,6 +38,12 @@ fn main() -> ExitCode {
             });
         }
     };
+    if let Some(shell) = args.completions {
+        return generated(manpage::print_completions(shell));
+    }
+    if args.man {
+        return generated(manpage::print_man_page());
+    }
     match run(&args) {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::CommandFailed) => ExitCode::from(EXIT_COMMAND_FAILED),
@@ -47,6 +54,18 @@ fn main() -> ExitCode {
                 note!("manhole-cli: hint: {hint}");
             }
             ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+/// The exit code after printing a completion script or the man page.
+fn generated(printed: std::io::Result<()>) -> ExitCode {
+    match printed {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            note!("manhole-cli: cannot write to stdout: {e}");
+            ExitCode::FAILURE
         }
     }
 }
