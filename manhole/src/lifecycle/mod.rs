@@ -11,6 +11,7 @@
 //! mutexes held by the fork handlers across `fork` (see `fork.rs`).
 
 pub(crate) mod envvar;
+pub(crate) mod evidence;
 pub(crate) mod fork;
 pub(crate) mod signals;
 
@@ -45,6 +46,8 @@ struct Installation {
     listener: Option<JoinHandle<()>>,
     signal_thread: Option<JoinHandle<()>>,
     oneshot: Arc<Oneshot>,
+    /// The published activation evidence (`evidence.rs`), for `activate_on`/`oneshot_on`.
+    evidence: Option<evidence::Evidence>,
     _registrations: Vec<Registration>,
 }
 
@@ -316,6 +319,7 @@ fn install_as(options: Options, quiet_conflict: bool) -> Result<Manhole> {
         listener: None,
         signal_thread: None,
         oneshot: Arc::new(Oneshot::default()),
+        evidence: None,
         _registrations: registrations(&options),
         options: Arc::new(options),
     };
@@ -345,6 +349,12 @@ fn install_as(options: Options, quiet_conflict: bool) -> Result<Manhole> {
         teardown(installation);
         return Err(e);
     }
+    // Only now that the signals are hooked: the evidence promises a handler.
+    installation.evidence = evidence::publish(
+        &installation.options.socket_path_for(pid),
+        installation.roles.activate,
+        installation.roles.oneshot,
+    );
     DAEMON_CONNECTION.store(installation.options.daemon_connection, Ordering::SeqCst);
     install_exit_hook();
     log_mode(&installation);
@@ -433,6 +443,8 @@ fn start_listener(installation: &mut Installation) -> Result<()> {
 }
 
 fn teardown(mut installation: Installation) {
+    // First: no moment where the evidence promises a handler that is gone.
+    drop(installation.evidence.take());
     signals::unhook_all(&installation.roles);
     drop(installation.stop_writer.take());
     let me = std::thread::current().id();
@@ -620,6 +632,9 @@ fn remove_sockets(patience: Duration) {
         }
     };
     if let Some(installation) = state.as_ref() {
+        if let Some(evidence) = &installation.evidence {
+            evidence.withdraw();
+        }
         if let Some(socket) = &installation.socket {
             socket.remove_file();
         }

@@ -253,9 +253,58 @@ pub(crate) fn unusable_name(name: &str, is_command: bool) -> Option<String> {
     None
 }
 
+/// Splits a command line into words: white space separates them; a word that starts with `"`
+/// runs to the next `"` not escaped by a backslash (inside, `\"` is `"` and `\\` is `\`), one
+/// that starts with `'` runs to the next `'` (no escapes). Elsewhere quotes and backslashes are
+/// plain characters, so `{"a":1}` stays one word as typed. A closing quote must end the word.
+pub(crate) fn split_words(line: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let Some(first) = chars.next() else {
+            return Ok(words);
+        };
+        let mut word = String::new();
+        if first == '"' || first == '\'' {
+            let mut closed = false;
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' if first == '"' && matches!(chars.peek(), Some('"' | '\\')) => {
+                        word.extend(chars.next());
+                    }
+                    c if c == first => {
+                        closed = true;
+                        break;
+                    }
+                    c => word.push(c),
+                }
+            }
+            if !closed {
+                return Err(format!("unterminated {first} quote"));
+            }
+            if chars.peek().is_some_and(|c| !c.is_whitespace()) {
+                return Err(format!(
+                    "a closing {first} quote must end the word (put the whole word in quotes)"
+                ));
+            }
+        } else {
+            word.push(first);
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                word.push(c);
+            }
+        }
+        words.push(word);
+    }
+}
+
 /// Runs one command line for a session.
 pub(crate) fn run(line: &str, settings: &Settings, peer: &PeerCred) -> Reply {
-    let words: Vec<&str> = line.split_whitespace().collect();
+    let owned = match split_words(line) {
+        Ok(words) => words,
+        Err(message) => return Reply::err("", message),
+    };
+    let words: Vec<&str> = owned.iter().map(String::as_str).collect();
     let Some((&word, args)) = words.split_first() else {
         return Reply::ok("", "", Value::Null);
     };
@@ -272,15 +321,21 @@ pub(crate) fn run(line: &str, settings: &Settings, peer: &PeerCred) -> Reply {
             _ => Reply::err("set", "usage: set NAME VALUE"),
         },
         "info" => info(),
-        "format" => {
-            match args {
-                ["json"] => Reply::ok("format", "", json!({"format": "json"}))
-                    .then(Action::JsonFormat(true)),
-                ["text"] => Reply::ok("format", "", json!({"format": "text"}))
-                    .then(Action::JsonFormat(false)),
-                _ => Reply::err("format", "usage: format json|text"),
-            }
-        }
+        "format" => match args {
+            ["json"] => Reply::ok(
+                "format",
+                "answers are JSON frames from now on",
+                json!({"format": "json"}),
+            )
+            .then(Action::JsonFormat(true)),
+            ["text"] => Reply::ok(
+                "format",
+                "answers are text from now on",
+                json!({"format": "text"}),
+            )
+            .then(Action::JsonFormat(false)),
+            _ => Reply::err("format", "usage: format json|text"),
+        },
         "exec" => match Forms::for_exec(args) {
             Some(forms) => Reply::ok(
                 "exec",
@@ -615,6 +670,42 @@ mod tests {
                 assert_eq!(parsed["data"], data);
             }
         }
+    }
+
+    #[test]
+    fn words_split_at_white_space_and_quotes_group_them() {
+        let words = |list: &[&str]| Ok(list.iter().map(|w| w.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            split_words("  get   log_level "),
+            words(&["get", "log_level"])
+        );
+        assert_eq!(
+            split_words(r#"get "log_level""#),
+            words(&["get", "log_level"])
+        );
+        assert_eq!(
+            split_words(r#"set motd "hello world""#),
+            words(&["set", "motd", "hello world"])
+        );
+        assert_eq!(
+            split_words(r#"set motd 'it said "hi"'"#),
+            words(&["set", "motd", r#"it said "hi""#])
+        );
+        assert_eq!(
+            split_words(r#"set motd "a \"quoted\" \\ and \n""#),
+            words(&["set", "motd", r#"a "quoted" \ and \n"#])
+        );
+        assert_eq!(split_words(r#"set motd """#), words(&["set", "motd", ""]));
+        assert_eq!(
+            split_words(r#"set config {"a":1}"#),
+            words(&["set", "config", r#"{"a":1}"#])
+        );
+        assert_eq!(split_words("don't"), words(&["don't"]));
+        assert_eq!(split_words(""), words(&[]));
+        let err = |line: &str| split_words(line).unwrap_err();
+        assert!(err(r#"set motd "open"#).contains("unterminated \" quote"));
+        assert!(err("get 'x").contains("unterminated ' quote"));
+        assert!(err(r#"get "a"b"#).contains("must end the word"));
     }
 
     #[test]

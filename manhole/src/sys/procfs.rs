@@ -104,6 +104,12 @@ impl ProcessInfo {
     }
 }
 
+/// When this process started: field 22 of `/proc/self/stat`, in clock ticks since boot (what
+/// the activation evidence carries, so a reused pid cannot pass for this process).
+pub(crate) fn own_start_ticks() -> io::Result<u64> {
+    Ok(Stat::parse(&fs::read_to_string("/proc/self/stat")?)?.start_ticks)
+}
+
 /// Time since the process started: `/proc/uptime` minus the start time from `/proc/self/stat`.
 fn process_uptime(start_ticks: u64) -> io::Result<Duration> {
     let uptime = fs::read_to_string("/proc/uptime")?;
