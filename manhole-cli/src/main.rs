@@ -11,6 +11,7 @@ mod args;
 mod connect;
 mod error;
 mod manpage;
+mod namespace;
 mod session;
 mod target;
 
@@ -79,13 +80,22 @@ fn run(args: &Args) -> Result<Outcome> {
     let Some(target) = &args.target else {
         unreachable!("clap requires TARGET unless --list");
     };
-    let path = target.socket_path(&args.dir);
+    // A process in a container: its socket through its root, with its host pid.
+    let target = &namespace::refine(target.clone());
+    let container = namespace::Container::of(target, &args.dir)?;
+    let path = container
+        .as_ref()
+        .map_or_else(|| target.socket_path(&args.dir), |c| c.path.clone());
     let status = target::check_process(target, &path)?;
     let process = target.pid().zip(status.as_ref());
     let signal = args.signal();
     if let (Some(signal), Some((pid, status))) = (signal, process) {
         target::send_signal(pid, status, signal)?;
     }
+    let acting = container
+        .as_ref()
+        .map(namespace::Container::act_as_owner)
+        .transpose()?;
     let stream = connect::open(
         &path,
         args.timeout,
@@ -93,7 +103,12 @@ fn run(args: &Args) -> Result<Outcome> {
             process,
             signal_sent: signal,
         },
-    )?;
+    )
+    .map_err(|err| match &container {
+        Some(container) => container.explain(err),
+        None => err,
+    })?;
+    drop(acting);
     if let Some(command) = args.command_line() {
         return session::one_shot(
             stream,

@@ -345,7 +345,10 @@ impl Liveness {
 /// One `manhole-<pid>` socket found in the socket directory.
 #[derive(Debug, Clone)]
 pub struct Entry {
+    /// The pid on the host (in our PID namespace).
     pub pid: i32,
+    /// The pid inside the process's own PID namespace, for a process in a container.
+    pub ns_pid: Option<i32>,
     pub path: PathBuf,
     pub uid: u32,
     pub user: String,
@@ -361,11 +364,11 @@ pub fn scan(dir: &Path, only_own: bool) -> Result<Vec<Entry>> {
         .map_err(|err| Error::io(format_args!("reading {}", dir.display()), &err))?;
     let me = geteuid().as_raw();
     let mut found = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(pid_from_socket_name) else {
+    for dirent in entries.flatten() {
+        let Some(pid) = dirent.file_name().to_str().and_then(pid_from_socket_name) else {
             continue;
         };
-        let path = entry.path();
+        let path = dirent.path();
         let Ok(meta) = fs::symlink_metadata(&path) else {
             continue;
         };
@@ -378,22 +381,36 @@ pub fn scan(dir: &Path, only_own: bool) -> Result<Vec<Entry>> {
         if !only_own && access(&path, AccessFlags::W_OK).is_err() {
             continue;
         }
-        let status = read_status(pid).ok();
-        let liveness = liveness(pid, meta.ctime());
-        found.push(Entry {
-            pid,
-            uid: meta.uid(),
-            user: user_name(meta.uid()),
-            name: status
-                .filter(|_| liveness == Liveness::Alive)
-                .map(|status| status.name),
-            liveness,
-            identity: (meta.dev(), meta.ino()),
-            path,
-        });
+        found.push(entry(pid, path, &meta, None));
     }
     found.sort_by(|a, b| a.pid.cmp(&b.pid).then_with(|| a.path.cmp(&b.path)));
     Ok(found)
+}
+
+/// The `--list` entry for the socket at `path` (metadata `meta`) of process `pid` (host pid;
+/// `ns_pid`, its pid inside its own PID namespace).
+pub fn entry(pid: i32, path: PathBuf, meta: &fs::Metadata, ns_pid: Option<i32>) -> Entry {
+    let status = read_status(pid).ok();
+    let liveness = liveness(pid, meta.ctime());
+    Entry {
+        pid,
+        ns_pid,
+        uid: meta.uid(),
+        user: user_name(meta.uid()),
+        name: status
+            .filter(|_| liveness == Liveness::Alive)
+            .map(|status| status.name),
+        liveness,
+        identity: (meta.dev(), meta.ino()),
+        path,
+    }
+}
+
+impl Entry {
+    /// Whether both entries are the same socket file (reached by two paths).
+    pub fn same_file(&self, other: &Entry) -> bool {
+        self.identity == other.identity
+    }
 }
 
 /// Whether process `pid` is the one that could have made a socket at time `socket_ctime`.
@@ -467,6 +484,7 @@ fn prune_one(entry: &Entry) -> std::result::Result<(), String> {
 /// `--list [--prune] [--json]`: prints the table (or JSON array) of sockets in `dir`.
 pub fn list(dir: &Path, prune: bool, json: bool) -> Result<()> {
     let mut entries = scan(dir, false)?;
+    crate::namespace::add_containers(&mut entries, dir);
     if prune {
         let me = geteuid().as_raw();
         entries.retain(|entry| {
@@ -514,19 +532,31 @@ pub fn render_table(entries: &[Entry]) -> String {
     if entries.is_empty() {
         return String::new();
     }
-    let rows: Vec<[String; 5]> =
-        std::iter::once(["PID", "PROCESS", "USER", "STATUS", "PATH"].map(str::to_owned))
-            .chain(entries.iter().map(|entry| {
-                [
-                    entry.pid.to_string(),
-                    entry.name.clone().unwrap_or_else(|| "-".to_owned()),
-                    entry.user.clone(),
-                    entry.liveness.as_str().to_owned(),
-                    entry.path.display().to_string(),
-                ]
-            }))
-            .collect();
-    let widths: Vec<usize> = (0..4)
+    // The NSPID column (the pid inside a container) only when some process is in one.
+    let containers = entries.iter().any(|entry| entry.ns_pid.is_some());
+    let header = ["PID", "NSPID", "PROCESS", "USER", "STATUS", "PATH"];
+    let rows: Vec<Vec<String>> = std::iter::once(header.map(str::to_owned).to_vec())
+        .chain(entries.iter().map(|entry| {
+            vec![
+                entry.pid.to_string(),
+                entry
+                    .ns_pid
+                    .map_or_else(|| "-".to_owned(), |pid| pid.to_string()),
+                entry.name.clone().unwrap_or_else(|| "-".to_owned()),
+                entry.user.clone(),
+                entry.liveness.as_str().to_owned(),
+                entry.path.display().to_string(),
+            ]
+        }))
+        .map(|mut row| {
+            if !containers {
+                row.remove(1);
+            }
+            row
+        })
+        .collect();
+    let last = rows[0].len() - 1;
+    let widths: Vec<usize> = (0..last)
         .map(|col| {
             rows.iter()
                 .map(|row| row[col].chars().count())
@@ -539,7 +569,7 @@ pub fn render_table(entries: &[Entry]) -> String {
         for (col, width) in widths.iter().enumerate() {
             out.push_str(&format!("{:<width$}  ", row[col]));
         }
-        out.push_str(&row[4]);
+        out.push_str(&row[last]);
         out.push('\n');
     }
     out
@@ -552,6 +582,7 @@ pub fn render_json(entries: &[Entry]) -> String {
         .map(|entry| {
             serde_json::json!({
                 "pid": entry.pid,
+                "ns_pid": entry.ns_pid,
                 "process": entry.name,
                 "user": entry.user,
                 "uid": entry.uid,
@@ -768,6 +799,7 @@ SigIgn:\t0000000000001000\nSigCgt:\t0000000180000800\n";
     fn table_is_aligned() {
         let entry = |pid, name: Option<&str>, liveness| Entry {
             pid,
+            ns_pid: None,
             path: PathBuf::from(format!("/tmp/manhole-{pid}")),
             uid: 0,
             user: "root".to_owned(),
@@ -786,6 +818,18 @@ SigIgn:\t0000000000001000\nSigCgt:\t0000000180000800\n";
              12345  -        root  gone    /tmp/manhole-12345\n"
         );
         assert_eq!(render_table(&[]), "");
+        let mut inside = entry(4242, Some("demo"), Liveness::Alive);
+        inside.ns_pid = Some(1);
+        inside.path = PathBuf::from("/proc/4242/root/tmp/manhole-1");
+        assert_eq!(
+            render_table(&[entry(7, Some("demo"), Liveness::Alive), inside.clone()]),
+            "PID   NSPID  PROCESS  USER  STATUS  PATH\n\
+             7     -      demo     root  alive   /tmp/manhole-7\n\
+             4242  1      demo     root  alive   /proc/4242/root/tmp/manhole-1\n"
+        );
+        let json: serde_json::Value = serde_json::from_str(&render_json(&[inside])).unwrap();
+        assert_eq!(json[0]["pid"], 4242);
+        assert_eq!(json[0]["ns_pid"], 1);
         let json: serde_json::Value =
             serde_json::from_str(&render_json(&[entry(7, Some("demo"), Liveness::Alive)])).unwrap();
         assert_eq!(json[0]["pid"], 7);

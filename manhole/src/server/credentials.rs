@@ -34,7 +34,14 @@ pub struct PeerCred {
 
 impl fmt::Display for PeerCred {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "pid {}, uid {}, gid {}", self.pid, self.uid, self.gid)
+        // The kernel gives the pid as seen from our PID namespace: a client outside it (an
+        // operator on the host, reaching a process in a container) has none here, and is 0.
+        if self.pid == 0 {
+            write!(f, "pid 0 (outside this pid namespace)")?;
+        } else {
+            write!(f, "pid {}", self.pid)?;
+        }
+        write!(f, ", uid {}, gid {}", self.uid, self.gid)
     }
 }
 
@@ -160,6 +167,24 @@ mod tests {
         assert_eq!(me.pid as u32, std::process::id());
         let euid = nix::unistd::geteuid().as_raw();
         assert!(Policy::default().admits(&me, euid).is_some());
+    }
+
+    #[test]
+    fn a_peer_outside_our_pid_namespace_is_pid_0_and_still_judged_by_uid() {
+        let outside = PeerCred {
+            pid: 0,
+            uid: 0,
+            gid: 0,
+        };
+        assert_eq!(
+            outside.to_string(),
+            "pid 0 (outside this pid namespace), uid 0, gid 0"
+        );
+        assert_eq!(peer(7, 7).to_string(), "pid 1, uid 7, gid 7");
+        assert_eq!(
+            Policy::default().admits(&outside, 1000),
+            Some(Admitted::Root)
+        );
     }
 
     #[test]
