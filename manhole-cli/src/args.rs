@@ -58,7 +58,7 @@ pub struct Args {
     #[arg(value_name = "COMMAND", trailing_var_arg = true)]
     pub command: Vec<String>,
 
-    /// How long to keep retrying the connection, in seconds (e.g. while a manhole starts)
+    /// How long to keep retrying the connection, and (at least 10 s) the longest silence while the server owes an answer, in seconds
     #[arg(
         short,
         long,
@@ -76,7 +76,7 @@ pub struct Args {
     #[arg(short = '2', long = "usr2", group = "signal_choice")]
     pub usr2: bool,
 
-    /// Send this signal (USR2, SIGUSR2, 12) before connecting; refused unless the process catches it
+    /// Send this signal (USR2, SIGUSR2, 12) before connecting; refused unless the process published that its manhole waits for it
     #[arg(
         short = 's',
         long = "signal",
@@ -97,6 +97,14 @@ pub struct Args {
     /// With --list: remove this user's sockets whose process is gone and where nothing listens
     #[arg(long, requires = "list")]
     pub prune: bool,
+
+    /// Print what the server sends byte for byte, even on a terminal (by default control characters are shown escaped there)
+    #[arg(long)]
+    pub raw: bool,
+
+    /// The largest line or answer accepted from the server, in MiB
+    #[arg(long, value_name = "MIB", default_value = "256", value_parser = parse_max_answer)]
+    pub max_answer: usize,
 
     /// Where `manhole-<pid>` sockets live (the help text says the same without the backticks).
     #[arg(
@@ -170,20 +178,13 @@ fn validate(args: &Args) -> Result<(), clap::Error> {
             ));
         }
     }
-    if let (Some(signal), Some(target)) = (args.signal(), &args.target)
-        && target.pid().is_none()
-    {
-        return Err(usage(format!(
-            "sending {} needs a pid: TARGET {target} names no process (use a pid or .../manhole-<pid>)",
-            signal.as_str()
-        )));
-    }
     Ok(())
 }
 
 /// Options that take a value in the next argument (their value must not be rewritten or taken
 /// for a positional).
-const OPTIONS_WITH_VALUE: [&str; 5] = ["-t", "--timeout", "-s", "--signal", "--dir"];
+const OPTIONS_WITH_VALUE: [&str; 6] =
+    ["-t", "--timeout", "-s", "--signal", "--dir", "--max-answer"];
 
 /// Rewrites `-USR1`/`-USR2` (any case, one or two dashes) to `--usr1`/`--usr2` among the
 /// arguments before COMMAND; everything from COMMAND on is left as it is.
@@ -225,6 +226,19 @@ fn normalize(argv: Vec<OsString>) -> Vec<OsString> {
     }
     out.extend(rest);
     out
+}
+
+/// Parses `--max-answer`: a whole number of MiB, at least 1, turned into bytes.
+fn parse_max_answer(text: &str) -> Result<usize, String> {
+    let mib: usize = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number of MiB"))?;
+    if mib == 0 {
+        return Err("--max-answer must be at least 1 (MiB)".to_owned());
+    }
+    mib.checked_mul(1 << 20)
+        .ok_or_else(|| format!("{text:?} MiB is too large"))
 }
 
 /// Parses `-t`: seconds, fractional allowed, not negative.
@@ -380,9 +394,9 @@ mod tests {
     }
 
     #[test]
-    fn a_signal_needs_a_pid() {
-        let err = parse_args(&["-2", "./app.sock"]).unwrap_err();
-        assert!(err.to_string().contains("needs a pid"), "{err}");
+    fn a_signal_to_a_path_is_checked_later() {
+        // The pid may come from the activation file next to the socket (see main).
+        assert!(parse_args(&["-2", "./app.sock"]).is_ok());
         assert!(parse_args(&["-2", "/run/x/manhole-77"]).is_ok());
     }
 

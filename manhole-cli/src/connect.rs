@@ -106,10 +106,14 @@ pub fn open(path: &Path, timeout: Duration, expect: &Expect<'_>) -> Result<UnixS
         Ok(stream) => stream,
         Err(Failure::Missing) => {
             if let Some(signal) = expect.signal_sent {
+                let alive = match expect.process {
+                    Some((pid, _)) => format!("; process {pid} {}", still_there(pid)),
+                    None => String::new(),
+                };
                 let err = Error::new(
                     ErrorKind::TimedOut,
                     format!(
-                        "timed out after {} waiting for {shown} to appear after sending {}",
+                        "timed out after {} waiting for {shown} to appear after sending {}{alive}",
                         seconds(timeout),
                         signal.as_str()
                     ),
@@ -124,7 +128,7 @@ pub fn open(path: &Path, timeout: Duration, expect: &Expect<'_>) -> Result<UnixS
             }
             let err = Error::new(ErrorKind::NoSocket, format!("no manhole socket at {shown}"));
             return Err(match expect.process {
-                Some((pid, status)) => with_discovery_hint(err, pid, status),
+                Some((pid, status)) => with_discovery_hint(err, path, pid, status),
                 None => err,
             });
         }
@@ -167,18 +171,39 @@ pub fn open(path: &Path, timeout: Duration, expect: &Expect<'_>) -> Result<UnixS
 }
 
 /// Suggests where the process's manhole may be instead: another socket it listens on, or the
-/// activation signal it catches.
-fn with_discovery_hint(err: Error, pid: i32, status: &ProcStatus) -> Error {
+/// activation signal its published evidence names (never a guess from the signals it catches:
+/// bash catches SIGUSR2 and exits on it).
+fn with_discovery_hint(err: Error, path: &Path, pid: i32, status: &ProcStatus) -> Error {
     if let Some(hint) = listens_elsewhere(pid, status) {
         return err.with_hint(hint);
     }
-    if status.catches(Signal::SIGUSR2) {
+    if let Some(signal) = crate::evidence::read(path, pid, pid, status)
+        .ok()
+        .and_then(|evidence| evidence.suggested())
+    {
         return err.with_hint(format!(
-            "process {pid} ({}) catches SIGUSR2: if its manhole starts on a signal, try `manhole-cli -s USR2 {pid}`",
-            status.name
+            "process {pid} ({}) starts its manhole on {}: try `manhole-cli -s {} {pid}`",
+            status.name,
+            signal.as_str(),
+            crate::target::short_name(signal.as_str())
         ));
     }
     err
+}
+
+/// "is still running" or "has exited": what became of the process after a signal.
+pub fn still_there(pid: i32) -> &'static str {
+    // A zombie (exited, not yet reaped by its parent) has exited too.
+    let state = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after_name = &stat[stat.rfind(')')? + 1..];
+            after_name.trim_start().chars().next()
+        });
+    match state {
+        None | Some('Z' | 'X' | 'x') => "has exited",
+        Some(_) => "is still running",
+    }
 }
 
 /// A hint naming the unix sockets process `pid` listens on (a custom `socket_path`), if any.
@@ -254,7 +279,7 @@ fn owner_allowed(owner: u32, status: &ProcStatus) -> bool {
 }
 
 /// The process that serves the socket (`SO_PEERCRED`) must be the target.
-fn check_peer(stream: &UnixStream, path: &Path, pid: i32) -> Result<()> {
+pub fn check_peer(stream: &UnixStream, path: &Path, pid: i32) -> Result<()> {
     let creds = getsockopt(stream, sockopt::PeerCredentials).map_err(|err| {
         Error::io(
             format_args!("reading the peer credentials of {}", path.display()),

@@ -46,6 +46,13 @@ pub enum ErrorKind {
     Unsafe,
     /// Anything else: an unexpected I/O error, an answer the client does not understand.
     Other,
+    /// `-s SIG` refused: nothing shows that a manhole in the process waits for that signal
+    /// (no trusted activation file, see `evidence`).
+    NoEvidence,
+    /// The server went silent in the middle of an answer for longer than the client waits.
+    Stalled,
+    /// The server sent a line or an answer larger than the client accepts.
+    TooLarge,
     /// Our own stdout was closed by its reader (`| head`): not reported, exit 0.
     StdoutClosed,
 }
@@ -53,7 +60,7 @@ pub enum ErrorKind {
 impl ErrorKind {
     /// Every kind, in exit-code order.
     #[cfg(test)]
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 14] = [
         ErrorKind::StdoutClosed,
         ErrorKind::Usage,
         ErrorKind::NoSuchProcess,
@@ -65,6 +72,9 @@ impl ErrorKind {
         ErrorKind::ServerClosed,
         ErrorKind::Unsafe,
         ErrorKind::Other,
+        ErrorKind::NoEvidence,
+        ErrorKind::Stalled,
+        ErrorKind::TooLarge,
     ];
 
     /// The process exit code for this kind (0 and 1 are success and "the command failed").
@@ -81,6 +91,9 @@ impl ErrorKind {
             ErrorKind::ServerClosed => 9,
             ErrorKind::Unsafe => 10,
             ErrorKind::Other => 11,
+            ErrorKind::NoEvidence => 12,
+            ErrorKind::Stalled => 13,
+            ErrorKind::TooLarge => 14,
         }
     }
 }
@@ -101,9 +114,12 @@ Exit codes:
    7  too many sessions open on the server
    8  timed out (connecting, or waiting for the server's first answer)
    9  the server closed the connection before answering
-  10  refused for safety (signal not caught by the process, socket served or owned by
-      another process or user)
-  11  any other error (I/O, unexpected answer)";
+  10  refused for safety (a crash signal, a signal not caught by the process, socket
+      served or owned by another process or user)
+  11  any other error (I/O, unexpected answer)
+  12  -s refused: no evidence that a manhole in the process waits for that signal
+  13  the server stalled in the middle of an answer (silent for longer than the wait)
+  14  the server sent a line or an answer larger than the client accepts";
 
 /// A failure, with the one line the operator sees.
 #[derive(Debug)]
@@ -205,7 +221,7 @@ mod tests {
     #[test]
     fn exit_codes_are_distinct_and_in_order() {
         let codes: Vec<u8> = ErrorKind::ALL.iter().map(|kind| kind.exit_code()).collect();
-        assert_eq!(codes, vec![0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+        assert_eq!(codes, vec![0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
         assert!(!codes.contains(&EXIT_COMMAND_FAILED));
     }
 

@@ -10,6 +10,8 @@
 mod args;
 mod connect;
 mod error;
+mod escape;
+mod evidence;
 mod manpage;
 mod namespace;
 mod session;
@@ -22,9 +24,10 @@ use std::time::Duration;
 use crate::args::Args;
 use crate::connect::Expect;
 use crate::error::{EXIT_COMMAND_FAILED, ErrorKind, Result, note};
-use crate::session::Outcome;
+use crate::session::{Bounds, NameSource, Outcome, Show};
 
-/// The least time a one-shot command waits for the server's first answer (the `exec` frame).
+/// The least time the client waits while the server owes an answer (one-shot and piped modes):
+/// a stack dump of a big process on a loaded machine takes seconds.
 const MIN_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
@@ -80,17 +83,48 @@ fn run(args: &Args) -> Result<Outcome> {
     let Some(target) = &args.target else {
         unreachable!("clap requires TARGET unless --list");
     };
+    let signal = args.signal();
     // A process in a container: its socket through its root, with its host pid.
     let target = &namespace::refine(target.clone());
     let container = namespace::Container::of(target, &args.dir)?;
     let path = container
         .as_ref()
         .map_or_else(|| target.socket_path(&args.dir), |c| c.path.clone());
+    // A socket path without a pid: the activation file next to it names the process to signal
+    // (and is checked against that process before anything is sent).
+    let target = &match (signal, target.pid()) {
+        (Some(signal), None) => match evidence::pid_named(&path) {
+            Some(pid) => target::Target::Path {
+                path: path.clone(),
+                pid: Some(pid),
+            },
+            None => {
+                return Err(error::Error::new(
+                    ErrorKind::Usage,
+                    format!(
+                        "sending {} needs a pid: TARGET {target} names no process and no {} names one (use a pid or .../manhole-<pid>)",
+                        signal.as_str(),
+                        evidence::path_for(&path).display()
+                    ),
+                ));
+            }
+        },
+        _ => target.clone(),
+    };
     let status = target::check_process(target, &path)?;
     let process = target.pid().zip(status.as_ref());
-    let signal = args.signal();
     if let (Some(signal), Some((pid, status))) = (signal, process) {
-        target::send_signal(pid, status, signal)?;
+        // In a container the file names the pid the process sees, next to its socket as seen
+        // from here through its root.
+        let (evidence_socket, pid_in_file) = match &container {
+            Some(c) => (
+                std::path::PathBuf::from(format!("/proc/{}/root", c.host_pid))
+                    .join(c.inner_path.strip_prefix("/").unwrap_or(&c.inner_path)),
+                c.ns_pid,
+            ),
+            None => (path.clone(), pid),
+        };
+        target::send_signal(pid, status, signal, &evidence_socket, pid_in_file)?;
     }
     let acting = container
         .as_ref()
@@ -109,17 +143,24 @@ fn run(args: &Args) -> Result<Outcome> {
         None => err,
     })?;
     drop(acting);
+    let show = Show {
+        escape_stdout: !args.raw && std::io::stdout().is_terminal(),
+        escape_stderr: !args.raw && std::io::stderr().is_terminal(),
+    };
+    let bounds = Bounds {
+        wait: args.timeout.max(MIN_ANSWER_TIMEOUT),
+        max_answer: args.max_answer,
+    };
     if let Some(command) = args.command_line() {
-        return session::one_shot(
-            stream,
-            &command,
-            args.json,
-            args.timeout.max(MIN_ANSWER_TIMEOUT),
-        );
+        return session::one_shot(stream, &command, args.json, bounds, show);
     }
     if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
-        session::interactive(stream)
+        let names = NameSource {
+            path,
+            pid: target.pid(),
+        };
+        session::interactive(stream, show, Some(names))
     } else {
-        session::piped(stream)
+        session::piped(stream, bounds, show)
     }
 }

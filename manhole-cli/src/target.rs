@@ -5,8 +5,13 @@
 //! TARGET has three forms: a pid (`1234`, the socket is `DIR/manhole-1234`), a path whose file
 //! name is `manhole-<pid>` (that exact path, and the pid is known), or any other path containing
 //! a `/` (that path, no pid). Whenever the pid is known, the connection is checked against it
-//! (see `connect`), and a signal can be sent to it, but only after `/proc/<pid>/status` shows the
-//! process catches that signal: a process without a handler would be killed by it.
+//! (see `connect`), and a signal can be sent to it, but only when the process has published
+//! evidence that a manhole waits for that signal (see `evidence`) and `/proc/<pid>/status` shows
+//! it catches it: catching is not enough (bash catches SIGUSR2 and exits on it), and a process
+//! without a handler would be killed by it.
+//!
+//! Process names come from the target (`prctl(PR_SET_NAME)`), so they are kept escaped
+//! (see `escape`) wherever they are shown.
 
 use std::fmt;
 use std::fs;
@@ -106,7 +111,7 @@ pub fn pid_from_socket_name(name: &str) -> Option<i32> {
 /// What `/proc/<pid>/status` says about a process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcStatus {
-    /// The command name (`comm`, at most 15 bytes).
+    /// The command name (`comm`, at most 15 bytes), with control characters escaped.
     pub name: String,
     /// The thread-group id: differs from the pid when the pid is a thread.
     pub tgid: i32,
@@ -141,7 +146,7 @@ pub fn parse_status(text: &str) -> Option<ProcStatus> {
         };
         let value = value.trim();
         match key {
-            "Name" => name = Some(value.to_owned()),
+            "Name" => name = Some(crate::escape::escape_line(value)),
             "Tgid" => tgid = value.parse().ok(),
             "Uid" => {
                 let parsed: Vec<u32> = value
@@ -228,9 +233,16 @@ const NEVER_SENT: [Signal; 9] = [
     Signal::SIGSYS,
 ];
 
-/// Sends `signal` to `pid`, but only if the process catches it (so it cannot be killed by it)
-/// and it is not one of the signals no manhole uses ([`NEVER_SENT`]).
-pub fn send_signal(pid: i32, status: &ProcStatus, signal: Signal) -> Result<()> {
+/// Sends `signal` to `pid`, but only if it is not one of the signals no manhole uses
+/// ([`NEVER_SENT`]), the process published evidence that a manhole waits for it next to
+/// `socket`, and it catches it (so it cannot be killed by it).
+pub fn send_signal(
+    pid: i32,
+    status: &ProcStatus,
+    signal: Signal,
+    socket: &Path,
+    pid_in_file: i32,
+) -> Result<()> {
     if NEVER_SENT.contains(&signal) {
         return Err(Error::new(
             ErrorKind::Unsafe,
@@ -241,6 +253,41 @@ pub fn send_signal(pid: i32, status: &ProcStatus, signal: Signal) -> Result<()> 
                 status.name
             ),
         ));
+    }
+    let refuse = |why: String| {
+        Error::new(
+            ErrorKind::NoEvidence,
+            format!(
+                "refusing to send {} to process {pid} ({}): nothing shows a manhole waiting for it: {why}",
+                signal.as_str(),
+                status.name
+            ),
+        )
+    };
+    match crate::evidence::read(socket, pid, pid_in_file, status) {
+        Err(crate::evidence::Missing::NotReadable(why)) => {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "permission denied sending {} to process {pid} ({}, uid {}): {why}",
+                    signal.as_str(),
+                    status.name,
+                    status.euid()
+                ),
+            ));
+        }
+        Err(crate::evidence::Missing::Untrusted(why)) => {
+            return Err(refuse(why).with_hint(
+                "a manhole that starts on a signal publishes <socket>.activation; if it uses a \
+                 custom socket_path, pass that path as TARGET",
+            ));
+        }
+        Ok(evidence) if !evidence.activated_by(signal) => {
+            let waits = evidence.suggested().map_or("no signal", Signal::as_str);
+            return Err(refuse(format!("its manhole starts on {waits}"))
+                .with_hint(format!("try `manhole-cli -s {} {pid}`", short_name(waits))));
+        }
+        Ok(_) => {}
     }
     if !status.catches(signal) {
         return Err(Error::new(
@@ -269,6 +316,11 @@ pub fn send_signal(pid: i32, status: &ProcStatus, signal: Signal) -> Result<()> 
             &errno(other),
         ),
     })
+}
+
+/// `USR2` for `SIGUSR2`: how the hints spell a signal.
+pub fn short_name(signal: &str) -> &str {
+    signal.strip_prefix("SIG").unwrap_or(signal)
 }
 
 /// The filesystem paths of the unix stream sockets process `pid` listens on, as far as this
@@ -438,6 +490,12 @@ fn process_start_time(pid: i32) -> Option<i64> {
         .ok()?;
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
     Some(boot + ticks / hz)
+}
+
+/// When process `pid` started, in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
+pub fn start_ticks(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    u64::try_from(parse_start_ticks(&stat)?).ok()
 }
 
 /// Field 22 (`starttime`, in clock ticks since boot) of `/proc/<pid>/stat`.
@@ -712,12 +770,34 @@ SigIgn:\t0000000000001000\nSigCgt:\t0000000180000800\n";
     }
 
     #[test]
-    fn refuses_to_signal_a_process_that_does_not_catch_it() {
+    fn refuses_to_signal_a_process_without_evidence() {
         let status = parse_status(STATUS).unwrap();
         // The pid does not matter: the check happens before any kill(2).
-        let err = send_signal(i32::MAX, &status, Signal::SIGUSR1).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Unsafe);
-        assert!(err.message().contains("does not catch"), "{err}");
+        let err = send_signal(
+            i32::MAX,
+            &status,
+            Signal::SIGUSR2,
+            Path::new("/nonexistent/manhole-1"),
+            i32::MAX,
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NoEvidence);
+        assert_eq!(err.exit_code(), 12);
+        assert!(
+            err.message()
+                .contains("nothing shows a manhole waiting for it"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn process_names_are_escaped() {
+        let status = parse_status(&STATUS.replace("demo worker", "\x1b]0;x\x07\u{9b}")).unwrap();
+        assert!(
+            !status.name.contains(['\x1b', '\x07', '\u{9b}']),
+            "{:?}",
+            status.name
+        );
     }
 
     #[test]
@@ -726,7 +806,14 @@ SigIgn:\t0000000000001000\nSigCgt:\t0000000180000800\n";
         status.caught = u64::MAX;
         for signal in NEVER_SENT {
             // The pid does not matter: the check happens before any kill(2).
-            let err = send_signal(i32::MAX, &status, signal).unwrap_err();
+            let err = send_signal(
+                i32::MAX,
+                &status,
+                signal,
+                Path::new("/nonexistent/m"),
+                i32::MAX,
+            )
+            .unwrap_err();
             assert_eq!(err.kind(), ErrorKind::Unsafe, "{signal:?}");
             assert!(
                 err.message().contains("no manhole is activated by it"),
@@ -734,10 +821,16 @@ SigIgn:\t0000000000001000\nSigCgt:\t0000000180000800\n";
             );
         }
         assert_eq!(
-            send_signal(i32::MAX, &status, Signal::SIGUSR2)
-                .unwrap_err()
-                .kind(),
-            ErrorKind::NoSuchProcess
+            send_signal(
+                i32::MAX,
+                &status,
+                Signal::SIGUSR2,
+                Path::new("/nonexistent/m"),
+                i32::MAX
+            )
+            .unwrap_err()
+            .kind(),
+            ErrorKind::NoEvidence
         );
     }
 

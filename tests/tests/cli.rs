@@ -436,7 +436,7 @@ fn piped_lines_are_all_answered_even_without_a_final_newline() {
 // Signals
 
 #[test]
-fn refuses_to_signal_a_process_that_does_not_catch_it() {
+fn refuses_to_signal_a_process_without_evidence_of_a_manhole_waiting() {
     let mut app = App::demo(&[]);
     let pid = app.pid().to_string();
     for flags in [
@@ -451,7 +451,7 @@ fn refuses_to_signal_a_process_that_does_not_catch_it() {
         let mut args = flags.to_vec();
         args.push(&pid);
         let ran = run_cli(&args);
-        assert_fails(&ran, 10, "does not catch");
+        assert_fails(&ran, 12, "nothing shows a manhole waiting for it");
         assert!(
             ran.stderr.contains(&format!("process {pid} (demo)")),
             "{ran:#?}"
@@ -468,7 +468,7 @@ fn refuses_to_signal_a_process_that_does_not_catch_it() {
 
     let mut sleeper = Proc::sleeper();
     let ran = run_cli(&["-s", "TERM", &sleeper.pid().to_string()]);
-    assert_fails(&ran, 10, "does not catch");
+    assert_fails(&ran, 12, "nothing shows a manhole waiting for it");
     assert!(sleeper.alive());
 }
 
@@ -513,21 +513,208 @@ fn refuses_crash_signals_even_when_caught() {
     );
 }
 
+/// A shell that catches SIGUSR2 for its own reasons and exits on it (as bash does), with no
+/// manhole: the client's hint once made operators kill such processes.
+fn usr2_exiter() -> Proc {
+    Proc::sh("trap 'echo caught; exit 0' USR2; echo ready; while :; do sleep 0.05; done")
+}
+
+/// Field 22 of `/proc/<pid>/stat`: when the process started, in clock ticks since boot.
+fn start_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 1..];
+    after_name
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// An activation file written by the test for process `pid` (removed on drop).
+struct Forged(PathBuf);
+
+impl Forged {
+    fn write(pid: u32, text: &str) -> Forged {
+        let path = PathBuf::from(format!("/tmp/manhole-{pid}.activation"));
+        let _ = fs::remove_file(&path);
+        fs::write(&path, text).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        Forged(path)
+    }
+
+    /// What the library would publish for `pid` waiting for SIGUSR2.
+    fn genuine(pid: u32) -> Forged {
+        Forged::write(
+            pid,
+            &format!(
+                "manhole-activation 1\npid {pid}\nstart {}\nactivate_on 12 SIGUSR2\n",
+                start_ticks(pid)
+            ),
+        )
+    }
+}
+
+impl Drop for Forged {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
 #[test]
-fn a_caught_signal_is_sent_then_the_socket_wait_times_out() {
-    let mut catcher = usr2_catcher();
-    let pid = catcher.pid().to_string();
-    let mut client = cli(&["-s", "USR2", "-t", "0.3", &pid]);
-    // Timed from here: building the binaries (on first use) is not the client's time.
-    let started = Instant::now();
-    let ran = run(&mut client);
+fn a_process_that_exits_on_usr2_is_never_sent_it() {
+    let mut exiter = usr2_exiter();
+    let pid = exiter.pid().to_string();
+    for flags in [
+        &["-s", "USR2"][..],
+        &["-USR2"],
+        &["-2"],
+        &["--signal", "12"],
+    ] {
+        let mut args = flags.to_vec();
+        args.extend(["-t", "0", &pid]);
+        let ran = run_cli(&args);
+        assert_fails(&ran, 12, "nothing shows a manhole waiting for it");
+        assert!(
+            ran.stderr.contains(&format!(
+                "it has not published /tmp/manhole-{pid}.activation"
+            )),
+            "{ran:#?}"
+        );
+        assert!(exiter.alive(), "{flags:?} killed the process");
+    }
+    // And no hint suggests it.
+    let ran = run_cli(&["-t", "0", &pid]);
+    assert_fails(&ran, 4, "no manhole socket");
+    assert!(!ran.stderr.contains("-s"), "{ran:#?}");
+    assert!(exiter.alive());
+}
+
+/// A file that is not the library's, or not this process's, is no evidence: another pid, an
+/// earlier process with the same pid (another start time), a file others may write, a symlink,
+/// garbage. The process is never signalled.
+#[test]
+fn a_forged_or_stale_activation_file_is_no_evidence() {
+    let mut exiter = usr2_exiter();
+    let pid = exiter.pid();
+    let start = start_ticks(pid);
+    let cases = [
+        (
+            format!(
+                "manhole-activation 1\npid {pid}\nstart {}\nactivate_on 12 SIGUSR2\n",
+                start + 1
+            ),
+            "was left by an earlier process",
+        ),
+        (
+            format!("manhole-activation 1\npid 1\nstart {start}\nactivate_on 12 SIGUSR2\n"),
+            "names process 1",
+        ),
+        (
+            format!("manhole-activation 1\npid {pid}\nstart {start}\nactivate_on 10 SIGUSR1\n"),
+            "its manhole starts on SIGUSR1",
+        ),
+        ("activate_on 12\n".to_owned(), "does not start with"),
+    ];
+    for (text, why) in cases {
+        let forged = Forged::write(pid, &text);
+        let ran = run_cli(&["-s", "USR2", "-t", "0", &pid.to_string()]);
+        assert_fails(&ran, 12, why);
+        assert!(exiter.alive(), "signalled for {text:?}");
+        drop(forged);
+    }
+    let forged = Forged::genuine(pid);
+    fs::set_permissions(&forged.0, fs::Permissions::from_mode(0o622)).unwrap();
+    let ran = run_cli(&["-s", "USR2", "-t", "0", &pid.to_string()]);
+    assert_fails(&ran, 12, "is writable by other users");
+    drop(forged);
+    let genuine = Forged::genuine(pid);
+    let link = PathBuf::from(format!("/tmp/manhole-{pid}.activation"));
+    let target = genuine.0.with_extension("real");
+    fs::rename(&genuine.0, &target).unwrap();
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let ran = run_cli(&["-s", "USR2", "-t", "0", &pid.to_string()]);
+    assert_fails(&ran, 12, "cannot be read");
+    let _ = fs::remove_file(&target);
+    assert!(exiter.alive());
+}
+
+/// With evidence the signal is sent; when no socket follows, the client says whether the process
+/// is still there (the evidence here is written by the test, for processes of its own).
+#[test]
+fn after_a_timeout_the_client_says_whether_the_process_lives() {
+    let mut survivor = usr2_catcher();
+    let _evidence = Forged::genuine(survivor.pid());
+    let ran = run_cli(&["-s", "USR2", "-t", "0.3", &survivor.pid().to_string()]);
     assert_fails(&ran, 8, "timed out after 0.3s");
-    assert!(ran.stderr.contains("after sending SIGUSR2"), "{ran:#?}");
-    assert!(started.elapsed() < Duration::from_secs(10));
     assert!(
-        catcher.alive(),
-        "a process that catches the signal survives it"
+        ran.stderr.contains(&format!(
+            "after sending SIGUSR2; process {} is still running",
+            survivor.pid()
+        )),
+        "{ran:#?}"
     );
+    assert!(survivor.alive());
+
+    let mut exiter = usr2_exiter();
+    let _evidence = Forged::genuine(exiter.pid());
+    let ran = run_cli(&["-s", "USR2", "-t", "2", &exiter.pid().to_string()]);
+    assert_fails(&ran, 8, "timed out after 2s");
+    assert!(
+        ran.stderr
+            .contains(&format!("process {} has exited", exiter.pid())),
+        "{ran:#?}"
+    );
+    assert!(!exiter.alive());
+}
+
+/// The library publishes its evidence at install (0600, its pid and start time), a forked child
+/// publishes its own (the parent's is left alone), and exit removes it.
+#[test]
+fn the_activation_file_lives_as_long_as_the_manhole() {
+    let dir = TempDir::new();
+    let exit_when = dir.join("exit-now");
+    let mut app = App::start(
+        "bare",
+        &["--fork", "1", "--exit-when", exit_when.to_str().unwrap()],
+        &[("MANHOLE", "activate_on=USR2")],
+    );
+    app.wait_for_line("ready pid=");
+    let child: u32 = app
+        .wait_for_line("child pid=")
+        .trim_start_matches("child pid=")
+        .trim()
+        .parse()
+        .unwrap();
+    let parent_file = PathBuf::from(format!("/tmp/manhole-{}.activation", app.pid()));
+    let child_file = Forged(PathBuf::from(format!("/tmp/manhole-{child}.activation")));
+    let text = fs::read_to_string(&parent_file).expect("the evidence is published");
+    assert_eq!(
+        text,
+        format!(
+            "manhole-activation 1\npid {}\nstart {}\nactivate_on 12 SIGUSR2\n",
+            app.pid(),
+            start_ticks(app.pid())
+        )
+    );
+    assert_eq!(
+        fs::metadata(&parent_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let child_text = wait_until(|| fs::read_to_string(&child_file.0).ok())
+        .expect("the forked child publishes its own evidence");
+    assert!(
+        child_text.contains(&format!("\npid {child}\n")),
+        "{child_text}"
+    );
+    assert!(
+        fs::read_to_string(&parent_file)
+            .unwrap()
+            .contains(&format!("pid {}", app.pid()))
+    );
+    fs::write(&exit_when, "").unwrap();
+    app.wait_exit();
+    assert!(!parent_file.exists(), "exit removes the evidence");
 }
 
 #[test]
@@ -573,12 +760,12 @@ fn signal_activates_a_manhole() {
     assert_eq!((ran.code, ran.stdout.as_str()), (0, "again\n"), "{ran:#?}");
 }
 
-/// A signal-activated manhole on a custom `socket_path`: after `-s USR2 PID` the default path
-/// never appears (exit 8), the signal did start the manhole on the custom path, and once it
-/// listens the hint names the directory (a further signal is ignored by an active manhole);
-/// that path then works as TARGET.
+/// A signal-activated manhole on a custom `socket_path`: its evidence sits next to that path, so
+/// `-s USR2 PID` (which looks next to `/tmp/manhole-PID`) refuses and says where to look, and
+/// `-s USR2 PATH` takes the pid from the evidence, checks it and connects. Once it listens, the
+/// hint for the pid names the directory.
 #[test]
-fn after_a_signal_the_hint_names_a_custom_socket_path() {
+fn a_custom_socket_path_is_signalled_through_its_path() {
     let dir = TempDir::new();
     let path = dir.join("app.sock");
     let manhole = format!("activate_on=USR2,socket_path={}", path.display());
@@ -587,10 +774,20 @@ fn after_a_signal_the_hint_names_a_custom_socket_path() {
     app.socket = Some(path.clone());
     let pid = app.pid().to_string();
     let ran = run_cli(&["-s", "USR2", "-t", "0.2", &pid, "echo", "x"]);
-    assert_fails(&ran, 8, "after sending SIGUSR2");
-    wait_until(|| path.exists().then_some(())).expect("the signal starts the manhole");
-    let ran = run_cli(&["-s", "USR2", "-t", "0", &pid, "echo", "x"]);
-    assert_fails(&ran, 8, "after sending SIGUSR2");
+    assert_fails(&ran, 12, "nothing shows a manhole waiting for it");
+    assert!(ran.stderr.contains("pass that path as TARGET"), "{ran:#?}");
+    let ran = run_cli(&[
+        "-s",
+        "USR2",
+        "-t",
+        "10",
+        path.to_str().unwrap(),
+        "echo",
+        "found",
+    ]);
+    assert_eq!((ran.code, ran.stdout.as_str()), (0, "found\n"), "{ran:#?}");
+    let ran = run_cli(&["-t", "0", &pid, "echo", "x"]);
+    assert_fails(&ran, 4, "no manhole socket");
     assert!(
         ran.stderr.contains(&format!(
             "hint: process {pid} (bare) listens on a socket in {}",
@@ -599,8 +796,6 @@ fn after_a_signal_the_hint_names_a_custom_socket_path() {
         "{ran:#?}"
     );
     assert!(app.alive());
-    let ran = run_cli(&[path.to_str().unwrap(), "echo", "found"]);
-    assert_eq!((ran.code, ran.stdout.as_str()), (0, "found\n"), "{ran:#?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -806,17 +1001,11 @@ fn no_manhole_socket_exits_4_with_a_hint_when_there_is_one() {
     );
     assert!(!ran.stderr.contains("hint"), "{ran:#?}");
 
+    // Catching SIGUSR2 is no evidence of a manhole: no "try -s" hint.
     let catcher = usr2_catcher();
     let ran = run_cli(&["-t", "0", &catcher.pid().to_string()]);
     assert_fails(&ran, 4, "no manhole socket");
-    assert!(
-        ran.stderr.contains(&format!(
-            "hint: process {} (sh) catches SIGUSR2",
-            catcher.pid()
-        )),
-        "{ran:#?}"
-    );
-    assert!(ran.stderr.contains("-s USR2"), "{ran:#?}");
+    assert!(!ran.stderr.contains("-s USR2"), "{ran:#?}");
 
     // A manhole on a custom path: the hint points at its directory.
     let dir = TempDir::new();
@@ -1042,7 +1231,12 @@ fn permission_denied_signalling_exits_5() {
     let ran = run(cli(&["-s", "USR2", "-t", "0", &pid, "info"])
         .uid(NOBODY)
         .gid(NOBODY));
+    // Another user cannot read the process's activation file (0600), nor signal it.
     assert_fails(&ran, 5, "permission denied sending SIGUSR2 to process");
+    assert!(
+        ran.stderr.contains("is not readable by this user"),
+        "{ran:#?}"
+    );
     assert!(app.alive());
     assert!(
         !app.socket().exists(),
@@ -1369,5 +1563,352 @@ fn interactive_ctrl_c_stops_waiting_for_a_slow_command() {
     pty.send("\x04");
     pty.expect(BRACKETED_PASTE_OFF);
     pty.send("\x03");
+    assert_eq!(pty.wait_exit().code(), Some(0), "{:?}", pty.seen);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A hostile server: escape sequences, floods, stalls
+
+/// What the fake server's process is called (`/proc/<pid>/comm`): an OSC 52 clipboard write.
+const HOSTILE_NAME: &str = "\x1b]52;c;eA==\x07";
+/// Escape sequences a hostile server sends: OSC 0 (title), OSC 52 (clipboard), CSI 2J (clear
+/// the screen) and a C1 CSI in UTF-8.
+const HOSTILE: &str = "\x1b]0;pwned\x07 \x1b]52;c;eA==\x07 \x1b[2J \u{9b}31m";
+/// The same as the client shows them on a terminal.
+const HOSTILE_SHOWN: &str = "\\x1b]0;pwned\\x07 \\x1b]52;c;eA==\\x07 \\x1b[2J \\u{9b}31m";
+
+/// The raw sequences that must never reach the operator's terminal.
+fn assert_no_raw_sequences(shown: &str) {
+    for raw in ["\x1b]0;", "\x1b]52;", "\x1b[2J", "\u{9b}"] {
+        assert!(
+            !shown.contains(raw),
+            "{raw:?} reached the terminal: {shown:?}"
+        );
+    }
+}
+
+/// The fake server's process: this test binary again, started by [`FakeServer::start`] with
+/// `MANHOLE_FAKE_SERVER=<mode>`. Not a test: it serves until it is killed.
+#[test]
+#[ignore = "the fake server's entry point, started by the hostile-server tests"]
+fn fake_server_process() {
+    let Ok(mode) = std::env::var("MANHOLE_FAKE_SERVER") else {
+        return;
+    };
+    // Writing /proc/self/comm names the process (its main thread), whichever thread writes.
+    fs::write("/proc/self/comm", HOSTILE_NAME).expect("set the process name");
+    let path = PathBuf::from(format!("/tmp/manhole-{}", std::process::id()));
+    let _ = fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).expect("bind");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    for stream in listener.incoming().flatten() {
+        let mode = mode.clone();
+        std::thread::spawn(move || serve_fake(&mode, stream));
+    }
+}
+
+/// One connection of the fake server.
+fn serve_fake(mode: &str, mut stream: std::os::unix::net::UnixStream) {
+    match mode {
+        "flood" => {
+            let chunk = vec![b'x'; 64 * 1024];
+            while stream.write_all(&chunk).is_ok() {}
+        }
+        "stall" => {
+            let _ = stream.write_all(b"Manhole (fake) that stalls after this line\n");
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+        _ => {
+            stream
+                .set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut first = String::new();
+            let _ = reader.read_line(&mut first);
+            stream.set_read_timeout(None).unwrap();
+            let escaped = serde_json::to_string(&format!("answer {HOSTILE}")).unwrap();
+            let exec = first.trim().starts_with("exec");
+            if exec {
+                let _ = writeln!(
+                    stream,
+                    r#"{{"ok":true,"command":"exec","text":"","data":{{"protocol":1}}}}"#
+                );
+            } else {
+                let _ = write!(
+                    stream,
+                    "Manhole (fake) {HOSTILE}\nThread 1 \"{HOSTILE}\"\n  #0 main\n\n>>> "
+                );
+            }
+            let mut pending = (!exec && !first.trim().is_empty()).then_some(first);
+            loop {
+                let line = match pending.take() {
+                    Some(line) => line,
+                    None => {
+                        let mut line = String::new();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => line,
+                        }
+                    }
+                };
+                let word = line.split_whitespace().next().unwrap_or("").to_owned();
+                let written = if exec {
+                    writeln!(
+                        stream,
+                        r#"{{"ok":true,"command":{},"text":{escaped},"data":{{}}}}"#,
+                        serde_json::to_string(&word).unwrap()
+                    )
+                } else {
+                    write!(stream, "answer {HOSTILE}\n>>> ")
+                };
+                if written.is_err() || word == "exit" {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A fake server process at `/tmp/manhole-<pid>`, killed, reaped and removed on drop.
+struct FakeServer {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl FakeServer {
+    fn start(mode: &str) -> FakeServer {
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "fake_server_process", "--nocapture"])
+            .env("MANHOLE_FAKE_SERVER", mode)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the fake server");
+        let socket = PathBuf::from(format!("/tmp/manhole-{}", child.id()));
+        let server = FakeServer { child, socket };
+        wait_until(|| {
+            let named = fs::read_to_string(format!("/proc/{}/comm", server.pid()))
+                .is_ok_and(|name| name.starts_with(HOSTILE_NAME));
+            (named && server.socket.exists()).then_some(())
+        })
+        .expect("the fake server listens");
+        server
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_file(&self.socket);
+    }
+}
+
+/// The resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn escape_sequences_from_a_hostile_server_never_reach_the_terminal() {
+    let server = FakeServer::start("hostile");
+    let home = TempDir::new();
+
+    // Interactive: the greeting, a thread name, an answer.
+    let mut pty = Pty::start(&[&server.pid()], home.path());
+    let greeting = pty.expect_prompt();
+    assert!(
+        greeting.contains(&format!("Manhole (fake) {HOSTILE_SHOWN}")),
+        "{greeting:?}"
+    );
+    assert!(
+        greeting.contains(&format!("Thread 1 \"{HOSTILE_SHOWN}\"")),
+        "{greeting:?}"
+    );
+    pty.send("anything\r");
+    pty.expect(&format!("answer {HOSTILE_SHOWN}"));
+    pty.expect_prompt();
+    pty.send("\x04");
+    assert_eq!(pty.wait_exit().code(), Some(0), "{:?}", pty.seen);
+    assert_no_raw_sequences(pty.drain());
+
+    // One-shot on a terminal.
+    let mut pty = Pty::start(&[&server.pid(), "get", "x"], home.path());
+    pty.expect(&format!("answer {HOSTILE_SHOWN}"));
+    assert_eq!(pty.wait_exit().code(), Some(0), "{:?}", pty.seen);
+    assert_no_raw_sequences(pty.drain());
+
+    // --raw on a terminal passes the bytes through, as asked.
+    let mut pty = Pty::start(&["--raw", &server.pid(), "get", "x"], home.path());
+    pty.expect(&format!("answer {HOSTILE}"));
+    assert_eq!(pty.wait_exit().code(), Some(0), "{:?}", pty.seen);
+
+    // A pipe gets the server's bytes unchanged (what a script asked for).
+    let ran = run_cli(&[&server.pid(), "get", "x"]);
+    assert_eq!(
+        (ran.code, ran.stdout.as_str()),
+        (0, format!("answer {HOSTILE}\n").as_str()),
+        "{ran:#?}"
+    );
+    let dir = TempDir::new();
+    let ran = run_piped(&dir, "anything\n", &[&server.pid()]);
+    assert_eq!(ran.code, 0, "{ran:#?}");
+    assert!(
+        ran.stdout.contains(&format!("answer {HOSTILE}")),
+        "{ran:#?}"
+    );
+
+    // The process name, in --list and in messages, is always shown escaped.
+    let ran = run_cli(&["--list"]);
+    let row = ran
+        .stdout
+        .lines()
+        .find(|line| line.starts_with(&format!("{} ", server.pid())))
+        .unwrap_or_else(|| panic!("no row for the fake server: {ran:#?}"));
+    assert!(row.contains("\\x1b]52;c;eA==\\x07"), "{row:?}");
+    assert_no_raw_sequences(&ran.stdout);
+    let ran = run_cli(&["-s", "USR2", &server.pid()]);
+    assert_fails(&ran, 12, "\\x1b]52;c;eA==\\x07");
+    assert_no_raw_sequences(&ran.stderr);
+}
+
+#[test]
+fn a_flood_without_newlines_is_cut_off_with_bounded_memory() {
+    let server = FakeServer::start("flood");
+    // One-shot: the line limit ends it, with its own exit code.
+    let started = Instant::now();
+    let ran = run_cli(&["--max-answer", "8", &server.pid(), "info"]);
+    assert_fails(&ran, 14, "a line larger than 8 MiB");
+    assert!(started.elapsed() < TIMEOUT, "{:?}", started.elapsed());
+
+    // Interactive: a line that long is shown in pieces (with one note), memory stays flat.
+    let home = TempDir::new();
+    let mut pty = Pty::start(&[&server.pid()], home.path());
+    pty.expect("shown in pieces");
+    let client = pty.child.id();
+    let mut rss = Vec::new();
+    for _ in 0..3 {
+        // Let a few more megabytes through between two looks.
+        let target = pty.seen.len() + (8 << 20);
+        while pty.seen.len() < target {
+            match pty.output.recv_timeout(TIMEOUT) {
+                Ok(bytes) => pty.seen.push_str(&String::from_utf8_lossy(&bytes)),
+                Err(_) => panic!("the flood stopped reaching the terminal"),
+            }
+        }
+        rss.push(rss_kib(client));
+        pty.seen.clear();
+        pty.consumed = 0;
+    }
+    assert!(
+        rss.iter().all(|&kib| kib > 0 && kib < 64 * 1024),
+        "the client's memory grows with the flood: {rss:?} KiB"
+    );
+}
+
+#[test]
+fn a_server_that_stalls_mid_answer_ends_one_shot_and_piped_clients() {
+    let server = FakeServer::start("stall");
+    let started = Instant::now();
+    let ran = run_cli(&[&server.pid(), "info"]);
+    assert_fails(&ran, 13, "the server stalled in the middle of its answer");
+    let dir = TempDir::new();
+    let ran = run_piped(&dir, "info\n", &[&server.pid()]);
+    assert_fails(&ran, 13, "the server stalled in the middle of its answer");
+    assert!(
+        ran.stdout.contains("stalls after this line"),
+        "the line before the stall is printed: {ran:#?}"
+    );
+    // Each waited the minimum 10 s, not for ever.
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interactive: exec, Tab completion, quoting
+
+#[test]
+fn interactive_exec_prints_frames_and_gives_the_prompt_back() {
+    let app = App::demo(&[]);
+    let home = TempDir::new();
+    let mut pty = Pty::start(&[&app.pid().to_string()], home.path());
+    pty.expect_prompt();
+    pty.send("exec\r");
+    pty.expect(r#"{"ok":true,"command":"exec""#);
+    pty.expect_prompt();
+    pty.send("echo framed\r");
+    pty.expect(r#""command":"echo","text":"framed""#);
+    pty.expect_prompt();
+    pty.send("\x04");
+    assert_eq!(pty.wait_exit().code(), Some(0), "{:?}", pty.seen);
+}
+
+#[test]
+fn interactive_tab_completes_commands_and_registered_names() {
+    let app = App::demo(&[]);
+    let home = TempDir::new();
+    let mut pty = Pty::start(&[&app.pid().to_string()], home.path());
+    pty.expect_prompt();
+    // A built-in command, then a registered value after `get`.
+    pty.send("loc\t");
+    pty.expect("locals");
+    pty.send("\r");
+    pty.expect("log_filter");
+    pty.expect_prompt();
+    pty.send("get log_f\t");
+    pty.expect("get log_filter");
+    pty.send("\r");
+    pty.expect(&answer_line("info"));
+    pty.expect_prompt();
+    // A registered command.
+    pty.send("ech\t");
+    pty.expect("echo");
+    pty.send(" completed\r");
+    pty.expect(&answer_line("completed"));
+    pty.expect_prompt();
+    pty.send("\x04");
+    assert_eq!(pty.wait_exit().code(), Some(0), "{:?}", pty.seen);
+}
+
+#[test]
+fn quoted_arguments_and_format_text() {
+    let app = App::demo(&[]);
+    let pid = app.pid().to_string();
+    let ran = run_cli(&[&pid, "get", "\"log_filter\""]);
+    assert_eq!((ran.code, ran.stdout.as_str()), (0, "info\n"), "{ran:#?}");
+    let ran = run_cli(&[&pid, "echo", "\"hello   world\"", "'it''s'"]);
+    assert_fails(&ran, 1, "a closing ' quote must end the word");
+    let ran = run_cli(&[&pid, "echo", "\"hello   world\"", "'\"quoted\"'"]);
+    assert_eq!(
+        (ran.code, ran.stdout.as_str()),
+        (0, "hello   world \"quoted\"\n"),
+        "{ran:#?}"
+    );
+    let ran = run_cli(&[&pid, "echo", "\"open"]);
+    assert_fails(&ran, 1, "unterminated \" quote");
+    // Interactive too, and `format text` says what it did.
+    let home = TempDir::new();
+    let mut pty = Pty::start(&[&pid], home.path());
+    pty.expect_prompt();
+    pty.send("echo \"two  spaces\"\r");
+    pty.expect(&answer_line("two  spaces"));
+    pty.expect_prompt();
+    pty.send("format text\r");
+    pty.expect(&answer_line("answers are text from now on"));
+    pty.expect_prompt();
+    pty.send("\x04");
     assert_eq!(pty.wait_exit().code(), Some(0), "{:?}", pty.seen);
 }
