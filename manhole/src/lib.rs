@@ -32,7 +32,10 @@
 //! ```
 //!
 //! Then `manhole-cli <pid>` opens a session, and `manhole-cli <pid> get requests` prints one value
-//! for a script. The protocol is in `docs/protocol.md`.
+//! for a script. The protocol is in [docs/protocol.md].
+//!
+//! The guides ship in the crate: [docs/options.md] (every option), [docs/protocol.md],
+//! [docs/security.md], [docs/async.md] (tokio), [docs/design.md], [docs/benchmarks.md].
 //!
 //! # Anatomy
 //!
@@ -87,7 +90,7 @@
 //!   appears; every connection is checked again with `SO_PEERCRED` (same euid, root, or an
 //!   `allowed_uids`/`allowed_gids` entry). Accepted and refused connections, every `set` and
 //!   every registered command run are logged with the peer's pid, uid and gid; `read_only(true)`
-//!   refuses `set` and commands not registered as queries. See `docs/security.md`.
+//!   refuses `set` and commands not registered as queries. See [docs/security.md].
 //! - No SIGPIPE death (every write uses `MSG_NOSIGNAL`), no signals stolen (manhole threads block
 //!   the application's signals), no lock or allocation in a signal handler, no panic across FFI.
 //! - A slow, silent or hostile client costs one session, never the listener or the process:
@@ -131,7 +134,7 @@
 //!   inside one), the `runtime` command (stable runtime metrics), the `tasks` command (every task's
 //!   async backtrace, in applications built with `--cfg tokio_unstable`), and async registered
 //!   commands and values (`Options::async_command`, `Local::from_async_fn`). Without the feature
-//!   tokio is not compiled. See `docs/async.md`.
+//!   tokio is not compiled. See [docs/async.md].
 //! - `tracing` (off by default): `Local::log_filter` and `register_log_filter`, a `log_filter`
 //!   value over a `tracing-subscriber` reload handle to an `EnvFilter`, changed live by `set`.
 //! - `log` (off by default): `Local::log_level` and `register_log_level`, a `log_level` value
@@ -142,6 +145,13 @@
 //! - Linux only (`/proc`, `SO_PEERCRED`, real-time signals).
 //! - One manhole per process; a second [`install`] fails unless `strict(false)`.
 //! - The dump signal (default `SIGRTMIN()+7`) must be free: install fails if it has a handler.
+//!
+//! [docs/options.md]: https://docs.rs/crate/manhole/latest/source/docs/options.md
+//! [docs/protocol.md]: https://docs.rs/crate/manhole/latest/source/docs/protocol.md
+//! [docs/security.md]: https://docs.rs/crate/manhole/latest/source/docs/security.md
+//! [docs/async.md]: https://docs.rs/crate/manhole/latest/source/docs/async.md
+//! [docs/design.md]: https://docs.rs/crate/manhole/latest/source/docs/design.md
+//! [docs/benchmarks.md]: https://docs.rs/crate/manhole/latest/source/docs/benchmarks.md
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -23,7 +23,7 @@ pub enum ConnectionHandler {
     #[default]
     Repl,
     /// No banner, dump or prompt: one command per line and one JSON frame per answer, for tools
-    /// (python-manhole's `handle_connection_exec`). See `docs/protocol.md`.
+    /// (python-manhole's `handle_connection_exec`). See [docs/protocol.md](https://docs.rs/crate/manhole/latest/source/docs/protocol.md).
     Exec,
 }
 
@@ -395,7 +395,7 @@ impl Options {
 
     /// Also admit peers running as these uids (besides the process's effective uid and root,
     /// which are always admitted). The socket file is then mode 0666 so they can connect, and
-    /// the `SO_PEERCRED` check is what keeps everyone else out; see `docs/security.md`.
+    /// the `SO_PEERCRED` check is what keeps everyone else out; see [docs/security.md](https://docs.rs/crate/manhole/latest/source/docs/security.md).
     /// Defaults to none.
     pub fn allowed_uids(mut self, uids: impl IntoIterator<Item = u32>) -> Options {
         self.policy.uids = uids.into_iter().collect();
@@ -407,7 +407,7 @@ impl Options {
     /// race), so an operator runs the client under the group (`sg GROUP -c 'manhole-cli PID'`).
     /// With exactly one gid and no [`allowed_uids`](Options::allowed_uids), the socket file is
     /// mode 0660 and owned by that group (the process must be root or a member of it); otherwise
-    /// 0666. See `docs/security.md`.
+    /// 0666. See [docs/security.md](https://docs.rs/crate/manhole/latest/source/docs/security.md).
     /// Defaults to none.
     pub fn allowed_gids(mut self, gids: impl IntoIterator<Item = u32>) -> Options {
         self.policy.gids = gids.into_iter().collect();
@@ -476,7 +476,7 @@ impl Options {
 
     /// Bring the manhole back in the child of a `fork` (through `pthread_atfork`). Only the
     /// default pid path with the always-on listener gets a listener in the child; see
-    /// `docs/options.md`.
+    /// [docs/options.md](https://docs.rs/crate/manhole/latest/source/docs/options.md).
     /// Defaults to `true`.
     pub fn patch_fork(mut self, on: bool) -> Options {
         self.patch_fork = on;
@@ -492,7 +492,7 @@ impl Options {
     }
 
     /// While a session is open, also show what the process writes to its stderr (fd 2) in the
-    /// session, live. The original stderr still gets everything. See `docs/options.md` for the
+    /// session, live. The original stderr still gets everything. See [docs/options.md](https://docs.rs/crate/manhole/latest/source/docs/options.md) for the
     /// caveats.
     /// Defaults to `true` (as python-manhole).
     pub fn redirect_stderr(mut self, on: bool) -> Options {
@@ -503,7 +503,7 @@ impl Options {
     /// Install a SIGTERM handler (chained through signal-hook) that removes the socket and then
     /// dies of SIGTERM as before. Without it, a SIGTERM with the default action skips exit
     /// handlers and leaves the socket file behind. Leave it off if the application handles
-    /// SIGTERM itself; see `docs/options.md` for the recipe.
+    /// SIGTERM itself; see [docs/options.md](https://docs.rs/crate/manhole/latest/source/docs/options.md) for the recipe.
     /// Defaults to `false`.
     pub fn cleanup_on_sigterm(mut self, on: bool) -> Options {
         self.cleanup_on_sigterm = on;

@@ -119,7 +119,7 @@ impl StackDump {
         counts
     }
 
-    /// The dump as text, as the REPL shows it (see `docs/protocol.md`).
+    /// The dump as text, as the REPL shows it (see [docs/protocol.md](https://docs.rs/crate/manhole/latest/source/docs/protocol.md)).
     ///
     /// The header's "without answer" counts every thread with no captured stack that was not
     /// blocked, exited ones included; [`DumpCounts`] and the JSON tell them apart.
@@ -151,13 +151,13 @@ impl StackDump {
         Ok(())
     }
 
-    /// The dump as JSON (see `docs/protocol.md`, "The stack dump as data"); the same document as
+    /// The dump as JSON (see [docs/protocol.md](https://docs.rs/crate/manhole/latest/source/docs/protocol.md), "The stack dump as data"); the same document as
     /// [`to_json_string`](StackDump::to_json_string), parsed.
     pub fn to_json(&self) -> Value {
         serde_json::from_str(&self.to_json_string()).unwrap_or(Value::Null)
     }
 
-    /// The dump as one line of JSON text (see `docs/protocol.md`, "The stack dump as data").
+    /// The dump as one line of JSON text (see [docs/protocol.md](https://docs.rs/crate/manhole/latest/source/docs/protocol.md), "The stack dump as data").
     ///
     /// Written straight into one string: a `serde_json::Value` of a big dump (a map per frame
     /// and per symbol) costs more to build, serialize and drop than the capture itself.
