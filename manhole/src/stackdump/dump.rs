@@ -274,6 +274,9 @@ pub struct ThreadStack {
     pub(super) wchan: Option<String>,
     pub(super) syscall: Option<SyscallState>,
     pub(super) handler_time: Option<Duration>,
+    /// For a thread captured by the signal: bytes of stack the handler copied, and bytes of
+    /// stack the kernel's signal frame and the handler used below the interrupted stack pointer.
+    pub(super) stack_copy: Option<(usize, usize)>,
 }
 
 impl ThreadStack {
@@ -328,6 +331,18 @@ impl ThreadStack {
     /// how long the dump kept the thread from its own work.
     pub fn handler_time(&self) -> Option<Duration> {
         self.handler_time
+    }
+
+    /// For a thread captured by the signal: how many bytes of its stack the handler copied
+    /// (from the interrupted stack pointer up, at most the copy window).
+    pub fn stack_copy_bytes(&self) -> Option<usize> {
+        self.stack_copy.map(|(copied, _)| copied)
+    }
+
+    /// For a thread captured by the signal: how many bytes below the interrupted stack pointer
+    /// the kernel's signal frame and the dump handler used.
+    pub fn handler_stack_bytes(&self) -> Option<usize> {
+        self.stack_copy.map(|(_, below)| below)
     }
 
     pub(super) fn write_text<W: fmt::Write>(&self, out: &mut W) {
@@ -399,6 +414,17 @@ impl ThreadStack {
             }
             None => {
                 let _ = out.write_str(",\"handler_nanos\":null");
+            }
+        }
+        match self.stack_copy {
+            Some((copied, below)) => {
+                let _ = write!(
+                    out,
+                    ",\"stack_copy_bytes\":{copied},\"handler_stack_bytes\":{below}"
+                );
+            }
+            None => {
+                let _ = out.write_str(",\"stack_copy_bytes\":null,\"handler_stack_bytes\":null");
             }
         }
         let _ = out.write_str(",\"frames\":[");

@@ -30,9 +30,10 @@
 //! * A signal can cut short a system call that is not restarted (`epoll_wait`, `nanosleep`, ...):
 //!   code that does not retry on `EINTR` may see one.
 
-mod capture;
 mod dump;
+mod handler;
 pub(crate) mod symbolize;
+mod unwind;
 
 pub use self::dump::{CaptureMethod, DumpCounts, Frame, FrameSymbol, StackDump, ThreadStack};
 pub(crate) use self::dump::{JsonEscaped, write_json_str};
@@ -42,9 +43,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 
-use self::capture::{Answer, Disposition, SendError};
 use self::dump::Outcome;
+use self::handler::{Answer, Disposition, SendError, StackImage};
 use self::symbolize::{RawFrame, Symbolizer};
+use self::unwind::{End, Unwinder, Unwound};
 use crate::procfs::{self, SyscallState, ThreadState};
 use crate::{Error, ErrorKind, Result};
 
@@ -54,9 +56,6 @@ pub const HARD_CAP: Duration = Duration::from_secs(2);
 const GRACE: Duration = Duration::from_millis(50);
 /// The most frames per thread, whatever `max_frames` asks for.
 const MAX_FRAMES_LIMIT: usize = 1024;
-/// Room for the handler's own frames above the interrupted code: up to five unoptimized
-/// (`backtrace` internals, `answer`, the handler, the signal trampoline), plus slack.
-const HANDLER_FRAMES: usize = 8;
 /// Room for the dump machinery's own frames above its caller, on the dumping thread.
 const SELF_FRAMES: usize = 32;
 /// How long `capture` waits for a dump already in progress.
@@ -109,7 +108,7 @@ pub(crate) fn forked_mid_dump() -> bool {
 /// every big dump stayed resident, up to one copy per arena.
 pub(crate) fn release_dump_memory() {
     if DUMPED.swap(false, Ordering::Relaxed) {
-        capture::release_freed_memory();
+        crate::sys::release_freed_memory();
     }
 }
 
@@ -129,7 +128,7 @@ pub(crate) struct DumpOptions {
 /// Fails with [`ErrorKind::Signal`] when the signal cannot be used or already has a handler
 /// (or is ignored) that is not ours: an existing handler is never replaced.
 pub(crate) fn install_handler(signal: libc::c_int) -> Result<()> {
-    capture::install(signal)
+    handler::install(signal)
 }
 
 /// Captures and symbolizes the stack of every thread of the process.
@@ -166,7 +165,7 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
     let signal = options.signal;
     let me = nix::unistd::gettid().as_raw();
 
-    let refusal = match capture::disposition(signal) {
+    let mut refusal = match handler::disposition(signal) {
         Ok(Disposition::Ours) => None,
         Ok(other) => Some(format!(
             "not signalled: signal {signal} is now handled by {}, not by manhole",
@@ -187,11 +186,21 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
     let tids = tasks.thread_ids().map_err(cannot_list)?;
     // Each thread is signalled right after its status is read: its handler runs while the
     // dumper reads the next statuses.
-    let mut requests = capture::start(signal, tids.len(), max_frames + HANDLER_FRAMES);
+    let mut requests = match handler::start(signal, tids.len()) {
+        Ok(requests) => Some(requests),
+        Err(e) => {
+            refusal.get_or_insert(format!(
+                "not signalled: no memory for the stack copies ({e})"
+            ));
+            None
+        }
+    };
     let mut threads: Vec<Pending> = Vec::with_capacity(tids.len());
     for &tid in &tids {
         let thread = plan(&mut tasks, tid, me, signal, refusal.as_deref());
-        if thread.plan == Plan::Signal {
+        if thread.plan == Plan::Signal
+            && let Some(requests) = requests.as_mut()
+        {
             requests.send(tid);
         }
         threads.push(thread);
@@ -200,8 +209,16 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
     let sent_at = Instant::now();
     let deadline = (sent_at + options.timeout.min(HARD_CAP)).min(started + HARD_CAP);
     // The other threads answer meanwhile.
-    let own_stack = trace_self(here, max_frames);
-    let mut answers = requests.collect(deadline, GRACE).into_iter();
+    let mut unwinder = Unwinder::current();
+    let own_stack = trace_self(&mut unwinder, here, max_frames);
+    let answers = match requests {
+        Some(requests) => {
+            requests.collect(deadline, GRACE, |image| unwinder.unwind(image, max_frames))
+        }
+        None => Vec::new(),
+    };
+    drop(unwinder);
+    let mut answers = answers.into_iter();
     let waited = deadline.saturating_duration_since(sent_at);
     for thread in &mut threads {
         match thread.plan {
@@ -229,7 +246,7 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
         taken_at,
         capture_time,
         symbolize_time: symbolizing.elapsed(),
-        ignored_signals: capture::ignored_signals(),
+        ignored_signals: handler::ignored_signals(),
         threads,
     })
 }
@@ -240,58 +257,79 @@ struct OwnStack {
     ips: Vec<usize>,
     /// Whether there were more frames than kept.
     truncated: bool,
-    /// Whether the dump machinery's frames are still at the top (to be dropped by name).
-    untrimmed: bool,
+    /// Why unwinding stopped early, if it did.
+    stopped: Option<String>,
 }
 
-/// The dumping thread's stack, raw, in normal context (this takes the `backtrace` lock): return
-/// addresses from the caller of [`capture()`] outwards, at most `limit`. `here` is the address of a
-/// local of `capture`.
+/// The dumping thread's stack, raw: its registers and stack copied here (it cannot signal
+/// itself, it may block the signal) and unwound like the others, from the caller of
+/// [`capture()`] outwards, at most `limit` frames. `here` is the address of a local of `capture`.
 ///
 /// The dump machinery's own frames are left out by stack address, not by name (inlining and
-/// line-tables-only debug info make names unreliable). For each frame the unwinder reports the
-/// stack pointer at its call site (`_Unwind_GetCFA`), the lowest address of that frame: for
-/// `capture` and everything it calls that is at or below `here`, for `capture`'s caller it is
-/// above. Stacks grow down on every Linux target Rust supports; if no frame is above, the frames
-/// are dropped by name after symbolizing instead.
+/// line-tables-only debug info make names unreliable): after each unwound frame the unwinder
+/// knows the caller's stack pointer; for `capture` and everything it calls that is at or below
+/// `here`, for `capture`'s caller it is above. Stacks grow down on every Linux target Rust
+/// supports.
 #[inline(never)]
-fn trace_self(here: usize, limit: usize) -> OwnStack {
-    let cap = limit + SELF_FRAMES;
-    let mut frames: Vec<(usize, usize)> = Vec::with_capacity(cap.min(256));
-    backtrace::trace(|frame| {
-        frames.push((frame.ip() as usize, frame.sp() as usize));
-        frames.len() < cap
-    });
-    let capped = frames.len() == cap;
-    let (mut ips, untrimmed): (Vec<usize>, bool) =
-        match frames.iter().position(|&(_, cfa)| cfa > here) {
-            Some(caller) => (frames[caller..].iter().map(|&(ip, _)| ip).collect(), false),
-            None => (frames.iter().map(|&(ip, _)| ip).collect(), true),
-        };
-    let truncated = capped || ips.len() > limit;
-    if !untrimmed {
+fn trace_self(unwinder: &mut Unwinder, here: usize, limit: usize) -> OwnStack {
+    let mut buffer = vec![0u8; handler::WINDOW];
+    let (registers, copied) = handler::copy_own_stack(&mut buffer);
+    let image = StackImage {
+        registers,
+        bytes: &buffer[..copied],
+        window_full: copied == buffer.len(),
+    };
+    let unwound = unwinder.unwind(&image, limit + SELF_FRAMES);
+    let caller = unwound
+        .stack_pointers
+        .iter()
+        .position(|&sp| sp > here)
+        .unwrap_or(unwound.frames.len());
+    let mut ips: Vec<usize> = unwound.frames[caller..].iter().map(|f| f.ip).collect();
+    let mut truncated = unwound.truncated();
+    if ips.len() > limit {
         ips.truncate(limit);
+        truncated = true;
     }
     OwnStack {
         ips,
         truncated,
-        untrimmed,
+        stopped: stop_note(&unwound),
     }
 }
 
-/// Warnings about this platform that make dumps less reliable, one sentence each (empty when
-/// all is well): a glibc older than 2.35 (the unwinder then takes the loader lock inside the
-/// handler and can deadlock against `dlopen`), a C library other than glibc (unwinding through
-/// the signal frame is untested), or no readable `/proc/self/task` (dumps are impossible).
+/// The note for a stack whose unwinding ended early, if it did.
+fn stop_note(unwound: &Unwound) -> Option<String> {
+    match &unwound.end {
+        End::Complete | End::MaxFrames => None,
+        End::Window => Some(format!(
+            "stack deeper than the {} KiB copied: outer frames are missing",
+            handler::WINDOW / 1024
+        )),
+        End::Stopped(why) => Some(format!(
+            "unwinding stopped early ({why}): outer frames may be missing"
+        )),
+        End::NoRegisters => {
+            Some("no registers from the signal context (unsupported architecture): no stack".into())
+        }
+    }
+}
+
+/// Warnings about this platform that make dumps less useful, one sentence each (empty when all
+/// is well): an architecture the unwinder does not support, a policy that forbids copying our
+/// own memory (`process_vm_readv`, e.g. a seccomp filter), or no readable `/proc/self/task`.
 pub fn platform_warnings() -> Vec<String> {
     let mut warnings = Vec::new();
-    match capture::glibc_version() {
-        Some((major, minor)) if (major, minor) < (2, 35) => warnings.push(format!(
-            "glibc {major}.{minor} is older than 2.35: unwinding in the dump handler may take the loader lock and deadlock against a concurrent dlopen"
-        )),
-        Some(_) => {}
-        None => warnings
-            .push("the C library is not glibc: unwinding through the signal frame is not known to work".to_string()),
+    if !cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+        warnings.push(
+            "stack unwinding supports x86_64 and aarch64 only: threads are listed without stacks"
+                .to_string(),
+        );
+    }
+    if let Some(e) = crate::sys::memory::copy_denied() {
+        warnings.push(format!(
+            "copying stacks with process_vm_readv fails ({e}): stacks are missing"
+        ));
     }
     if let Err(e) = procfs::thread_ids() {
         warnings.push(format!(
@@ -328,6 +366,7 @@ struct Pending {
     wchan: Option<String>,
     syscall: Option<SyscallState>,
     handler_time: Option<Duration>,
+    stack_copy: Option<(usize, usize)>,
 }
 
 fn plan(
@@ -351,6 +390,7 @@ fn plan(
         wchan: None,
         syscall: None,
         handler_time: None,
+        stack_copy: None,
     };
     let status = match tasks.status(tid) {
         Ok(status) => status,
@@ -389,7 +429,7 @@ fn plan(
 impl Pending {
     fn take_answer(
         &mut self,
-        answer: Answer,
+        answer: Answer<Unwound>,
         signal: libc::c_int,
         waited: Duration,
         max_frames: usize,
@@ -397,45 +437,22 @@ impl Pending {
         match answer {
             Answer::Captured {
                 tid,
-                ips,
-                pc,
-                truncated,
+                unwound,
                 handler_nanos,
+                copied,
+                stack_below,
             } => {
-                // The unwinder ends some stacks with a null return address.
-                let ips: Vec<usize> = ips.into_iter().filter(|&ip| ip != 0).collect();
+                self.stack_copy = Some((copied, stack_below));
                 self.method = CaptureMethod::Signal;
                 self.outcome = Outcome::Captured;
-                self.truncated = truncated;
                 self.handler_time = Some(Duration::from_nanos(handler_nanos));
+                self.truncated = unwound.truncated();
                 if tid != self.tid {
                     self.note = Some(format!("answered from tid {tid}"));
                 }
-                match ips.iter().position(|&ip| pc != 0 && ip == pc) {
-                    Some(at) => {
-                        self.raw = ips[at..]
-                            .iter()
-                            .enumerate()
-                            .map(|(i, &ip)| RawFrame { ip, exact: i == 0 })
-                            .collect();
-                    }
-                    None if pc != 0 => {
-                        self.raw = vec![RawFrame {
-                            ip: pc,
-                            exact: true,
-                        }];
-                        self.note = Some("could not unwind past the signal frame; only the interrupted instruction is shown".into());
-                    }
-                    None => {
-                        // No program counter on this architecture: drop the handler by name.
-                        self.raw = ips
-                            .iter()
-                            .map(|&ip| RawFrame { ip, exact: false })
-                            .collect();
-                        self.trim_machinery = true;
-                    }
-                }
-                if self.raw.len() > max_frames && !self.trim_machinery {
+                self.note = self.note.take().or_else(|| stop_note(&unwound));
+                self.raw = unwound.frames;
+                if self.raw.len() > max_frames {
                     self.raw.truncate(max_frames);
                     self.truncated = true;
                 }
@@ -489,7 +506,7 @@ impl Pending {
             .map(|&ip| RawFrame { ip, exact: false })
             .collect();
         self.truncated = own.truncated;
-        self.trim_machinery = own.untrimmed;
+        self.note = own.stopped.clone();
     }
 
     /// Wait channel and `/proc/.../syscall` for a live thread without a stack. A captured stack
@@ -538,6 +555,7 @@ impl Pending {
             wchan: self.wchan,
             syscall: self.syscall,
             handler_time: self.handler_time,
+            stack_copy: self.stack_copy,
         }
     }
 }
@@ -595,6 +613,7 @@ pub(crate) mod tests {
             wchan: Some("futex_wait_queue".into()),
             syscall: None,
             handler_time: Some(Duration::from_nanos(5300)),
+            stack_copy: Some((2048, 3200)),
         };
         StackDump {
             pid: 4242,

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::capture::{self, LoadedObject};
 use super::{Frame, FrameSymbol};
+use crate::sys::objects::{self as capture, LoadedObject};
 
 /// Most cached addresses before the cache is cleared.
 pub(super) const CACHE_LIMIT: usize = 64 * 1024;

@@ -1,11 +1,13 @@
 //! Thin safe wrappers over the few libc calls std and nix do not cover.
 //!
-//! This and `stackdump::capture` are the only modules with `unsafe` code. Each function here is
+//! This and `stackdump::handler` are the only modules with `unsafe` code. Each function here is
 //! safe to call; the `// SAFETY:` comment on each block says why the call is sound.
 
 #![allow(unsafe_code)]
 
 pub(crate) mod log;
+pub(crate) mod memory;
+pub(crate) mod objects;
 pub mod procfs;
 pub(crate) mod threads;
 pub(crate) mod wait;
@@ -199,3 +201,17 @@ pub(crate) fn readable_bytes(fd: RawFd) -> usize {
 unsafe fn install_from_environment() {
     crate::envvar::install_from_env();
 }
+
+/// Gives memory freed into the C library's heaps back to the system: glibc keeps what a session
+/// thread's arena freed (a big dump's megabytes of text and JSON) for that arena, and with a new
+/// session thread per client, up to eight arenas per CPU each keep their own.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub(crate) fn release_freed_memory() {
+    // SAFETY: `malloc_trim` only returns free heap pages to the kernel (under the arenas' own
+    // locks); it is called in normal context and does not touch any allocated block.
+    unsafe { libc::malloc_trim(0) };
+}
+
+/// Not glibc: nothing to do.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub(crate) fn release_freed_memory() {}

@@ -1,5 +1,6 @@
-//! The signal side of the stack dump: installing the handler, asking each thread for its stack,
-//! and the handler itself. This is the only file of the dump with `unsafe` code.
+//! The signal side of the stack dump: installing the handler, asking each thread for a copy of
+//! its registers and stack, and the handler itself. With `sys/`, the only `unsafe` code of the
+//! dump. Unwinding the copies is `unwind`'s job, on the dumping thread.
 //!
 //! # How a thread is asked
 //!
@@ -8,47 +9,227 @@
 //! `rt_tgsigqueueinfo(getpid(), tid, signal, info)`, where `info` has `si_code = SI_QUEUE`, our pid
 //! and uid, and the value `(generation << 20) | slot_index`. It sends each thread its signal as
 //! soon as it has read that thread's status, so the first handlers run while the later statuses
-//! are read, and waits only after the last send: a dump costs about the reading of the statuses
-//! plus the slowest thread, not the sum of the threads. At most four requests per CPU are in
-//! flight at once (the next is sent as answers come in), so a thousand woken threads do not
-//! preempt each other inside their handlers. Every wait sleeps on a futex word that every
-//! handler bumps when it is done; it never polls.
+//! are read, and waits only after the last send. At most four requests per CPU are in flight at
+//! once (the next is sent as answers come in), so a thousand woken threads do not preempt each
+//! other inside their handlers. Every wait sleeps on a futex word that every handler bumps when
+//! it is done; it never polls.
 //!
-//! # Rules for the code that runs in the handler
+//! # What the handler does: copies, nothing else
 //!
-//! [`on_dump_signal`] runs on an arbitrary thread at an arbitrary instruction, so it may only do
-//! what is async-signal-safe:
+//! [`on_dump_signal`] runs on an arbitrary thread at an arbitrary instruction. It does not
+//! unwind. It copies
 //!
-//! * no allocation, no locks (not even `parking_lot` or std's), no `std::io`, no formatting, no
-//!   lazily initialised `thread_local!`, no panics (every index is a `get`, every arithmetic step
-//!   cannot overflow);
-//! * `errno` is saved on entry and restored on exit ([`ErrnoGuard`]);
-//! * only raw syscalls (`getpid`, `gettid`, `futex`), `clock_gettime` (vDSO, to time itself)
-//!   and the unwinder: `backtrace::trace_unsynchronized` (libgcc's `_Unwind_Backtrace`, whose
-//!   FDE lookup goes through glibc's async-signal-safe `_dl_find_object` on glibc >= 2.35),
-//!   reading nothing but `frame.ip()`;
-//! * it writes only into a slot that it first claimed with a compare-exchange from *sent in this
-//!   generation* to *running*, so a late or foreign signal can never write anywhere: anything that
-//!   is not `SI_QUEUE` from our own pid with the current generation is counted and ignored.
+//! * the interrupted registers an unwinder starts from (program counter, stack pointer, frame
+//!   pointer, and the link register on aarch64) out of the kernel's `ucontext_t`, and
+//! * a window of at most [`WINDOW`] bytes of the stack, from the interrupted stack pointer
+//!   upwards, with `process_vm_readv` on our own pid (`sys::memory`): the kernel checks every
+//!   page, so the copy ends early at an unmapped or guard page instead of faulting,
 //!
-//! Pools are grow-only and never freed (an outgrown pool is leaked), so a handler that runs late,
-//! after the dumper gave up on it, still writes into live memory. The dumper gives up on a slot by
-//! moving it from *sent* to *abandoned*; a handler already *running* gets a short grace period.
+//! into the slot's preallocated buffer. Then it stores `DONE` and wakes the dumper. Nothing else
+//! runs in it: no unwinder (libgcc's or any other), no `dl_iterate_phdr`, no allocation, no lock,
+//! no `std::io`, no formatting, no lazily initialised `thread_local!`, no panic (every index is a
+//! `get`), only raw syscalls (`getpid`, `gettid`, `process_vm_readv`, `futex`) and
+//! `clock_gettime` (vDSO) to time itself; `errno` is saved and restored ([`ErrnoGuard`]). Its
+//! safety therefore depends on no glibc or libgcc version. The dumping thread then unwinds the
+//! copy with `framehop` over unwind tables parsed outside any handler.
 //!
-//! The handler runs on the thread's own stack (no `SA_ONSTACK`: Rust's 8 KiB alternate stacks
-//! are too small for an unwinder), with every signal blocked while it runs, and `SA_RESTART`.
+//! It writes only into a slot that it first claimed with a compare-exchange from *sent in this
+//! generation* to *running*, so a late or foreign signal can never write anywhere: anything that
+//! is not `SI_QUEUE` from our own pid with the current generation is counted and ignored.
+//!
+//! Pools are grow-only and never freed (an outgrown pool is leaked; its stack buffers are given
+//! back to the kernel with `MADV_DONTNEED` after each dump, which a late write survives), so a
+//! handler that runs late, after the dumper gave up on it, still writes into live memory. The
+//! dumper gives up on a slot by moving it from *sent* to *abandoned*; a handler already
+//! *running* gets a short grace period.
+//!
+//! The handler runs on the thread's own stack (no `SA_ONSTACK`), with `SA_RESTART`, and blocks
+//! nothing but the dump signal itself while it runs (`sa_mask` is empty: a fault in it, were
+//! there one, would get the application's fault handler, never a blocked synchronous signal).
+//!
+//! # A second kind of request: profiler samples
+//!
+//! The copy is not tied to dumps. [`copy_interrupted`] takes the handler's `ucontext_t` and a
+//! [`StackBuffer`] and fills in a [`CopiedRegisters`] and the window; a profiler's handler (for a
+//! per-thread CPU-time timer delivering `SI_TIMER` with a value it chose) claims one of its own
+//! preallocated sample slots the same way (compare-exchange on a state word), calls
+//! [`copy_interrupted`], and publishes the slot with a release store. Its thread then hands the
+//! registers and bytes, as a [`StackImage`], to `unwind::Unwinder` exactly as the dumper does.
 
-use std::ffi::{CStr, c_int, c_void};
+use std::ffi::{c_int, c_void};
 use std::io;
 use std::ptr;
-use std::sync::atomic::{
-    AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
-};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::sys::memory;
 use crate::{Error, ErrorKind, Result};
+
+/// The most bytes of a thread's stack one request copies, from its stack pointer upwards. A
+/// deeper stack is unwound as far as the copy reaches and shown truncated, with a note.
+pub(crate) const WINDOW: usize = 64 * 1024;
+
+/// The registers an unwinder starts from, as the interrupted code had them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct CopiedRegisters {
+    /// The program counter: the exact instruction that was interrupted.
+    pub(crate) pc: usize,
+    /// The stack pointer.
+    pub(crate) sp: usize,
+    /// The frame pointer (`rbp`, `x29`).
+    pub(crate) fp: usize,
+    /// The link register (`x30` on aarch64; 0 elsewhere).
+    pub(crate) lr: usize,
+}
+
+/// A thread's registers and the copy of its stack from `registers.sp` upwards: what the unwinder
+/// works on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StackImage<'a> {
+    pub(crate) registers: CopiedRegisters,
+    /// The copied bytes; `bytes[0]` is the byte at `registers.sp`.
+    pub(crate) bytes: &'a [u8],
+    /// Whether the copy stopped at [`WINDOW`] rather than at unreadable memory (the stack may go
+    /// on beyond it).
+    pub(crate) window_full: bool,
+}
+
+/// Preallocated, writable memory that a handler copies a stack window into.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StackBuffer {
+    start: *mut u8,
+    len: usize,
+}
+
+// SAFETY: a `StackBuffer` is an address range in a leaked mapping; who writes it and when is
+// governed by the slot state word that owns it (claim, then publish with release, read after
+// acquire), never by the pointer itself.
+unsafe impl Send for StackBuffer {}
+// SAFETY: as above.
+unsafe impl Sync for StackBuffer {}
+
+/// Anonymous memory for `count` buffers of [`WINDOW`] bytes each, reserved lazily (pages exist
+/// only once written) and never unmapped.
+fn map_buffers(count: usize) -> io::Result<Vec<StackBuffer>> {
+    let len = count
+        .checked_mul(WINDOW)
+        .ok_or_else(|| io::Error::other("too many stack buffers"))?;
+    // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
+    let start = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if start == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((0..count)
+        .map(|i| StackBuffer {
+            // SAFETY: `i * WINDOW < len`, inside the mapping just made.
+            start: unsafe { start.cast::<u8>().add(i * WINDOW) },
+            len: WINDOW,
+        })
+        .collect())
+}
+
+/// Gives the pages of `buffers` (one contiguous mapping, as made by [`map_buffers`]) back to the
+/// kernel. A handler that still writes into one later gets fresh zero pages; nothing breaks.
+fn release_buffers(buffers: &[StackBuffer]) {
+    if let (Some(first), Some(last)) = (buffers.first(), buffers.last()) {
+        let len = (last.start as usize + last.len).saturating_sub(first.start as usize);
+        // SAFETY: the range is exactly our own mapping; MADV_DONTNEED on private anonymous
+        // memory only drops its pages (they read back as zeros).
+        unsafe { libc::madvise(first.start.cast(), len, libc::MADV_DONTNEED) };
+    }
+}
+
+/// Copies the interrupted registers out of a signal handler's `context` and the stack window
+/// above the interrupted stack pointer into `buffer`; returns the registers and how many bytes
+/// were copied. Async-signal-safe: two loads from the context and one `process_vm_readv`.
+///
+/// # Safety
+///
+/// `context` must be the third argument of an `SA_SIGINFO` handler (or null), and the caller
+/// must have exclusive use of `buffer` (a claimed slot).
+pub(crate) unsafe fn copy_interrupted(
+    context: *const c_void,
+    buffer: StackBuffer,
+) -> (CopiedRegisters, usize) {
+    let registers = context_registers(context);
+    if registers.sp == 0 {
+        return (registers, 0);
+    }
+    // SAFETY: the caller owns `buffer`, which is `buffer.len` writable bytes of our mapping.
+    let copied = unsafe { memory::copy_own(registers.sp, buffer.start, buffer.len) };
+    (registers, copied)
+}
+
+/// The calling thread's own registers and stack, for the dumping thread (which cannot signal
+/// itself: it may block the signal). Copies from its own stack pointer upwards into `buffer`;
+/// the image starts inside this function, so the caller trims the frames it does not want.
+#[inline(never)]
+pub(crate) fn copy_own_stack(buffer: &mut [u8]) -> (CopiedRegisters, usize) {
+    let registers = own_registers();
+    // SAFETY: `buffer` is an exclusively borrowed, writable slice of `buffer.len()` bytes.
+    let copied = unsafe { memory::copy_own(registers.sp, buffer.as_mut_ptr(), buffer.len()) };
+    (registers, copied)
+}
+
+/// This thread's registers at this point of this function.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn own_registers() -> CopiedRegisters {
+    let (pc, sp, fp): (usize, usize, usize);
+    // SAFETY: reads rip (via lea), rsp and rbp into general registers; touches no memory and
+    // no flags.
+    unsafe {
+        std::arch::asm!(
+            "lea {pc}, [rip]",
+            "mov {sp}, rsp",
+            "mov {fp}, rbp",
+            pc = out(reg) pc,
+            sp = out(reg) sp,
+            fp = out(reg) fp,
+            options(nomem, nostack, preserves_flags)
+        );
+    }
+    CopiedRegisters { pc, sp, fp, lr: 0 }
+}
+
+/// This thread's registers at this point of this function.
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+fn own_registers() -> CopiedRegisters {
+    let (pc, sp, fp, lr): (usize, usize, usize, usize);
+    // SAFETY: reads pc (via adr), sp, x29 and x30 into general registers; touches no memory.
+    unsafe {
+        std::arch::asm!(
+            "adr {pc}, .",
+            "mov {sp}, sp",
+            "mov {fp}, x29",
+            "mov {lr}, x30",
+            pc = out(reg) pc,
+            sp = out(reg) sp,
+            fp = out(reg) fp,
+            lr = out(reg) lr,
+            options(nomem, nostack, preserves_flags)
+        );
+    }
+    CopiedRegisters { pc, sp, fp, lr }
+}
+
+/// Other architectures: no registers, so no stack.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn own_registers() -> CopiedRegisters {
+    CopiedRegisters::default()
+}
 
 /// Bits of the signal value that carry the slot index; the rest carry the generation.
 const INDEX_BITS: u32 = 20;
@@ -77,28 +258,29 @@ struct Slot {
     state: AtomicUsize,
     /// The tid the handler ran on.
     tid: AtomicI32,
-    /// The interrupted program counter from the signal context (0 if unknown).
-    pc: AtomicUsize,
-    /// How many entries of `ips` are valid.
-    len: AtomicUsize,
-    /// Whether the stack had more frames than `ips` holds.
-    truncated: AtomicBool,
+    /// The interrupted registers: pc, sp, fp, lr.
+    registers: [AtomicUsize; 4],
+    /// Bytes of the stack window copied into `stack`.
+    copied: AtomicUsize,
     /// Nanoseconds from handler entry to just before the final `DONE` store (and futex wake).
     nanos: AtomicU64,
-    /// Return addresses, innermost first (the handler's own frames included).
-    ips: Box<[AtomicUsize]>,
+    /// Bytes from the interrupted stack pointer down to a local of the handler: the kernel's
+    /// signal frame plus the handler's own frame.
+    stack_below: AtomicUsize,
+    /// Where the stack window goes.
+    stack: StackBuffer,
 }
 
 impl Slot {
-    fn new(frames: usize) -> Slot {
+    fn new(stack: StackBuffer) -> Slot {
         Slot {
             state: AtomicUsize::new(IDLE),
             tid: AtomicI32::new(0),
-            pc: AtomicUsize::new(0),
-            len: AtomicUsize::new(0),
-            truncated: AtomicBool::new(false),
+            registers: Default::default(),
+            copied: AtomicUsize::new(0),
             nanos: AtomicU64::new(0),
-            ips: (0..frames).map(|_| AtomicUsize::new(0)).collect(),
+            stack_below: AtomicUsize::new(0),
+            stack,
         }
     }
 }
@@ -106,7 +288,8 @@ impl Slot {
 /// A set of slots. Leaked on creation: it lives as long as the process.
 struct Pool {
     slots: Box<[Slot]>,
-    frames: usize,
+    /// The slots' stack buffers, in order (one mapping).
+    buffers: Vec<StackBuffer>,
 }
 
 /// The pool the handler writes into.
@@ -215,28 +398,19 @@ fn answer(info: *const libc::siginfo_t, context: *const c_void, entered: u64) ->
         return false;
     }
     slot.tid.store(raw_gettid(), Ordering::Relaxed);
-    slot.pc.store(context_pc(context), Ordering::Relaxed);
-    let mut len = 0usize;
-    let mut truncated = false;
-    // SAFETY: `trace_unsynchronized` only skips the `backtrace` crate's global lock (which a
-    // handler must not take); libgcc's `_Unwind_Backtrace` is itself thread-safe and was warmed
-    // up by `install`. The callback reads only `frame.ip()` (no `symbol_address`, no clone),
-    // does not allocate and cannot panic.
-    unsafe {
-        backtrace::trace_unsynchronized(|frame| match slot.ips.get(len) {
-            Some(cell) => {
-                cell.store(frame.ip() as usize, Ordering::Relaxed);
-                len += 1;
-                true
-            }
-            None => {
-                truncated = true;
-                false
-            }
-        });
-    }
-    slot.len.store(len, Ordering::Relaxed);
-    slot.truncated.store(truncated, Ordering::Relaxed);
+    let marker = 0u8;
+    // SAFETY: the kernel passed `context` to this SA_SIGINFO handler, and the slot is ours
+    // alone since the claim above.
+    let (registers, copied) = unsafe { copy_interrupted(context, slot.stack) };
+    let here = std::hint::black_box(&marker) as *const u8 as usize;
+    let [pc, sp, fp, lr] = &slot.registers;
+    pc.store(registers.pc, Ordering::Relaxed);
+    sp.store(registers.sp, Ordering::Relaxed);
+    fp.store(registers.fp, Ordering::Relaxed);
+    lr.store(registers.lr, Ordering::Relaxed);
+    slot.copied.store(copied, Ordering::Relaxed);
+    slot.stack_below
+        .store(registers.sp.saturating_sub(here), Ordering::Relaxed);
     slot.nanos
         .store(monotonic_nanos().saturating_sub(entered), Ordering::Relaxed);
     slot.state
@@ -268,41 +442,56 @@ fn raw_gettid() -> i32 {
     tid as i32
 }
 
-/// The interrupted program counter from the handler's `ucontext_t`.
+/// The interrupted registers from the handler's `ucontext_t`.
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-fn context_pc(context: *const c_void) -> usize {
+fn context_registers(context: *const c_void) -> CopiedRegisters {
     if context.is_null() {
-        return 0;
+        return CopiedRegisters::default();
     }
     // SAFETY: with SA_SIGINFO the third handler argument points to the kernel-built
     // `ucontext_t` of the interrupted code, valid while the handler runs.
     let context = unsafe { &*context.cast::<libc::ucontext_t>() };
-    context
-        .uc_mcontext
-        .gregs
-        .get(libc::REG_RIP as usize)
-        .map_or(0, |&rip| rip as usize)
+    let gregs = &context.uc_mcontext.gregs;
+    let register = |index: c_int| {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| gregs.get(i))
+            .map_or(0, |&value| value as usize)
+    };
+    CopiedRegisters {
+        pc: register(libc::REG_RIP),
+        sp: register(libc::REG_RSP),
+        fp: register(libc::REG_RBP),
+        lr: 0,
+    }
 }
 
-/// The interrupted program counter from the handler's `ucontext_t`.
+/// The interrupted registers from the handler's `ucontext_t`.
 #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
-fn context_pc(context: *const c_void) -> usize {
+fn context_registers(context: *const c_void) -> CopiedRegisters {
     if context.is_null() {
-        return 0;
+        return CopiedRegisters::default();
     }
     // SAFETY: with SA_SIGINFO the third handler argument points to the kernel-built
     // `ucontext_t` of the interrupted code, valid while the handler runs.
     let context = unsafe { &*context.cast::<libc::ucontext_t>() };
-    context.uc_mcontext.pc as usize
+    let mcontext = &context.uc_mcontext;
+    let register = |index: usize| mcontext.regs.get(index).map_or(0, |&value| value as usize);
+    CopiedRegisters {
+        pc: mcontext.pc as usize,
+        sp: mcontext.sp as usize,
+        fp: register(29),
+        lr: register(30),
+    }
 }
 
-/// Other architectures: no program counter; frames are trimmed by name instead.
+/// Other architectures: no registers, so no stack (the thread is listed with a note).
 #[cfg(not(all(
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
 )))]
-fn context_pc(_context: *const c_void) -> usize {
-    0
+fn context_registers(_context: *const c_void) -> CopiedRegisters {
+    CopiedRegisters::default()
 }
 
 /// Wakes every waiter on `word`.
@@ -437,13 +626,14 @@ pub(super) fn install(signal: c_int) -> Result<()> {
             ));
         }
     }
-    warm_up();
     // SAFETY: an all-zero `sigaction` is valid; we fill in every field we rely on below.
     let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
     action.sa_sigaction = our_handler();
     action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+    // Nothing else is blocked while the handler runs (the signal itself is, as always without
+    // SA_NODEFER): above all never a fault signal.
     // SAFETY: `sa_mask` is a valid `sigset_t` inside `action`.
-    unsafe { libc::sigfillset(&mut action.sa_mask) };
+    unsafe { libc::sigemptyset(&mut action.sa_mask) };
     // SAFETY: an all-zero `sigaction` is a valid value for the kernel to overwrite.
     let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
     // SAFETY: `action` is fully initialised and `on_dump_signal` is an `extern "C"` function
@@ -471,12 +661,6 @@ pub(super) fn install(signal: c_int) -> Result<()> {
     Ok(())
 }
 
-/// Walks a whole stack once in normal context so the unwinder's one-time initialisation (libgcc's
-/// `pthread_once` setup) never happens inside a handler.
-fn warm_up() {
-    backtrace::trace(|_| true);
-}
-
 /// Dump signals ignored since the process started: foreign senders, other `si_code`s, stale
 /// generations, and late answers the dumper had given up on.
 pub(super) fn ignored_signals() -> u64 {
@@ -494,18 +678,20 @@ pub(super) enum SendError {
     Other(io::Error),
 }
 
-/// What came of asking one thread.
+/// What came of asking one thread; `T` is what the dumper made of the copy (the unwound frames).
 #[derive(Debug)]
-pub(super) enum Answer {
-    /// The handler ran: raw return addresses innermost first (handler frames included) and the
-    /// interrupted PC (0 if unknown).
+pub(super) enum Answer<T> {
+    /// The handler ran and copied the thread's registers and stack.
     Captured {
         tid: i32,
-        ips: Vec<usize>,
-        pc: usize,
-        truncated: bool,
+        /// What the dumper's callback made of the copy.
+        unwound: T,
         /// Time spent in the handler, entry to the last store.
         handler_nanos: u64,
+        /// Bytes of stack copied.
+        copied: usize,
+        /// Stack used below the interrupted stack pointer by the kernel's frame and the handler.
+        stack_below: usize,
     },
     /// The signal could not be sent.
     NotSent(SendError),
@@ -528,20 +714,20 @@ pub(super) struct Requests {
     window: u32,
 }
 
-/// Starts a dump generation for up to `threads` threads, each with room for `frames` addresses.
+/// Starts a dump generation for up to `threads` threads.
 /// [`Requests::send`] then asks one thread at a time (the dumper sends each thread its signal
 /// right after reading its status, so handlers run while the other statuses are read), keeping
 /// at most [`WINDOW_PER_CPU`] requests per CPU unanswered, and [`Requests::collect`] waits for
 /// the answers.
-pub(super) fn start(signal: c_int, threads: usize, frames: usize) -> Requests {
-    let pool = pool_for(threads, frames);
+pub(super) fn start(signal: c_int, threads: usize) -> io::Result<Requests> {
+    let pool = pool_for(threads)?;
     let generation = next_generation();
     // Wake at most four threads per CPU at a time: with all of them woken at once, a handler
     // of a few microseconds was preempted for up to tens of milliseconds (1,000 threads on 2
     // CPUs); with the window the longest handler was under 0.1 ms and the dump no slower.
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let window = u32::try_from(cpus.saturating_mul(WINDOW_PER_CPU)).unwrap_or(u32::MAX);
-    Requests {
+    Ok(Requests {
         pool,
         generation,
         signal,
@@ -549,7 +735,7 @@ pub(super) fn start(signal: c_int, threads: usize, frames: usize) -> Requests {
         sent: 0,
         wake_base: WAKE.load(Ordering::Acquire),
         window,
-    }
+    })
 }
 
 impl Requests {
@@ -565,8 +751,7 @@ impl Requests {
         };
         self.wait_for_room();
         let generation = self.generation;
-        slot.len.store(0, Ordering::Relaxed);
-        slot.truncated.store(false, Ordering::Relaxed);
+        slot.copied.store(0, Ordering::Relaxed);
         slot.state
             .store(state_word(generation, SENT), Ordering::Release);
         let sent = queue_signal(tid, self.signal, (generation << INDEX_BITS) | index);
@@ -609,8 +794,14 @@ impl Requests {
 impl Requests {
     /// Waits until every request is answered or `deadline` passes, gives up on the rest, and
     /// waits up to `grace` more for handlers that had already started. One answer per
-    /// [`Requests::send`], in the order they were sent.
-    pub(super) fn collect(self, deadline: Instant, grace: Duration) -> Vec<Answer> {
+    /// [`Requests::send`], in the order they were sent; `unwind` turns each copy into `T`.
+    /// The copies' memory is given back to the kernel afterwards.
+    pub(super) fn collect<T>(
+        self,
+        deadline: Instant,
+        grace: Duration,
+        mut unwind: impl FnMut(&StackImage<'_>) -> T,
+    ) -> Vec<Answer<T>> {
         let sent: Vec<usize> = self
             .requests
             .iter()
@@ -636,13 +827,16 @@ impl Requests {
         }
         let generation = self.generation;
         let pool = self.pool;
-        self.requests
+        let answers = self
+            .requests
             .into_iter()
             .map(|request| match request {
                 Err(error) => Answer::NotSent(error),
-                Ok(index) => read_slot(&pool.slots[index], generation),
+                Ok(index) => read_slot(&pool.slots[index], generation, &mut unwind),
             })
-            .collect()
+            .collect();
+        release_buffers(&pool.buffers);
+        answers
     }
 
     /// Sleeps on the futex word until every slot of `indices` is `done` or `deadline` passes.
@@ -664,30 +858,47 @@ impl Requests {
     }
 }
 
-fn read_slot(slot: &Slot, generation: usize) -> Answer {
+fn read_slot<T>(
+    slot: &Slot,
+    generation: usize,
+    unwind: &mut impl FnMut(&StackImage<'_>) -> T,
+) -> Answer<T> {
     let state = slot.state.load(Ordering::Acquire);
     if state != state_word(generation, DONE) {
         return Answer::Silent {
             started: state == state_word(generation, RUNNING),
         };
     }
-    let len = slot.len.load(Ordering::Relaxed).min(slot.ips.len());
+    let [pc, sp, fp, lr] = &slot.registers;
+    let registers = CopiedRegisters {
+        pc: pc.load(Ordering::Relaxed),
+        sp: sp.load(Ordering::Relaxed),
+        fp: fp.load(Ordering::Relaxed),
+        lr: lr.load(Ordering::Relaxed),
+    };
+    let copied = slot.copied.load(Ordering::Relaxed).min(slot.stack.len);
+    // SAFETY: the handler published these `copied` bytes with its release store of DONE, which
+    // the acquire load above saw; nobody writes the buffer again until the slot is sent anew,
+    // which only this dumper does, after it is done with the image.
+    let bytes = unsafe { std::slice::from_raw_parts(slot.stack.start, copied) };
+    let image = StackImage {
+        registers,
+        bytes,
+        window_full: copied == slot.stack.len,
+    };
     Answer::Captured {
         tid: slot.tid.load(Ordering::Relaxed),
-        ips: slot.ips[..len]
-            .iter()
-            .map(|ip| ip.load(Ordering::Relaxed))
-            .collect(),
-        pc: slot.pc.load(Ordering::Relaxed),
-        truncated: slot.truncated.load(Ordering::Relaxed),
+        unwound: unwind(&image),
         handler_nanos: slot.nanos.load(Ordering::Relaxed),
+        copied,
+        stack_below: slot.stack_below.load(Ordering::Relaxed),
     }
 }
 
-/// The pool for a dump of `threads` threads with `frames` addresses each: the current one if it
-/// is big enough and no handler is still writing into it, else a new, bigger one (the old one is
-/// leaked, never freed, so a late handler writes into live memory).
-fn pool_for(threads: usize, frames: usize) -> &'static Pool {
+/// The pool for a dump of `threads` threads: the current one if it is big enough and no
+/// handler is still writing into it, else a new, bigger one (the old one is leaked, never freed,
+/// so a late handler writes into live memory).
+fn pool_for(threads: usize) -> io::Result<&'static Pool> {
     let current = POOL.load(Ordering::Acquire);
     if !current.is_null() {
         // SAFETY: pools are leaked and never freed (see `answer`).
@@ -696,24 +907,18 @@ fn pool_for(threads: usize, frames: usize) -> &'static Pool {
             .slots
             .iter()
             .any(|s| s.state.load(Ordering::Acquire) & STATE_MASK == RUNNING);
-        if pool.slots.len() >= threads && pool.frames >= frames && !busy {
-            return pool;
+        if pool.slots.len() >= threads && !busy {
+            return Ok(pool);
         }
     }
-    let previous_frames = if current.is_null() {
-        0
-    } else {
-        // SAFETY: as above.
-        unsafe { &*current }.frames
-    };
     let count = (threads + threads / 4).clamp(16, MAX_SLOTS);
-    let frames = frames.max(previous_frames);
+    let buffers = map_buffers(count)?;
     let pool: &'static Pool = Box::leak(Box::new(Pool {
-        slots: (0..count).map(|_| Slot::new(frames)).collect(),
-        frames,
+        slots: buffers.iter().map(|&buffer| Slot::new(buffer)).collect(),
+        buffers,
     }));
     POOL.store(ptr::from_ref(pool).cast_mut(), Ordering::Release);
-    pool
+    Ok(pool)
 }
 
 /// Starts a new generation (never 0, always below `GENERATION_LIMIT`).
@@ -757,108 +962,4 @@ fn queue_signal(tid: i32, signal: c_int, value: usize) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
-}
-
-/// One loaded object (the executable, a shared library, the vDSO) from `dl_iterate_phdr`.
-#[derive(Debug, Clone)]
-pub(super) struct LoadedObject {
-    /// Its path as the loader knows it; empty for the main executable.
-    pub(super) path: String,
-    /// The load bias: file virtual addresses are `address - base`.
-    pub(super) base: usize,
-    /// Mapped `PT_LOAD` ranges `[start, end)` in process addresses.
-    pub(super) segments: Vec<(usize, usize)>,
-}
-
-/// Lists the loaded objects. Normal context only: `dl_iterate_phdr` takes the loader lock.
-pub(super) fn loaded_objects() -> Vec<LoadedObject> {
-    let mut objects: Vec<LoadedObject> = Vec::new();
-    // SAFETY: the callback matches the declared signature and only uses `data` as the
-    // `Vec<LoadedObject>` we pass here, which outlives the call.
-    unsafe {
-        libc::dl_iterate_phdr(
-            Some(collect_object),
-            ptr::from_mut(&mut objects).cast::<c_void>(),
-        )
-    };
-    objects
-}
-
-/// `dl_iterate_phdr` callback: records one object; never panics (it would abort).
-unsafe extern "C" fn collect_object(
-    info: *mut libc::dl_phdr_info,
-    _size: usize,
-    data: *mut c_void,
-) -> c_int {
-    if info.is_null() || data.is_null() {
-        return 0;
-    }
-    // SAFETY: `data` is the `&mut Vec<LoadedObject>` given to `dl_iterate_phdr` in
-    // `loaded_objects`, exclusively ours for the duration of the call.
-    let objects = unsafe { &mut *data.cast::<Vec<LoadedObject>>() };
-    // SAFETY: the loader passes a valid `dl_phdr_info` for the duration of the callback.
-    let info = unsafe { &*info };
-    let path = if info.dlpi_name.is_null() {
-        String::new()
-    } else {
-        // SAFETY: `dlpi_name` is a NUL-terminated string owned by the loader, valid during the
-        // callback.
-        unsafe { CStr::from_ptr(info.dlpi_name) }
-            .to_string_lossy()
-            .into_owned()
-    };
-    let headers = if info.dlpi_phdr.is_null() {
-        &[][..]
-    } else {
-        // SAFETY: the loader guarantees `dlpi_phnum` program headers at `dlpi_phdr`.
-        unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) }
-    };
-    let base = info.dlpi_addr as usize;
-    let segments = headers
-        .iter()
-        .filter(|header| header.p_type == libc::PT_LOAD)
-        .map(|header| {
-            let start = base.wrapping_add(header.p_vaddr as usize);
-            (start, start.wrapping_add(header.p_memsz as usize))
-        })
-        .collect();
-    objects.push(LoadedObject {
-        path,
-        base,
-        segments,
-    });
-    0
-}
-
-/// Gives memory freed into the C library's heaps back to the system: glibc keeps what a session
-/// thread's arena freed (a big dump's megabytes of text and JSON) for that arena, and with a new
-/// session thread per client, up to eight arenas per CPU each keep their own.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-pub(super) fn release_freed_memory() {
-    // SAFETY: `malloc_trim` only returns free heap pages to the kernel (under the arenas' own
-    // locks); it is called in normal context and does not touch any allocated block.
-    unsafe { libc::malloc_trim(0) };
-}
-
-/// Not glibc: nothing to do.
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub(super) fn release_freed_memory() {}
-
-/// The C library version when it is glibc (`gnu_get_libc_version`), e.g. `(2, 36)`.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-pub(super) fn glibc_version() -> Option<(u32, u32)> {
-    // SAFETY: returns a pointer to a static NUL-terminated string.
-    let version = unsafe { CStr::from_ptr(libc::gnu_get_libc_version()) };
-    let mut parts = version
-        .to_str()
-        .ok()?
-        .split('.')
-        .map(|p| p.parse::<u32>().ok());
-    Some((parts.next()??, parts.next()??))
-}
-
-/// Not glibc.
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub(super) fn glibc_version() -> Option<(u32, u32)> {
-    None
 }

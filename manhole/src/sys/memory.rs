@@ -1,0 +1,142 @@
+//! Reading this process's own memory without ever faulting: `process_vm_readv` on our own pid.
+//!
+//! The kernel checks every page, so an address that is unmapped, a guard page, or memory that
+//! another thread unmaps during the read ends the copy early (with fewer bytes) instead of a
+//! SIGSEGV. The same call is used by the dump handler (for the thread's stack window) and by the
+//! dumper (for a loaded object's unwind tables, which a concurrent `dlclose` could unmap).
+//!
+//! A raw syscall: no allocation, no lock, no libc state but `errno` (which the handler saves),
+//! so it is async-signal-safe. Reading our own process passes the kernel's ptrace access check
+//! without any privilege (same thread group). A seccomp filter may still forbid it; then nothing
+//! is copied and the caller reports why ([`copy_denied`]).
+
+#![allow(unsafe_code)]
+
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// Page granularity of the remote side: a partial transfer never splits one remote iovec, so
+/// the copy stops at the first unreadable page rather than failing whole.
+const PAGE: usize = 4096;
+/// Most remote iovecs per call (and on the stack of the caller): 16 pages, 64 KiB.
+const IOVECS: usize = 16;
+
+/// The last error a copy of ours got other than `EFAULT` (0: none), e.g. `EPERM` or `ENOSYS`
+/// from a seccomp filter.
+static DENIED: AtomicI32 = AtomicI32::new(0);
+
+/// Copies up to `len` bytes from our own address `from` to `to`, stopping at the first page that
+/// cannot be read; returns how many bytes were copied. Async-signal-safe; never faults on the
+/// source side.
+///
+/// # Safety
+///
+/// `to` must be valid for writes of `len` bytes (the kernel writes there; an invalid destination
+/// only makes the call fail with `EFAULT`, but overlapping live Rust data would be a data race).
+pub(crate) unsafe fn copy_own(from: usize, to: *mut u8, len: usize) -> usize {
+    let mut done = 0usize;
+    while done < len {
+        let mut remote = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; IOVECS];
+        let mut count = 0usize;
+        let mut at = from.wrapping_add(done);
+        let mut planned = 0usize;
+        while count < IOVECS && done + planned < len {
+            // Up to the next page boundary, so each remote iovec is within one page.
+            let in_page = PAGE - (at % PAGE);
+            let piece = in_page.min(len - done - planned);
+            if let Some(iov) = remote.get_mut(count) {
+                iov.iov_base = at as *mut libc::c_void;
+                iov.iov_len = piece;
+            }
+            count += 1;
+            planned += piece;
+            at = at.wrapping_add(piece);
+        }
+        let local = libc::iovec {
+            // SAFETY: `done < len`, so the pointer stays inside the caller's buffer.
+            iov_base: unsafe { to.add(done) }.cast(),
+            iov_len: planned,
+        };
+        // SAFETY: both iovec arrays are live locals of the stated lengths; the local buffer is
+        // writable for `planned` bytes (caller's contract); the remote side is only read, and
+        // the kernel validates it page by page.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_process_vm_readv,
+                libc::getpid(),
+                &local as *const libc::iovec,
+                1usize,
+                remote.as_ptr(),
+                count,
+                0usize,
+            )
+        };
+        if rc <= 0 {
+            if rc < 0 {
+                // SAFETY: reading errno right after the failed call, on this thread.
+                let errno = unsafe { *libc::__errno_location() };
+                if errno != libc::EFAULT {
+                    DENIED.store(errno, Ordering::Relaxed);
+                }
+            }
+            break;
+        }
+        let got = rc as usize;
+        done += got;
+        if got < planned {
+            break;
+        }
+    }
+    done
+}
+
+/// Copies `len` bytes from our own address `from` into a new vector (shorter if a page in the
+/// range cannot be read). Normal context only (it allocates).
+pub(crate) fn read_own(from: usize, len: usize) -> Vec<u8> {
+    let mut buffer = vec![0u8; len];
+    // SAFETY: `buffer` is an exclusively owned, writable allocation of `len` bytes.
+    let got = unsafe { copy_own(from, buffer.as_mut_ptr(), len) };
+    buffer.truncate(got);
+    buffer
+}
+
+/// Why copies of our own memory fail, when a policy (seccomp, an old kernel) forbids them.
+pub(crate) fn copy_denied() -> Option<std::io::Error> {
+    match DENIED.load(Ordering::Relaxed) {
+        0 => None,
+        errno => Some(std::io::Error::from_raw_os_error(errno)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_stop_at_an_unmapped_page_instead_of_faulting() {
+        let data: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
+        assert_eq!(read_own(data.as_ptr() as usize, data.len()), data);
+        // SAFETY: a fresh anonymous mapping of three pages, the last made unreadable.
+        let map = unsafe {
+            let map = libc::mmap(
+                std::ptr::null_mut(),
+                3 * PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(map, libc::MAP_FAILED);
+            libc::mprotect(map.cast::<u8>().add(2 * PAGE).cast(), PAGE, libc::PROT_NONE);
+            map as usize
+        };
+        assert_eq!(read_own(map + 100, 3 * PAGE).len(), 2 * PAGE - 100);
+        assert!(read_own(map + 2 * PAGE, 10).is_empty());
+        assert!(read_own(0, 64).is_empty());
+        assert!(copy_denied().is_none());
+        // SAFETY: unmapping the mapping made above.
+        unsafe { libc::munmap(map as *mut libc::c_void, 3 * PAGE) };
+    }
+}
