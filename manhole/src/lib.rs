@@ -158,6 +158,23 @@
 #[doc(hidden)]
 #[path = "fuzzing.rs"]
 pub mod __fuzz;
+
+/// Entry points for the preload library (`manhole-preload`), which gives any dynamically linked
+/// program a manhole from `MANHOLE`. Not part of the API; hidden from the docs.
+#[doc(hidden)]
+pub mod __preload {
+    /// Installs from `MANHOLE` if it is set, once per process: what the library's own
+    /// constructor does (whichever runs first installs, the other does nothing). A bad value
+    /// or a failed install is one line on stderr.
+    pub fn install_from_env() {
+        crate::envvar::install_from_env();
+    }
+
+    /// Parses options written as a `MANHOLE` value (`activate_on=USR2, verbose=false`).
+    pub fn parse_options(text: &str) -> crate::Result<crate::Options> {
+        crate::envvar::parse(text)
+    }
+}
 mod error;
 mod lifecycle;
 mod options;

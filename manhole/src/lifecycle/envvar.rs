@@ -25,7 +25,12 @@ use crate::{ConnectionHandler, Error, Options, Result};
 pub(crate) const VARIABLE: &str = "MANHOLE";
 
 /// Installs from `MANHOLE` if it is set; reports a bad value or a failed install in one line.
+/// Runs once per process: both the library's constructor and the preload library's call it.
 pub(crate) fn install_from_env() {
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if DONE.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return;
+    }
     let Some(value) = std::env::var_os(VARIABLE) else {
         return;
     };
