@@ -51,11 +51,11 @@
 //! - `options`: [`Options`], every setting with its default.
 //! - `socket`: creates the socket file 0600 with no window where it is more open, replaces only a
 //!   stale socket of ours, never follows or deletes anything else, removes only its own inode.
-//! - `listener`: the `manhole-listener` thread. It sleeps in `poll` (no CPU, no wake-ups while
+//! - `listener`: the `mh-listener` thread. It sleeps in `poll` (no CPU, no wake-ups while
 //!   idle), checks each peer's `SO_PEERCRED`, caps the number of sessions.
 //! - `credentials`: the peer check (the process's effective uid, root, or the allow-lists) and
 //!   the read-only policy.
-//! - `session`: one `manhole-session-<n>` thread per client: bounded line reading, writes with
+//! - `session`: one `mh-session-<n>` thread per client: bounded line reading, writes with
 //!   `MSG_NOSIGNAL` that give up after `write_timeout` without progress, idle timeout, the `exec`
 //!   hello.
 //! - `commands`: the command language; every answer as text and as JSON.
@@ -63,13 +63,13 @@
 //!   [`register_command`]) and the process-wide table of names; `logfilter` (features `tracing`
 //!   and `log`) makes the application's log filter one of those values.
 //! - `threads`: manhole threads block the application's signals; application callbacks run on
-//!   bounded `manhole-worker` threads, never on a session thread.
+//!   bounded `mh-worker-<n>` threads, never on a session thread.
 //! - [`stackdump`]: every thread's backtrace. Capture is a real-time signal sent to each thread at
 //!   once; its handler only records instruction pointers into memory allocated beforehand.
 //!   Symbolization happens afterwards on the session thread, with a cache.
 //! - `signals`: `activate_on`, `oneshot_on`, `dump_on` and the opt-in SIGTERM cleanup. Handlers
 //!   are chained through signal-hook and only set a bit and write a byte to a self-pipe; the
-//!   `manhole-signal` thread does the work.
+//!   `mh-signal` thread does the work.
 //! - `fork`: `pthread_atfork` hooks. No manhole lock is held across `fork`; in the child the
 //!   inherited installation is forgotten (never its parent's socket) and, for the default pid
 //!   path, the manhole comes back at `/tmp/manhole-<childpid>` after `reinstall_delay`.
@@ -79,7 +79,9 @@
 //! - `runtime` (feature `tokio`): the attached tokio runtime, its `runtime` and `tasks` commands,
 //!   and async registered commands and values cancelled on timeout.
 //! - [`procfs`]: what `/proc` says about the process and its threads.
-//! - `log`: one line per event, `Manhole[<pid>:<time>]: ...`, written with a raw `write(2)`.
+//! - `log`: one line per event, `Manhole[<pid>:<time>]: ...`, written with a raw `write(2)` that
+//!   never blocks and never raises SIGPIPE (`sys::output`); a line that does not fit is dropped
+//!   and counted.
 //! - `sys`: the thin `unsafe` wrappers over libc. Only `sys` and `stackdump` contain `unsafe`.
 //!
 //! # Safety model
@@ -130,6 +132,9 @@
 //!
 //! # Features
 //!
+//! - `env` (on by default): a constructor installs the manhole before `main` when `MANHOLE` is
+//!   set. Without it nothing of the manhole runs before `main`; [`install_from_env`] does the
+//!   same on demand.
 //! - `tokio` (off by default): attach a tokio runtime (picked up automatically when `install` runs
 //!   inside one), the `runtime` command (stable runtime metrics), the `tasks` command (every task's
 //!   async backtrace, in applications built with `--cfg tokio_unstable`), and async registered
@@ -167,7 +172,7 @@ pub mod __preload {
     /// constructor does (whichever runs first installs, the other does nothing). A bad value
     /// or a failed install is one line on stderr.
     pub fn install_from_env() {
-        crate::envvar::install_from_env();
+        let _ = crate::envvar::install_from_env();
     }
 
     /// Parses options written as a `MANHOLE` value (`activate_on=USR2, verbose=false`).
@@ -192,6 +197,7 @@ use server::{commands, credentials, listener, session, socket, tee};
 use sys::{log, threads, wait};
 
 pub use credentials::PeerCred;
+pub use envvar::install_from_env;
 pub use error::{Error, ErrorKind, Result};
 pub use lifecycle::{Manhole, dump_threads, install};
 pub use local::{Atomic, Local, Lock};

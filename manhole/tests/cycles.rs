@@ -132,7 +132,7 @@ fn run() -> Result<String, String> {
     for i in 0..4 {
         cycle(i, &dir)?;
     }
-    settle(|| !threads().iter().any(|t| t.starts_with("manhole-")));
+    settle(|| !threads().iter().any(|t| t.starts_with("mh-")));
     let (fds_before, threads_before) = (fds(), threads());
     let started = Instant::now();
     let mut slowest = (Duration::ZERO, 0);

@@ -122,6 +122,18 @@ impl App {
     /// Starts the executable at `exe` (say, a build from another target directory) with `args`
     /// and `env`, stdout and stderr captured.
     pub fn start_exe(exe: &Path, args: &[&str], env: &[(&str, &str)]) -> App {
+        App::start_with(exe, args, env, |_| {})
+    }
+
+    /// Like [`App::start_exe`], with `configure` applied to the command last: it may, say, give
+    /// the process a stderr of the test's own (then [`App::stderr`] stays empty) or close its
+    /// standard descriptors in `pre_exec` (then no stdout line arrives).
+    pub fn start_with(
+        exe: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
+    ) -> App {
         let name = exe.display().to_string();
         let mut command = Command::new(exe);
         command
@@ -133,35 +145,41 @@ impl App {
         for (k, v) in env {
             command.env(k, v);
         }
+        configure(&mut command);
         let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("start {name}: {e}"));
         let (tx, lines) = mpsc::channel();
-        let stdout = child.stdout.take().expect("piped stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
+        if let Some(stdout) = child.stdout.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
                 }
-            }
-        });
+            });
+        }
         let stderr = std::sync::Arc::new(Mutex::new(String::new()));
         let sink = stderr.clone();
-        let mut err_pipe = child.stderr.take().expect("piped stderr");
         let stderr_closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let closed = stderr_closed.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err_pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+        match child.stderr.take() {
+            Some(mut err_pipe) => {
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = err_pipe.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        sink.lock()
+                            .unwrap()
+                            .push_str(&String::from_utf8_lossy(&buf[..n]));
+                    }
+                    closed.store(true, Ordering::SeqCst);
+                });
             }
-            closed.store(true, Ordering::SeqCst);
-        });
+            None => closed.store(true, Ordering::SeqCst),
+        }
         App {
             child,
             lines,
@@ -290,13 +308,13 @@ impl App {
             .unwrap_or(0)
     }
 
-    /// Waits until no `manhole-session-*` or `manhole-worker` thread is left (all sessions over).
+    /// Waits until no `mh-session-<n>` or `mh-worker-<n>` thread is left (all sessions over).
     pub fn wait_sessions_gone(&self) {
         let gone = wait_until(|| {
             let busy = self
                 .thread_names()
                 .iter()
-                .any(|n| n.starts_with("manhole-sess") || n == "manhole-worker");
+                .any(|n| n.starts_with("mh-session-") || n.starts_with("mh-worker-"));
             (!busy).then_some(())
         });
         assert!(

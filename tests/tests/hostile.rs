@@ -147,7 +147,8 @@ fn a_client_that_never_reads_is_dropped_after_the_write_timeout() {
     });
 }
 
-/// The time of the process's first log line containing `needle` (`Manhole[pid:secs.frac]: ...`).
+/// The time of the process's first log line containing `needle`
+/// (`Manhole[pid:2026-12-02T07:40:33.123Z]: ...`), in seconds since the start of the month.
 fn log_time(stderr: &str, needle: &str) -> f64 {
     let line = stderr
         .lines()
@@ -158,7 +159,10 @@ fn log_time(stderr: &str, needle: &str) -> f64 {
         .and_then(|(_, rest)| rest.split_once(']'))
         .map(|(stamp, _)| stamp)
         .unwrap_or_else(|| panic!("no time stamp in {line:?}"));
-    stamp.parse().unwrap()
+    let (date, time) = stamp.trim_end_matches('Z').split_once('T').unwrap();
+    let day: f64 = date.rsplit('-').next().unwrap().parse().unwrap();
+    let hms: Vec<f64> = time.split(':').map(|p| p.parse().unwrap()).collect();
+    day * 86_400.0 + hms[0] * 3600.0 + hms[1] * 60.0 + hms[2]
 }
 
 #[test]

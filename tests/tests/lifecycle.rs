@@ -107,7 +107,7 @@ fn activate_on_usr2_listens_only_after_the_signal_and_a_storm_leaves_one_listene
         !is_socket(&default_path(pid)),
         "no socket before the signal"
     );
-    assert_eq!(count_threads(pid, "manhole-listene"), 0);
+    assert_eq!(count_threads(pid, "mh-listener"), 0);
     for _ in 0..1000 {
         signal(pid, SIGUSR2);
     }
@@ -118,7 +118,7 @@ fn activate_on_usr2_listens_only_after_the_signal_and_a_storm_leaves_one_listene
     }
     session_works(&default_path(pid), pid);
     assert_eq!(
-        count_threads(pid, "manhole-listene"),
+        count_threads(pid, "mh-listener"),
         1,
         "{:?}",
         thread_names(pid)
@@ -156,7 +156,7 @@ fn oneshot_on_opens_one_session_per_signal_and_removes_the_socket() {
     wait_for_socket(&path);
     session_works(&path, pid);
     wait_for_no_socket(&path);
-    assert_eq!(count_threads(pid, "manhole-listene"), 0);
+    assert_eq!(count_threads(pid, "mh-listener"), 0);
 }
 
 #[test]
@@ -264,8 +264,7 @@ fn a_listener_interrupted_in_accept_keeps_serving() {
             .ok()?
             .filter_map(|t| t.ok())
             .find(|t| {
-                fs::read_to_string(t.path().join("comm"))
-                    .is_ok_and(|n| n.trim() == "manhole-listene")
+                fs::read_to_string(t.path().join("comm")).is_ok_and(|n| n.trim() == "mh-listener")
             })
             .and_then(|t| t.file_name().to_str()?.parse::<i32>().ok())
     })
@@ -298,7 +297,7 @@ fn a_listener_interrupted_in_accept_keeps_serving() {
         "{}",
         app.stderr()
     );
-    assert_eq!(count_threads(pid, "manhole-listene"), 1);
+    assert_eq!(count_threads(pid, "mh-listener"), 1);
 }
 
 #[test]
@@ -351,7 +350,7 @@ fn a_forked_child_with_signal_activation_listens_at_its_own_pid_path() {
         "{note}"
     );
     // The child re-armed its signal thread; it listens only when told to.
-    wait_until(|| (count_threads(child, "manhole-signal") == 1).then_some(()))
+    wait_until(|| (count_threads(child, "mh-signal") == 1).then_some(()))
         .expect("the child's signal thread");
     assert!(!is_socket(&default_path(child)));
     signal(child, SIGUSR2);
@@ -617,14 +616,14 @@ fn handle_oneshot_serves_one_session_from_the_applications_thread() {
     let path = PathBuf::from(line.trim_start_matches("manhole oneshot at "));
     app.socket = Some(path.clone());
     assert_eq!(path, default_path(app.pid()));
-    assert_eq!(count_threads(app.pid(), "manhole-listene"), 0);
+    assert_eq!(count_threads(app.pid(), "mh-listener"), 0);
     wait_for_socket(&path);
     session_works(&path, app.pid());
     app.wait_for_line("oneshot served");
     // The loop in main calls it again: a fresh socket, a second session.
     wait_for_socket(&path);
     session_works(&path, app.pid());
-    assert_eq!(count_threads(app.pid(), "manhole-listene"), 0);
+    assert_eq!(count_threads(app.pid(), "mh-listener"), 0);
 }
 
 /// The blocked-signal mask of the thread of `pid` whose kernel name is `name`.
@@ -647,7 +646,7 @@ fn sigmask_sets_exactly_what_manhole_threads_block() {
     let dump_signal = libc::SIGRTMIN() + 7;
     let app = bare(Some(""), &[]);
     wait_for_socket(&default_path(app.pid()));
-    let all = blocked_in(app.pid(), "manhole-listene");
+    let all = blocked_in(app.pid(), "mh-listener");
     for s in [SIGUSR1, SIGUSR2, libc::SIGTERM, libc::SIGINT, libc::SIGCHLD] {
         assert_ne!(all & bit(s), 0, "signal {s} not blocked: {all:x}");
     }
@@ -655,11 +654,11 @@ fn sigmask_sets_exactly_what_manhole_threads_block() {
     drop(app);
     let app = bare(Some("sigmask=[USR1]"), &[]);
     wait_for_socket(&default_path(app.pid()));
-    assert_eq!(blocked_in(app.pid(), "manhole-listene"), bit(SIGUSR1));
+    assert_eq!(blocked_in(app.pid(), "mh-listener"), bit(SIGUSR1));
     // Session threads get it too.
     let mut client = Client::connect(&default_path(app.pid())).unwrap();
     client.skip_greeting();
-    assert_eq!(blocked_in(app.pid(), "manhole-session"), bit(SIGUSR1));
+    assert_eq!(blocked_in(app.pid(), "mh-session-1"), bit(SIGUSR1));
 }
 
 #[test]

@@ -11,6 +11,10 @@
 //!   started) and read it through a `signalfd` on a thread `signalfd-reader`, printing
 //!   `usr1 via signalfd count=<n>` after each read (`<sig> via signalfd` in lower case).
 //! - `--stderr-every-ms N`: a thread `ticker` writes `tick <n>` to stderr every N ms.
+//! - `--stdout-every-ms N`: a thread `tocker` writes `tock <n>` to stdout every N ms (one
+//!   `write(2)` per line, so nothing waits in a buffer).
+//! - `--sigpipe-default`: put SIGPIPE back to `SIG_DFL` first thing in `main` (std ignores it),
+//!   as many command-line programs do.
 //! - `--fork N`: after `ready`, fork N children that keep running; each prints
 //!   `child pid=<pid>` and dies with its parent.
 //! - `--fork-when PATH`: do the `--fork` forks only once PATH exists.
@@ -172,6 +176,7 @@ fn main() {
     let mut threads = 4usize;
     let mut signalfd = None;
     let mut stderr_every = None;
+    let mut stdout_every = None;
     let mut forks = 0;
     let mut fork_execs = 0;
     let mut exit_when: Option<PathBuf> = None;
@@ -193,6 +198,12 @@ fn main() {
                 signalfd = Some(signal);
             }
             "--stderr-every-ms" => stderr_every = Some(number(args.next(), "--stderr-every-ms")),
+            "--stdout-every-ms" => stdout_every = Some(number(args.next(), "--stdout-every-ms")),
+            "--sigpipe-default" => {
+                // SAFETY: setting a standard signal's disposition to SIG_DFL has no memory-safety
+                // requirements.
+                unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+            }
             "--fork" => forks = number(args.next(), "--fork"),
             "--fork-exec" => fork_execs = number(args.next(), "--fork-exec"),
             "--exit-when" => exit_when = args.next().map(PathBuf::from),
@@ -245,6 +256,17 @@ fn main() {
                 }
             })
             .expect("spawn the ticker");
+    }
+    if let Some(every) = stdout_every {
+        std::thread::Builder::new()
+            .name("tocker".into())
+            .spawn(move || {
+                for n in 0u64.. {
+                    raw_line(&format!("tock {n}\n"));
+                    std::thread::sleep(Duration::from_millis(every as u64));
+                }
+            })
+            .expect("spawn the tocker");
     }
     println!("ready pid={}", std::process::id());
     if forks > 0 {

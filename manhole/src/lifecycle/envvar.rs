@@ -1,8 +1,15 @@
 //! Installing from the `MANHOLE` environment variable before `main` (python-manhole's
 //! `PYTHONMANHOLE`).
 //!
-//! A constructor in `sys.rs` calls [`install_from_env`] when the program starts. Unset: nothing
-//! happens and nothing is allocated. Set: the value is **parsed, never evaluated**, as
+//! With the `env` feature (on by default) a constructor defined here (through
+//! `sys::run_before_main!`) calls [`install_from_env`] when the program starts; without it,
+//! nothing runs before `main` and the application (or a preload library) may call
+//! [`install_from_env`] itself. Unset: nothing happens and nothing is allocated. Set in a
+//! privileged process (`AT_SECURE`: setuid, setgid, file capabilities) it is ignored with one
+//! log line, since whoever set it is not who the process runs as. Before installing, any closed
+//! standard descriptor (0, 1, 2) is opened on `/dev/null`, as std would do just after, so that
+//! the manhole's pipes and socket never take those numbers. Set: the value is **parsed, never
+//! evaluated**, as
 //! python-manhole's keyword arguments: `key=value` pairs separated by commas, values bare or
 //! quoted, `True`/`False`/`None` in either case, lists in `[...]` or `(...)`:
 //!
@@ -16,32 +23,59 @@
 //! The keys are the [`Options`] setters' names. A bad value prints one line on stderr and the
 //! program starts normally, without a manhole.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::signals::SignalSpec;
-use crate::{ConnectionHandler, Error, Options, Result};
+use crate::{ConnectionHandler, Error, Manhole, Options, Result};
 
 /// The environment variable read before `main`.
 pub(crate) const VARIABLE: &str = "MANHOLE";
 
-/// Installs from `MANHOLE` if it is set; reports a bad value or a failed install in one line.
-/// Runs once per process: both the library's constructor and the preload library's call it.
-pub(crate) fn install_from_env() {
-    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if DONE.swap(true, std::sync::atomic::Ordering::AcqRel) {
-        return;
+/// Set once `MANHOLE` has been acted on, so a second caller (the constructor and a preload
+/// library, say) does not install twice.
+static ATTEMPTED: AtomicBool = AtomicBool::new(false);
+
+#[cfg(feature = "env")]
+crate::sys::run_before_main!(install_before_main => install_before_main_body);
+
+#[cfg(feature = "env")]
+fn install_before_main_body() {
+    let _ = install_from_env();
+}
+
+/// Installs the manhole from the `MANHOLE` environment variable, as the `env` feature does
+/// before `main`. Returns `None` when the variable is unset, when it is ignored (a setuid,
+/// setgid or file-capability process: `AT_SECURE`), or when it was already acted on in this
+/// process; otherwise the result of the install. A bad value or a failed install is also
+/// reported in one line on stderr; the program goes on without a manhole.
+///
+/// For programs built without the `env` feature that want `MANHOLE` honoured at a moment of
+/// their choosing, and for a library that installs the manhole from its own constructor.
+pub fn install_from_env() -> Option<Result<Manhole>> {
+    let value = std::env::var_os(VARIABLE)?;
+    if ATTEMPTED.swap(true, Ordering::SeqCst) {
+        return None;
     }
-    let Some(value) = std::env::var_os(VARIABLE) else {
-        return;
-    };
+    if crate::sys::is_secure_execution() {
+        let line = crate::log::format_line(&format!(
+            "{VARIABLE} is ignored: the program runs with more privileges than whoever set the \
+             variable (setuid, setgid or file capabilities; AT_SECURE)"
+        ));
+        crate::log::write_line(2, line.as_bytes());
+        return None;
+    }
+    crate::sys::ensure_standard_fds();
     let value = value.to_string_lossy();
-    if let Err(e) = parse(&value).and_then(crate::install) {
+    let installed = parse(&value).and_then(crate::install);
+    if let Err(e) = &installed {
         let line = format!(
             "manhole: not installed from {VARIABLE}={value:?}: {e}; the program goes on without a \
              manhole\n"
         );
-        crate::log::write_all_raw(2, line.as_bytes());
+        crate::log::write_line(2, line.as_bytes());
     }
+    Some(installed)
 }
 
 /// A parsed value: a word (bare or quoted) or a list.

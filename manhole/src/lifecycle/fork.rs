@@ -20,7 +20,7 @@
 //!   its threads do not exist here). Then it drops the guards: for std's futex mutexes an unlock
 //!   is one atomic store (plus a `futex` wake), with no global table that another thread could
 //!   have held (which is why these four locks are std's, not parking_lot's).
-//! - Finally, with `patch_fork` on, the child starts a `manhole-fork` thread that reinstalls from
+//! - Finally, with `patch_fork` on, the child starts a `mh-fork` thread that reinstalls from
 //!   the parent's options (see `lifecycle::reinstall_in_child`): the always-on listener at
 //!   `/tmp/manhole-<childpid>` after `reinstall_delay`, so a child that calls `exec` at once
 //!   never creates a socket. Starting a thread in a fork child is outside POSIX's

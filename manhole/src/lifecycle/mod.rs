@@ -305,8 +305,10 @@ fn install_as(options: Options, quiet_conflict: bool) -> Result<Manhole> {
         runtime: options.runtime.for_install(),
         policy: options.policy.clone(),
     });
-    let (stop_reader, stop_writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| Error::io("cannot create the stop pipe", e.into()))?;
+    // Non-blocking, so stray bytes in it can be drained (see `wait::stop_fired`).
+    let (stop_reader, stop_writer) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+            .map_err(|e| Error::io("cannot create the stop pipe", e.into()))?;
     let pid = std::process::id();
     let mut installation = Installation {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -429,7 +431,7 @@ fn start_listener(installation: &mut Installation) -> Result<()> {
         next_session: AtomicU64::new(1),
     };
     let listening = bound.clone();
-    let handle = threads::spawn("manhole-listener".into(), move || {
+    let handle = threads::spawn("mh-listener".into(), move || {
         listener::run(&listening.listener, &shared)
     })
     .map_err(|e| {
@@ -470,7 +472,7 @@ fn teardown(mut installation: Installation) {
     }
 }
 
-/// What the `manhole-signal` thread does for one installation.
+/// What the `mh-signal` thread does for one installation.
 struct SignalActions {
     id: u64,
     settings: Arc<Settings>,
@@ -509,7 +511,7 @@ impl signals::Actions for SignalActions {
         if let Some(previous) = previous {
             let _ = previous.join();
         }
-        let spawned = threads::spawn("manhole-oneshot".into(), move || {
+        let spawned = threads::spawn("mh-oneshot".into(), move || {
             if let Err(e) = serve_oneshot(&path, &settings, &stop, &oneshot) {
                 log_event!("Oneshot failure: {e}");
             }
@@ -528,7 +530,13 @@ impl signals::Actions for SignalActions {
             Ok(dump) => dump.to_text(),
             Err(e) => format!("manhole: cannot dump the threads: {e}\n"),
         };
-        crate::log::write_all_raw(crate::log::destination_now(), text.as_bytes());
+        // A full stderr nobody reads must not hold the signal thread: what does not fit in a
+        // second is dropped.
+        crate::log::write_text(
+            crate::log::destination_now(),
+            text.as_bytes(),
+            Duration::from_secs(1),
+        );
     }
 
     fn terminate(&self, signal: i32) {
@@ -698,10 +706,10 @@ pub(crate) fn after_fork_in_child(hold: &mut ForkHold) -> Option<ChildPlan> {
     plan
 }
 
-/// In a forked child, after the fork locks are released: a `manhole-fork` thread reinstalls
+/// In a forked child, after the fork locks are released: a `mh-fork` thread reinstalls
 /// (after `reinstall_delay` when it will listen at the child's pid path).
 pub(crate) fn reinstall_in_child(plan: ChildPlan) {
-    let spawned = threads::spawn("manhole-fork".into(), move || {
+    let spawned = threads::spawn("mh-fork".into(), move || {
         let mut options = (*plan.0).clone();
         if stackdump::forked_mid_dump() {
             log_event!(

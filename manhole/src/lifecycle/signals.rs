@@ -1,10 +1,10 @@
 //! Activation signals (`activate_on`, `oneshot_on`, `dump_on`, the opt-in SIGTERM cleanup) and
-//! the `manhole-signal` thread that acts on them.
+//! the `mh-signal` thread that acts on them.
 //!
 //! The handlers are chained through signal-hook's registry, so a handler the application had for
 //! the same signal keeps running (first). Our action is async-signal-safe and tiny: it sets the
 //! signal's bit in [`PENDING`] and writes one byte to a non-blocking self-pipe. All the work
-//! (starting the listener, a one-shot session, a dump) happens on the `manhole-signal` thread,
+//! (starting the listener, a one-shot session, a dump) happens on the `mh-signal` thread,
 //! which waits in `poll` on that pipe and the installation's stop pipe. A storm of signals
 //! coalesces into bits and a full pipe, so it costs nothing and cannot start two of anything.
 //!
@@ -291,14 +291,14 @@ pub(crate) fn unhook_all(roles: &Roles) {
     }
 }
 
-/// Starts the `manhole-signal` thread, which acts on `roles` until `stop` hangs up.
+/// Starts the `mh-signal` thread, which acts on `roles` until `stop` hangs up.
 pub(crate) fn spawn_thread(
     roles: Roles,
     actions: Arc<dyn Actions>,
     stop: Arc<OwnedFd>,
 ) -> Result<JoinHandle<()>> {
     let wake = wake_reader()?;
-    crate::threads::spawn("manhole-signal".into(), move || {
+    crate::threads::spawn("mh-signal".into(), move || {
         run(wake, roles, &*actions, &stop)
     })
     .map_err(|e| Error::io("cannot start the signal thread", e))

@@ -603,7 +603,7 @@ fn info() -> Reply {
     match crate::procfs::ProcessInfo::read() {
         Ok(info) => {
             let text = format!(
-                "pid {} (ppid {})\nexecutable {}\ncommand line {}\nuid {} (euid {}), gid {} (egid {})\nuptime {:.1} s\nrss {} KiB\nthreads {}\nopen fds {}\nmanhole {}",
+                "pid {} (ppid {})\nexecutable {}\ncommand line {}\nuid {} (euid {}), gid {} (egid {})\nuptime {:.1} s\nrss {} KiB\nthreads {}\nopen fds {}\nmanhole {}\nlog lines dropped {}",
                 info.pid,
                 info.ppid,
                 info.exe,
@@ -617,12 +617,14 @@ fn info() -> Reply {
                 info.threads,
                 info.fds,
                 env!("CARGO_PKG_VERSION"),
+                crate::log::dropped(),
             );
             let data = json!({
                 "pid": info.pid, "ppid": info.ppid, "exe": info.exe, "cmdline": info.cmdline,
                 "uid": info.uid, "euid": info.euid, "gid": info.gid, "egid": info.egid,
                 "uptime_secs": info.uptime.as_secs_f64(), "rss_bytes": info.rss_bytes,
                 "threads": info.threads, "fds": info.fds, "version": env!("CARGO_PKG_VERSION"),
+                "log_lines_dropped": crate::log::dropped(),
             });
             Reply::ok("info", text, data)
         }

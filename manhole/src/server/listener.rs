@@ -1,4 +1,4 @@
-//! The `manhole-listener` thread: accepts connections, checks each peer, starts sessions.
+//! The `mh-listener` thread: accepts connections, checks each peer, starts sessions.
 //!
 //! The thread sleeps in `poll` on the listening socket and the installation's stop pipe, so an
 //! idle manhole costs no CPU and no wake-ups, and uninstall wakes it at once. Refusals (a peer
@@ -93,7 +93,7 @@ fn accept(stream: UnixStream, shared: &Shared) {
 fn start_session(stream: UnixStream, peer: PeerCred, n: u64, shared: &Shared) {
     let open_sessions = shared.open_sessions.clone();
     let session = Session::new(stream, peer, shared.settings.clone(), shared.stop.clone());
-    let spawned = threads::spawn(format!("manhole-session-{n}"), move || {
+    let spawned = threads::spawn(format!("mh-session-{n}"), move || {
         // Release the slot even if the session panics.
         struct Slot(Arc<AtomicUsize>);
         impl Drop for Slot {

@@ -1,6 +1,6 @@
 //! One client connection: greeting, reading lines, running commands, writing answers.
 //!
-//! A session runs on its own `manhole-session-<n>` thread. It never blocks for ever: reads wait
+//! A session runs on its own `mh-session-<n>` thread. It never blocks for ever: reads wait
 //! in `poll` together with the installation's stop pipe (so uninstall ends every session) and an
 //! idle timeout; writes use non-blocking `send(MSG_NOSIGNAL)` (a vanished client is an `EPIPE`
 //! error, never a SIGPIPE) and wait in `poll` at most the write timeout for the client to read
@@ -442,8 +442,7 @@ impl Session {
     }
 
     fn stopped(&self) -> bool {
-        let mut fds = [PollFd::new(self.stop.as_fd(), PollFlags::POLLIN)];
-        poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| n > 0)
+        crate::wait::stopped_now(self.stop.as_fd())
     }
 
     /// Waits for input (or the stop pipe) up to `timeout` and appends what arrived. `Ok(false)`
@@ -478,7 +477,8 @@ impl Session {
                         .and_then(|f| f.revents())
                         .is_some_and(|r| !r.is_empty())
                 };
-                (ready, has(0) || has(1), has(2))
+                let stop = crate::wait::stop_fired(self.stop.as_fd(), fds[1].revents());
+                (ready, has(0) || stop, has(2))
             };
             if ready == 0 {
                 return Ok(false);

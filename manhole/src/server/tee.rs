@@ -2,7 +2,7 @@
 //! the session, live.
 //!
 //! When the first session attaches, fd 2 is pointed (with `dup2`) at a pipe whose other end a
-//! `manhole-stderr` pump thread reads; the pump writes everything to the original stderr (a saved
+//! `mh-stderr` pump thread reads; the pump writes everything to the original stderr (a saved
 //! duplicate, so nothing is lost) and to each attached session's feed, a non-blocking pipe the
 //! session polls together with its socket. When the last session detaches, fd 2 is pointed back
 //! at the original. The pump keeps draining its pipe until every writer is gone (a child forked
@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
 
-use crate::log::{log_event, write_all_raw};
+use crate::log::log_event;
 use crate::sys;
+use crate::sys::output::write_all_without_sigpipe;
 
 const STDERR: RawFd = 2;
 
@@ -57,15 +58,6 @@ pub(crate) struct ForkHold(#[allow(dead_code)] MutexGuard<'static, TeeState>);
 
 pub(crate) fn fork_hold() -> ForkHold {
     ForkHold(tee())
-}
-
-/// Where the original stderr is while the tee is on (the manhole's log writes there).
-pub(crate) fn original_stderr() -> Option<RawFd> {
-    if ACTIVE.load(Ordering::Acquire) {
-        Some(SAVED.load(Ordering::Acquire)).filter(|&fd| fd >= 0)
-    } else {
-        None
-    }
 }
 
 /// A session's view of stderr; dropping it detaches the session.
@@ -133,7 +125,7 @@ fn activate(state: &mut TeeState) -> std::io::Result<()> {
     let (reader, writer) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io_err)?;
     let pump_pipe = reader.as_raw_fd();
     let (done_tx, done_rx) = mpsc::channel::<()>();
-    crate::threads::spawn("manhole-stderr".into(), move || {
+    crate::threads::spawn("mh-stderr".into(), move || {
         pump(reader);
         drop(done_tx);
     })?;
@@ -142,6 +134,7 @@ fn activate(state: &mut TeeState) -> std::io::Result<()> {
     sys::dup2_raw(writer.as_raw_fd(), STDERR)?;
     state.pump_pipe = pump_pipe;
     ACTIVE.store(true, Ordering::Release);
+    crate::log::set_original_stderr(SAVED.load(Ordering::Acquire));
     Ok(())
 }
 
@@ -171,6 +164,7 @@ fn deactivate(state: &mut TeeState) {
         return;
     }
     ACTIVE.store(false, Ordering::Release);
+    crate::log::set_original_stderr(-1);
     state.pump_pipe = -1;
 }
 
@@ -185,7 +179,7 @@ fn pump(reader: OwnedFd) {
             Err(_) => return,
         };
         let chunk = &buf[..n];
-        write_all_raw(SAVED.load(Ordering::Acquire), chunk);
+        write_all_without_sigpipe(SAVED.load(Ordering::Acquire), chunk);
         let state = tee();
         for (_, feed) in &state.feeds {
             // Non-blocking: a session that cannot keep up loses text instead of stalling us.
@@ -220,6 +214,7 @@ pub(crate) fn after_fork_in_child(hold: &mut ForkHold) {
     if ACTIVE.load(Ordering::Acquire) {
         let _ = sys::dup2_raw(SAVED.load(Ordering::Acquire), STDERR);
         ACTIVE.store(false, Ordering::Release);
+        crate::log::set_original_stderr(-1);
     }
     hold.0.pump_pipe = -1;
     // The receiver's channel belongs to the parent's pump: leak it (no allocation, no lock).

@@ -1,19 +1,30 @@
-//! The manhole's own event log: one line per event, `Manhole[<pid>:<time>]: <message>`.
+//! The manhole's own event log: one line per event, `Manhole[<pid>:<time>]: <message>`, the
+//! time in RFC 3339 (UTC, milliseconds: `2026-12-02T07:40:33.123Z`).
 //!
-//! Lines go straight to a file descriptor (default 2) with `write(2)`, never through `std::io`'s
-//! locked handles or the application's `log`/`tracing` setup: a raw write cannot deadlock on a
-//! lock that another thread held at `fork`, and it is what python-manhole does. The settings live
-//! in atomics so every thread, including a freshly forked child, reads them without a lock.
+//! Lines go straight to a file descriptor (default 2), never through `std::io`'s locked handles
+//! or the application's `log`/`tracing` setup: a raw write cannot deadlock on a lock that
+//! another thread held at `fork`, and it is what python-manhole does. A line is written
+//! **without blocking** and without `SIGPIPE` (see `sys::output`): when the destination is a
+//! full pipe nobody reads (a stalled log collector) the line is dropped and counted, and `info`
+//! reports the count. So no manhole thread, no application thread and no program start ever
+//! waits on the log. The settings live in atomics so every thread, including a freshly forked
+//! child, reads them without a lock.
 
 #![deny(unsafe_code)]
 
 use std::fmt::Write as _;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::sys::output::write_without_blocking;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static DESTINATION: AtomicI32 = AtomicI32::new(2);
+/// Lines that could not be written (whole or in part) because the destination had no room.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Where a destination of 2 really goes while fd 2 is teed into sessions (-1: fd 2 itself).
+static ORIGINAL_STDERR: AtomicI32 = AtomicI32::new(-1);
 
 /// Sets whether events are logged and where to.
 pub(crate) fn configure(enabled: bool, destination: RawFd) {
@@ -31,19 +42,26 @@ pub(crate) fn destination() -> RawFd {
     DESTINATION.load(Ordering::Relaxed)
 }
 
+/// Log lines dropped so far because their destination would have blocked.
+pub(crate) fn dropped() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+/// Says where the original stderr is while fd 2 is redirected into sessions (`-1`: not
+/// redirected), so that the manhole's own lines never echo into sessions.
+pub(crate) fn set_original_stderr(fd: RawFd) {
+    ORIGINAL_STDERR.store(fd, Ordering::Release);
+}
+
 /// Formats one log line for `message` (with its trailing newline).
 pub(crate) fn format_line(message: &str) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let mut line = String::with_capacity(message.len() + 40);
-    let _ = write!(
-        line,
-        "Manhole[{}:{}.{:04}]: ",
-        std::process::id(),
-        now.as_secs(),
-        now.subsec_micros() / 100
-    );
+    let mut line = String::with_capacity(message.len() + 48);
+    let _ = write!(line, "Manhole[{}:", std::process::id());
+    write_rfc3339(&mut line, now);
+    line.push_str("]: ");
     // One event is one line: fold any newline the message carries.
     for c in message.chars() {
         line.push(if c == '\n' || c == '\r' { ' ' } else { c });
@@ -52,11 +70,56 @@ pub(crate) fn format_line(message: &str) -> String {
     line
 }
 
-/// Logs one event if logging is on. Errors writing the log are ignored: logging must never
-/// disturb the process.
+/// `since_epoch` as RFC 3339 in UTC with milliseconds: `2026-12-02T07:40:33.123Z`.
+fn write_rfc3339(out: &mut String, since_epoch: Duration) {
+    let secs = since_epoch.as_secs();
+    let (days, of_day) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        of_day / 3600,
+        of_day / 60 % 60,
+        of_day % 60,
+        since_epoch.subsec_millis()
+    );
+}
+
+/// The proleptic Gregorian date of `days` since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Logs one event if logging is on. The line is written without blocking; a line that does not
+/// fit is dropped and counted.
 pub(crate) fn event(message: &str) {
     if enabled() {
-        write_all_raw(destination_now(), format_line(message).as_bytes());
+        write_line(destination_now(), format_line(message).as_bytes());
+    }
+}
+
+/// Writes one whole line (or drops and counts it) without blocking, whatever `verbose` says: for
+/// the few lines that must be said even with logging off (a refused `MANHOLE`).
+pub(crate) fn write_line(fd: RawFd, line: &[u8]) {
+    if write_without_blocking(fd, line, Duration::ZERO) < line.len() {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Writes a long text (a stack dump for `dump_on`) to `fd`, waiting at most `patience` for room;
+/// what does not fit by then is dropped (and counted as one line).
+pub(crate) fn write_text(fd: RawFd, text: &[u8], patience: Duration) {
+    if write_without_blocking(fd, text, patience) < text.len() {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -65,28 +128,11 @@ pub(crate) fn event(message: &str) {
 /// echo into sessions.
 pub(crate) fn destination_now() -> RawFd {
     let fd = destination();
-    if fd == 2 {
-        crate::tee::original_stderr().unwrap_or(fd)
+    let original = ORIGINAL_STDERR.load(Ordering::Acquire);
+    if fd == 2 && original >= 0 {
+        original
     } else {
         fd
-    }
-}
-
-/// Writes all of `bytes` to `fd` with raw `write` calls, retrying on `EINTR`, giving up silently
-/// on any other error.
-pub(crate) fn write_all_raw(fd: RawFd, mut bytes: &[u8]) {
-    if fd < 0 {
-        return;
-    }
-    // A descriptor closed behind our back makes `write` fail with EBADF, which we ignore.
-    let fd = crate::sys::borrow_fd(fd);
-    while !bytes.is_empty() {
-        match nix::unistd::write(fd, bytes) {
-            Ok(0) => return,
-            Ok(n) => bytes = &bytes[n..],
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return,
-        }
     }
 }
 
@@ -110,5 +156,19 @@ mod tests {
         assert!(line.starts_with(&format!("Manhole[{}:", std::process::id())));
         assert!(line.ends_with("]: two lines\n"), "{line:?}");
         assert_eq!(line.matches('\n').count(), 1);
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_with_milliseconds() {
+        let mut out = String::new();
+        write_rfc3339(&mut out, Duration::from_millis(1_796_197_233_123));
+        assert_eq!(out, "2026-12-02T07:40:33.123Z");
+        out.clear();
+        write_rfc3339(&mut out, Duration::ZERO);
+        assert_eq!(out, "1970-01-01T00:00:00.000Z");
+        out.clear();
+        // A leap day.
+        write_rfc3339(&mut out, Duration::from_secs(951_782_400));
+        assert_eq!(out, "2000-02-29T00:00:00.000Z");
     }
 }

@@ -1,6 +1,6 @@
 //! Thin safe wrappers over the few libc calls std and nix do not cover.
 //!
-//! This and `stackdump::handler` are the only modules with `unsafe` code. Each function here is
+//! This module (with `output`, and `stackdump::handler`) holds the `unsafe` code. Each function here is
 //! safe to call; the `// SAFETY:` comment on each block says why the call is sound.
 
 #![allow(unsafe_code)]
@@ -8,6 +8,7 @@
 pub(crate) mod log;
 pub(crate) mod memory;
 pub(crate) mod objects;
+pub(crate) mod output;
 pub mod procfs;
 pub(crate) mod threads;
 pub(crate) mod wait;
@@ -191,15 +192,54 @@ pub(crate) fn readable_bytes(fd: RawFd) -> usize {
     if rc < 0 { 0 } else { n.max(0) as usize }
 }
 
-/// The `MANHOLE` environment-variable installation, run before `main` (python-manhole's
-/// `PYTHONMANHOLE`). Unset: returns at once, allocating nothing.
-// SAFETY: code before `main` may not rely on std's runtime being set up. This reads one
-// environment variable (glibc has `environ` ready before constructors run) and, only when it is
-// set, parses it and installs; the installation uses threads, pipes and sockets, which need no
-// std initialisation on Linux.
-#[ctor::ctor]
-unsafe fn install_from_environment() {
-    crate::envvar::install_from_env();
+/// Defines a function `$name` that runs `$body()` before `main` (an `.init_array` constructor,
+/// through `ctor`). The caller's `$body` must only use what needs no std initialisation.
+#[cfg(feature = "env")]
+macro_rules! run_before_main {
+    ($name:ident => $body:path) => {
+        // SAFETY: code before `main` may not rely on std's runtime being set up. The callers'
+        // bodies read the environment (glibc has `environ` ready before constructors run) and
+        // use threads, pipes and sockets, which need no std initialisation on Linux.
+        #[allow(unsafe_code)]
+        #[ctor::ctor(unsafe)]
+        fn $name() {
+            $body();
+        }
+    };
+}
+#[cfg(feature = "env")]
+pub(crate) use run_before_main;
+
+/// Whether the process runs in secure-execution mode (`AT_SECURE`: setuid, setgid or file
+/// capabilities), where the environment belongs to a less privileged user.
+pub(crate) fn is_secure_execution() -> bool {
+    // SAFETY: `getauxval` only reads the auxiliary vector; an absent entry gives 0.
+    unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
+}
+
+/// Opens `/dev/null` on any of fds 0, 1 and 2 that is closed, as std's runtime does before
+/// `main`, so that no descriptor the manhole opens before `main` lands on a standard number.
+/// Returns how many were opened.
+pub(crate) fn ensure_standard_fds() -> usize {
+    let mut opened = 0;
+    for fd in 0..3 {
+        // SAFETY: `F_GETFD` only reads the descriptor's flags; `open` with a static NUL-terminated
+        // path returns the lowest free descriptor, which is `fd` since the lower ones are open.
+        unsafe {
+            if libc::fcntl(fd, libc::F_GETFD) == -1
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::EBADF)
+            {
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                if null >= 0 && null != fd {
+                    // Something else filled the gap; do not keep a stray descriptor.
+                    libc::close(null);
+                } else if null == fd {
+                    opened += 1;
+                }
+            }
+        }
+    }
+    opened
 }
 
 /// Gives memory freed into the C library's heaps back to the system: glibc keeps what a session

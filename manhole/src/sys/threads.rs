@@ -22,6 +22,8 @@ static DUMP_SIGNAL: AtomicI32 = AtomicI32::new(0);
 static SIGMASK: AtomicU64 = AtomicU64::new(u64::MAX);
 /// Workers started and not yet finished (stuck ones included).
 static RUNNING_WORKERS: AtomicUsize = AtomicUsize::new(0);
+/// Numbers the workers, for their thread names (`mh-worker-<n>`).
+static NEXT_WORKER: AtomicU64 = AtomicU64::new(1);
 /// Past this many unfinished workers new callbacks are refused rather than piling up threads.
 const MAX_RUNNING_WORKERS: usize = 16;
 
@@ -92,7 +94,8 @@ where
         return Err(Unfinished::Busy);
     }
     let (tx, rx) = mpsc::sync_channel(1);
-    let spawned = spawn("manhole-worker".to_string(), move || {
+    let n = NEXT_WORKER.fetch_add(1, Ordering::Relaxed);
+    let spawned = spawn(format!("mh-worker-{n}"), move || {
         let outcome =
             catch_unwind(AssertUnwindSafe(work)).map_err(|payload| panic_message(&*payload));
         RUNNING_WORKERS.fetch_sub(1, Ordering::SeqCst);
@@ -142,7 +145,7 @@ mod tests {
 
     #[test]
     fn manhole_threads_block_signals() {
-        let handle = spawn("manhole-test".into(), || {
+        let handle = spawn("mh-test".into(), || {
             let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
             let blocked = status.lines().find(|l| l.starts_with("SigBlk:")).unwrap();
             let mask = u64::from_str_radix(blocked.split_whitespace().nth(1).unwrap(), 16).unwrap();

@@ -1,6 +1,10 @@
 //! Waiting without timers: a manhole thread sleeps in `poll(2)` on the descriptor it serves and
 //! the installation's stop pipe, so it costs no CPU and no wake-ups while idle, and uninstall
 //! (which hangs up the stop pipe) wakes it at once.
+//!
+//! Only a hang-up (`POLLHUP`, `POLLERR`, `POLLNVAL`) on the stop pipe means stop: bytes that
+//! somehow reach it (a stop pipe that became fd 1 in a process started with its standard
+//! descriptors closed, say) are drained and ignored, never taken for a stop.
 
 #![deny(unsafe_code)]
 
@@ -8,6 +12,34 @@ use std::os::fd::BorrowedFd;
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+/// What on the stop pipe means "stop".
+const HANG_UP: PollFlags = PollFlags::POLLHUP
+    .union(PollFlags::POLLERR)
+    .union(PollFlags::POLLNVAL);
+
+/// Whether `revents` of the stop pipe say it hung up; data there is drained (the read end is
+/// non-blocking) and does not count.
+pub(crate) fn stop_fired(stop: BorrowedFd<'_>, revents: Option<PollFlags>) -> bool {
+    let revents = revents.unwrap_or(PollFlags::empty());
+    if revents.intersects(HANG_UP) {
+        return true;
+    }
+    if revents.contains(PollFlags::POLLIN) {
+        let mut sink = [0u8; 64];
+        while matches!(nix::unistd::read(stop, &mut sink), Ok(n) if n > 0) {}
+    }
+    false
+}
+
+/// Whether the stop pipe has hung up, right now (no wait).
+pub(crate) fn stopped_now(stop: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(stop, PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(n) if n > 0 => stop_fired(stop, fds[0].revents()),
+        _ => false,
+    }
+}
 
 /// What ended a [`until_ready_or_stopped`] wait; both can be true.
 #[derive(Debug, Clone, Copy)]
@@ -31,11 +63,12 @@ pub(crate) fn until_ready_or_stopped(
         ];
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {
-                let fired = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
-                return Ok(Woken {
-                    ready: fired(&fds[0]),
-                    stopped: fired(&fds[1]),
-                });
+                let ready = fds[0].revents().is_some_and(|r| !r.is_empty());
+                let stopped = stop_fired(stop, fds[1].revents());
+                if !ready && !stopped {
+                    continue;
+                }
+                return Ok(Woken { ready, stopped });
             }
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(e),
