@@ -1,7 +1,8 @@
 //! Thin safe wrappers over the few libc calls std and nix do not cover.
 //!
-//! This module (with `output`, and `stackdump::handler`) holds the `unsafe` code. Each function here is
-//! safe to call; the `// SAFETY:` comment on each block says why the call is sound.
+//! The `unsafe` code lives here, in its submodules (`output`, ...) and in `stackdump::handler`.
+//! Each function here is safe to call; the `// SAFETY:` comment on each block says why the call
+//! is sound.
 
 #![allow(unsafe_code)]
 
