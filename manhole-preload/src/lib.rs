@@ -43,9 +43,13 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 /// Called by the dynamic loader when it maps the library, before the program's `main` (on
 /// glibc with `argc, argv, envp`, on musl with nothing: this takes no arguments, which both
-/// calling conventions allow).
+/// calling conventions allow). The priority (the linker runs `.init_array.NNNNN` entries, in
+/// ascending order, before plain `.init_array` ones) puts it before the library's own
+/// constructor, which is linked into this library too: fds 0-2 are reserved before anything
+/// could install. 101 is the first priority left to programs (0-100 are the toolchain's; std
+/// takes 99 for its arguments).
 #[used]
-#[unsafe(link_section = ".init_array")]
+#[unsafe(link_section = ".init_array.00101")]
 static AT_LOAD: extern "C" fn() = at_load;
 
 extern "C" fn at_load() {

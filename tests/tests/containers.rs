@@ -122,6 +122,7 @@ impl Container {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match lines.recv_timeout(left) {
+                Ok(line) if line.starts_with("manhole waiting for ") => break,
                 Ok(line) if line.starts_with("manhole listening on ") => {
                     if !demo_args.contains("--socket-path") {
                         assert_eq!(
@@ -352,5 +353,26 @@ fn a_container_with_its_own_user_namespace_is_reached_as_its_user() {
         list.lines()
             .any(|line| line.starts_with(&format!("{pid} ")) && line.ends_with(&socket)),
         "{list}"
+    );
+}
+
+#[test]
+fn a_signal_activated_manhole_in_a_container_is_started_from_the_host() {
+    require_namespaces!();
+    let container = Container::start(Kind::Plain, "--activate-on USR2");
+    let pid = container.pid();
+    let socket = format!("/proc/{pid}/root/tmp/manhole-1");
+    assert!(
+        !Path::new(&socket).exists(),
+        "not listening before the signal"
+    );
+    // The evidence names pid 1 (what the process sees) next to its socket in its /tmp; the
+    // signal goes to the host pid.
+    let requests = cli_ok(&["-s", "USR2", &pid, "get", "requests"]);
+    assert!(requests.trim().parse::<u64>().is_ok(), "{requests:?}");
+    assert!(Path::new(&socket).exists());
+    assert!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(container.host_pid), None).is_ok(),
+        "the demo survived its activation"
     );
 }
