@@ -46,6 +46,10 @@ fn settings() -> Settings {
             timeout: Duration::from_millis(100),
             max_frames: 16,
         },
+        profile: crate::profile::ProfileOptions {
+            signal: libc::SIGRTMIN() + crate::Options::DEFAULT_DUMP_SIGNAL_OFFSET,
+            hz: crate::Options::DEFAULT_PROFILE_HZ,
+        },
         redirect_stderr: false,
         banner: String::new(),
         runtime: Default::default(),
@@ -55,11 +59,14 @@ fn settings() -> Settings {
 
 /// Runs one command line as a session would and checks the reply: an error is one line, the
 /// exec frame is one line of valid JSON with `ok` set as the reply says. Lines whose first word
-/// is `threads`, `bt`, `info`, `runtime` or `tasks` are skipped (they read the process, not the
+/// is `threads`, `bt`, `info`, `runtime`, `tasks` or `profile` are skipped (they read the process, not the
 /// input, and a dump needs an installation). Returns the exec frame.
 pub fn command(line: &str) -> Option<String> {
     let first = line.split_whitespace().next().unwrap_or("");
-    if matches!(first, "threads" | "bt" | "info" | "runtime" | "tasks") {
+    if matches!(
+        first,
+        "threads" | "bt" | "info" | "runtime" | "tasks" | "profile"
+    ) {
         return None;
     }
     let peer = PeerCred {

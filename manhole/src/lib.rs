@@ -41,7 +41,8 @@
 //!
 //! The source tree is layered, bottom up; a module uses only its own layer and those below it:
 //! `sys/` (the `unsafe` libc wrappers, the manhole's threads, `poll` waits, `/proc` readers, the
-//! event log), then `stackdump/` (capture, unwind, symbolize, format), then `registry/` and
+//! event log), then `stackdump/` (capture, unwind, symbolize, format), then `profile/` (CPU
+//! profiles on the dump's signal and symbolizer), then `registry/` and
 //! `server/` (what the application registers; the socket, listener, peer check, sessions and
 //! commands), then `lifecycle/` (installation, the `MANHOLE` variable, signals, `fork`, exit).
 //! `options` and `error` are plain data that every layer shares; `runtime/` is the tokio support.
@@ -82,7 +83,12 @@
 //! - `log`: one line per event, `Manhole[<pid>:<time>]: ...`, written with a raw `write(2)` that
 //!   never blocks and never raises SIGPIPE (`sys::output`); a line that does not fit is dropped
 //!   and counted.
-//! - `sys`: the thin `unsafe` wrappers over libc. Only `sys` and `stackdump` contain `unsafe`.
+//! - `profile`: the `profile [SECONDS]` command. Per-thread CPU-time timers (so sleeping threads
+//!   are never sampled) deliver the dump signal marked as a profile tick; the handler copies the
+//!   registers and a bounded stack window into a preallocated ring, and the session thread
+//!   unwinds the copies with framehop, symbolizes them and aggregates folded stacks.
+//! - `sys`: the thin `unsafe` wrappers over libc. Only `sys`, `stackdump` and `profile/sampler`
+//!   contain `unsafe`.
 //!
 //! # Safety model
 //!
@@ -183,6 +189,7 @@ pub mod __preload {
 mod error;
 mod lifecycle;
 mod options;
+mod profile;
 mod registry;
 mod runtime;
 mod server;

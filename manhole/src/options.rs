@@ -60,6 +60,7 @@ pub struct Options {
     pub(crate) dump_signal: Option<i32>,
     pub(crate) dump_timeout: Duration,
     pub(crate) max_frames: usize,
+    pub(crate) profile_hz: u32,
     pub(crate) lock_timeout: Duration,
     pub(crate) command_timeout: Duration,
     pub(crate) task_dumps: bool,
@@ -96,6 +97,7 @@ impl Default for Options {
             dump_signal: None,
             dump_timeout: Options::DEFAULT_DUMP_TIMEOUT,
             max_frames: Options::DEFAULT_MAX_FRAMES,
+            profile_hz: Options::DEFAULT_PROFILE_HZ,
             lock_timeout: Options::DEFAULT_LOCK_TIMEOUT,
             command_timeout: Options::DEFAULT_COMMAND_TIMEOUT,
             task_dumps: false,
@@ -138,6 +140,7 @@ impl fmt::Debug for Options {
             .field("dump_signal", &self.dump_signal)
             .field("dump_timeout", &self.dump_timeout)
             .field("max_frames", &self.max_frames)
+            .field("profile_hz", &self.profile_hz)
             .field("lock_timeout", &self.lock_timeout)
             .field("command_timeout", &self.command_timeout)
             .field("task_dumps", &self.task_dumps)
@@ -168,6 +171,8 @@ impl Options {
     pub const DEFAULT_DUMP_TIMEOUT: Duration = Duration::from_secs(1);
     /// The most frames recorded for one thread.
     pub const DEFAULT_MAX_FRAMES: usize = 128;
+    /// Samples per second of each thread's CPU time in a `profile`.
+    pub const DEFAULT_PROFILE_HZ: u32 = crate::profile::DEFAULT_HZ;
     /// How long reading a value tries to take its lock.
     pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(1);
     /// How long a registered command or value read may run before the session stops waiting.
@@ -360,6 +365,14 @@ impl Options {
     /// Defaults to [`Options::DEFAULT_MAX_FRAMES`] (128).
     pub fn max_frames(mut self, n: usize) -> Options {
         self.max_frames = n.clamp(8, 1024);
+        self
+    }
+
+    /// How often the `profile` command samples each application thread, per second of the
+    /// CPU time that thread uses (a sleeping thread is never sampled). Clamped to 1..=1000.
+    /// Defaults to [`Options::DEFAULT_PROFILE_HZ`] (99, as `perf record -F 99`).
+    pub fn profile_hz(mut self, hz: u32) -> Options {
+        self.profile_hz = hz.clamp(1, crate::profile::MAX_HZ);
         self
     }
 

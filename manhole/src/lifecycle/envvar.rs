@@ -328,6 +328,7 @@ fn apply(options: Options, key: &str, value: &Value) -> Result<Options> {
         "reinstall_delay" => options.reinstall_delay(seconds(key, value)?),
         "max_sessions" => options.max_sessions(number(key, value)?),
         "max_frames" => options.max_frames(number(key, value)?),
+        "profile_hz" => options.profile_hz(number(key, value)?),
         "dump_timeout" => options.dump_timeout(seconds(key, value)?),
         "lock_timeout" => options.lock_timeout(seconds(key, value)?),
         "command_timeout" => options.command_timeout(seconds(key, value)?),

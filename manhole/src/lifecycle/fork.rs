@@ -113,6 +113,7 @@ extern "C" fn child() {
     };
     signals::after_fork_in_child();
     stackdump::after_fork_in_child();
+    crate::profile::after_fork_in_child();
     tee::after_fork_in_child(&mut held.tee);
     for &fd in held.sessions.iter() {
         crate::sys::close_raw(fd);

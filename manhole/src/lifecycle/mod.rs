@@ -300,6 +300,10 @@ fn install_as(options: Options, quiet_conflict: bool) -> Result<Manhole> {
             timeout: options.dump_timeout,
             max_frames: options.max_frames,
         },
+        profile: crate::profile::ProfileOptions {
+            signal: resolved.dump_signal,
+            hz: options.profile_hz,
+        },
         redirect_stderr: options.redirect_stderr,
         banner: options.banner.clone(),
         runtime: options.runtime.for_install(),

@@ -227,6 +227,11 @@ pub(crate) const BUILTINS: &[(&str, &str, &str)] = &[
         "tasks [FILTER]",
         "every tokio task's async backtrace (needs --cfg tokio_unstable)",
     ),
+    (
+        "profile",
+        "profile [SECONDS]",
+        "sample every thread's on-CPU stack for SECONDS (default 5, at most 60): where the CPU goes",
+    ),
     ("exit", "exit", "end the session (alias: quit)"),
 ];
 
@@ -300,6 +305,20 @@ pub(crate) fn split_words(line: &str) -> Result<Vec<String>, String> {
 
 /// Runs one command line for a session.
 pub(crate) fn run(line: &str, settings: &Settings, peer: &PeerCred) -> Reply {
+    run_waiting(line, settings, peer, &mut |pause| {
+        std::thread::sleep(pause);
+        true
+    })
+}
+
+/// Runs one command line; a long command (`profile`) waits with `wait(pause)`, which sleeps up
+/// to `pause` and returns false when the session should stop (the client left, uninstall).
+pub(crate) fn run_waiting(
+    line: &str,
+    settings: &Settings,
+    peer: &PeerCred,
+    wait: &mut dyn FnMut(std::time::Duration) -> bool,
+) -> Reply {
     let owned = match split_words(line) {
         Ok(words) => words,
         Err(message) => return Reply::err("", message),
@@ -362,6 +381,7 @@ pub(crate) fn run(line: &str, settings: &Settings, peer: &PeerCred) -> Reply {
             ),
             _ => Reply::err(word, "usage: tasks [FILTER]"),
         },
+        "profile" => profile(args, settings, peer, wait),
         name => match registry::lookup(name) {
             Some(Entry::Value(_)) if args.is_empty() => get(name, settings),
             Some(Entry::Value(_)) => Reply::err(
@@ -471,6 +491,27 @@ fn threads(word: &str, args: &[&str], settings: &Settings) -> Reply {
             }
         }
         Err(e) => Reply::err(word, format!("cannot dump the threads: {e}")),
+    }
+}
+
+fn profile(
+    args: &[&str],
+    settings: &Settings,
+    peer: &PeerCred,
+    wait: &mut dyn FnMut(std::time::Duration) -> bool,
+) -> Reply {
+    let duration = match crate::profile::parse_seconds(args) {
+        Ok(duration) => duration,
+        Err(usage) => return Reply::err("profile", usage),
+    };
+    log_event!(
+        "Session of {peer} profiles for {:.1} s at {} Hz",
+        duration.as_secs_f64(),
+        settings.profile.hz
+    );
+    match crate::profile::run(&settings.profile, duration, wait) {
+        Ok(profile) => Reply::ok("profile", profile.text(), profile.data()),
+        Err(message) => Reply::err("profile", message),
     }
 }
 

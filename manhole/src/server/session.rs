@@ -46,6 +46,8 @@ pub(crate) struct Settings {
     pub write_timeout: Duration,
     pub idle_timeout: Option<Duration>,
     pub dump: DumpOptions,
+    /// What `profile` samples with (`Options::profile_hz`, the dump signal).
+    pub profile: crate::profile::ProfileOptions,
     /// Show what the process writes to fd 2 in REPL sessions, live (`Options::redirect_stderr`).
     pub redirect_stderr: bool,
     /// The application's extra greeting text (`Options::banner`), possibly empty.
@@ -175,6 +177,30 @@ fn clean_line(raw: &[u8]) -> String {
         .collect()
 }
 
+/// For a command that runs a while (`profile`): sleeps up to `pause`, then says whether the
+/// session should go on. A client that hung up (`POLLHUP`: both directions closed) or an
+/// uninstall ends it; input typed ahead and a half-close do not (the answer is still wanted).
+fn still_wanted(stream: BorrowedFd<'_>, stop: BorrowedFd<'_>, pause: Duration) -> bool {
+    let mut fds = [
+        PollFd::new(stream, PollFlags::empty()),
+        PollFd::new(stop, PollFlags::POLLIN),
+    ];
+    let timeout =
+        PollTimeout::try_from(pause.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::ZERO);
+    match poll(&mut fds, timeout) {
+        Ok(0) | Err(Errno::EINTR) => true,
+        Ok(_) => {
+            let gone = |fd: &PollFd<'_>| {
+                fd.revents().is_some_and(|r| {
+                    r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLIN)
+                })
+            };
+            !gone(&fds[0]) && !gone(&fds[1])
+        }
+        Err(_) => false,
+    }
+}
+
 /// A connected, accepted client.
 pub(crate) struct Session {
     stream: UnixStream,
@@ -255,7 +281,11 @@ impl Session {
                         }
                         continue;
                     }
-                    let reply = commands::run(line, &self.settings, &self.peer);
+                    let (stream, stop) = (self.stream.as_fd(), self.stop.as_fd());
+                    let reply =
+                        commands::run_waiting(line, &self.settings, &self.peer, &mut |pause| {
+                            still_wanted(stream, stop, pause)
+                        });
                     match reply.action {
                         Action::JsonFormat(on) => self.json = on,
                         Action::Exec(forms) => self.exec = Some(forms),

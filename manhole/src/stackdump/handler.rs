@@ -347,9 +347,32 @@ impl Drop for ErrnoGuard {
     }
 }
 
+/// A handler for the profiler's ticks on the dump signal: returns true if the signal was one
+/// (and was handled); it must follow the same rules as the dump handler.
+pub(super) type TickHandler = fn(*const libc::siginfo_t, *const c_void) -> bool;
+
+/// The [`TickHandler`] called first by the dump handler (null: none). Set by the profiler, a
+/// layer above, so the dump layer does not depend on it.
+static TICK_HANDLER: AtomicPtr<()> = AtomicPtr::new(ptr::null_mut());
+
+/// Registers the profiler's tick handler (idempotent).
+pub(super) fn set_tick_handler(handler: TickHandler) {
+    TICK_HANDLER.store(handler as *mut (), Ordering::Release);
+}
+
 /// The dump signal handler. See the module docs for what it may do.
 extern "C" fn on_dump_signal(_signal: c_int, info: *mut libc::siginfo_t, context: *mut c_void) {
     let _errno = ErrnoGuard::save();
+    // A second kind of request on this signal: a profile tick (`SI_TIMER` with the profiler's
+    // marker), taken by the profiler's own async-signal-safe copy (see `profile/sampler.rs`).
+    let tick = TICK_HANDLER.load(Ordering::Acquire);
+    if !tick.is_null() {
+        // SAFETY: TICK_HANDLER only ever holds a `TickHandler` stored by `set_tick_handler`.
+        let tick: TickHandler = unsafe { std::mem::transmute::<*mut (), TickHandler>(tick) };
+        if tick(info, context) {
+            return;
+        }
+    }
     let entered = monotonic_nanos();
     if !answer(info, context, entered) {
         IGNORED.fetch_add(1, Ordering::Relaxed);

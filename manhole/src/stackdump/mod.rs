@@ -131,6 +131,30 @@ pub(crate) fn install_handler(signal: libc::c_int) -> Result<()> {
     handler::install(signal)
 }
 
+/// Whether the dump handler still owns `signal` (the profiler checks before arming its timers
+/// and while they run: a tick delivered to `SIG_DFL` would kill the process).
+pub(crate) fn handler_owns_signal(signal: libc::c_int) -> bool {
+    matches!(capture::disposition(signal), Ok(Disposition::Ours))
+}
+
+/// Lets the profiler take its ticks on the dump signal: `handler` runs first in the dump
+/// handler and returns true for a tick (see `capture::TickHandler` for its rules).
+pub(crate) fn set_tick_handler(
+    handler: fn(*const libc::siginfo_t, *const std::ffi::c_void) -> bool,
+) {
+    capture::set_tick_handler(handler);
+}
+
+/// Symbolizes addresses captured elsewhere (the profiler's samples): `(address, exact)`, where
+/// `exact` marks an interrupted instruction and the others are return addresses.
+pub(crate) fn symbolize_addresses(addresses: &[(usize, bool)]) -> Vec<Frame> {
+    let raw: Vec<RawFrame> = addresses
+        .iter()
+        .map(|&(ip, exact)| RawFrame { ip, exact })
+        .collect();
+    Symbolizer::new().frames(&raw)
+}
+
 /// Captures and symbolizes the stack of every thread of the process.
 ///
 /// One dump runs at a time (a second caller waits up to 10 s, then gets an error). It never
