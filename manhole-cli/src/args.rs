@@ -90,6 +90,14 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
 
+    /// Run COMMAND (`profile [SECONDS]`, the default) and print its folded stacks, one `root;...;leaf COUNT` line each
+    #[arg(long, conflicts_with_all = ["list", "json", "flamegraph"])]
+    pub folded: bool,
+
+    /// Run COMMAND (`profile [SECONDS]`, the default) and write its flame graph to FILE (SVG)
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["list", "json"])]
+    pub flamegraph: Option<PathBuf>,
+
     /// List the manhole sockets in DIR this user can connect to: pid, process, user, status, path
     #[arg(long, conflicts_with_all = ["target", "command", "signal_choice"])]
     pub list: bool,
@@ -183,8 +191,15 @@ fn validate(args: &Args) -> Result<(), clap::Error> {
 
 /// Options that take a value in the next argument (their value must not be rewritten or taken
 /// for a positional).
-const OPTIONS_WITH_VALUE: [&str; 6] =
-    ["-t", "--timeout", "-s", "--signal", "--dir", "--max-answer"];
+const OPTIONS_WITH_VALUE: [&str; 7] = [
+    "-t",
+    "--timeout",
+    "-s",
+    "--signal",
+    "--dir",
+    "--max-answer",
+    "--flamegraph",
+];
 
 /// Rewrites `-USR1`/`-USR2` (any case, one or two dashes) to `--usr1`/`--usr2` among the
 /// arguments before COMMAND; everything from COMMAND on is left as it is.

@@ -14,6 +14,7 @@ mod escape;
 mod evidence;
 mod manpage;
 mod namespace;
+mod profile;
 mod session;
 mod target;
 
@@ -148,9 +149,21 @@ fn run(args: &Args) -> Result<Outcome> {
         escape_stderr: !args.raw && std::io::stderr().is_terminal(),
     };
     let bounds = Bounds {
-        wait: args.timeout.max(MIN_ANSWER_TIMEOUT),
+        // A `profile SECONDS` is silent for its SECONDS.
+        wait: profile::answer_wait(
+            args.command_line().as_deref(),
+            args.timeout.max(MIN_ANSWER_TIMEOUT),
+        ),
         max_answer: args.max_answer,
     };
+    if args.folded || args.flamegraph.is_some() {
+        let command = profile::command_line(args.command_line())?;
+        let output = match &args.flamegraph {
+            Some(path) => profile::Output::FlameGraph(path),
+            None => profile::Output::Folded,
+        };
+        return profile::run(stream, &command, output, bounds, show);
+    }
     if let Some(command) = args.command_line() {
         return session::one_shot(stream, &command, args.json, bounds, show);
     }

@@ -140,7 +140,7 @@ fn size(bytes: usize) -> String {
     }
 }
 
-fn too_large(max: usize) -> Error {
+pub fn too_large(max: usize) -> Error {
     Error::new(
         ErrorKind::TooLarge,
         format!(
