@@ -110,7 +110,7 @@ fn check_threads(data: &Value) {
     assert!(
         !threads
             .iter()
-            .any(|t| t["name"].as_str().unwrap().starts_with("manhole-")),
+            .any(|t| t["name"].as_str().unwrap().starts_with("mh-")),
         "manhole threads are not sampled: {data}"
     );
     let busy = threads.iter().find(|t| t["name"] == "busy").unwrap();

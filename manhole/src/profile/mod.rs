@@ -23,7 +23,8 @@
 //! At the end every timer is deleted, the ring is drained a last time and unmapped, and the
 //! addresses are symbolized once each.
 //!
-//! Sampled: every thread of the process except the manhole's own (named `manhole-*`) and except
+//! Sampled: every thread of the process except the manhole's own (listed by `threads::spawn`)
+//! and except
 //! threads that block the signal (their ticks would stay pending, or reach a `sigwait`). Sleeping
 //! threads use no CPU, so their timers never fire: they get no samples by construction.
 //!
@@ -275,7 +276,7 @@ fn scan(
         let Ok(name) = procfs::thread_name(tid) else {
             continue;
         };
-        if name.starts_with("manhole-") {
+        if crate::threads::is_manhole_thread(tid, &name) {
             continue;
         }
         match procfs::thread_status(tid) {

@@ -134,7 +134,7 @@ pub(crate) fn install_handler(signal: libc::c_int) -> Result<()> {
 /// Whether the dump handler still owns `signal` (the profiler checks before arming its timers
 /// and while they run: a tick delivered to `SIG_DFL` would kill the process).
 pub(crate) fn handler_owns_signal(signal: libc::c_int) -> bool {
-    matches!(capture::disposition(signal), Ok(Disposition::Ours))
+    matches!(handler::disposition(signal), Ok(Disposition::Ours))
 }
 
 /// Lets the profiler take its ticks on the dump signal: `handler` runs first in the dump
@@ -142,7 +142,7 @@ pub(crate) fn handler_owns_signal(signal: libc::c_int) -> bool {
 pub(crate) fn set_tick_handler(
     handler: fn(*const libc::siginfo_t, *const std::ffi::c_void) -> bool,
 ) {
-    capture::set_tick_handler(handler);
+    self::handler::set_tick_handler(handler);
 }
 
 /// Symbolizes addresses captured elsewhere (the profiler's samples): `(address, exact)`, where

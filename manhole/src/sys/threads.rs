@@ -36,11 +36,46 @@ pub(crate) fn set_sigmask(set: u64) {
     SIGMASK.store(set, Ordering::Relaxed);
 }
 
+/// The tids of the running manhole threads (0: a free entry), so a profile samples only the
+/// application's threads. Lock-free: a forked child inherits it as plain memory.
+static OUR_TIDS: [AtomicI32; 64] = [const { AtomicI32::new(0) }; 64];
+
+/// Whether `tid` is one of the manhole's own threads (spawned by [`spawn`]; a thread that found
+/// the table full is told by its `mh-` name prefix instead).
+pub(crate) fn is_manhole_thread(tid: i32, name: &str) -> bool {
+    OUR_TIDS.iter().any(|t| t.load(Ordering::Relaxed) == tid) || name.starts_with("mh-")
+}
+
+/// Lists the running thread in [`OUR_TIDS`] while it lives.
+struct Listed(Option<usize>);
+
+impl Listed {
+    fn enter() -> Listed {
+        let tid = nix::unistd::gettid().as_raw();
+        Listed(OUR_TIDS.iter().position(|t| {
+            t.compare_exchange(0, tid, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        }))
+    }
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        if let Some(entry) = self.0.and_then(|i| OUR_TIDS.get(i)) {
+            entry.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Spawns a named manhole thread with the `sigmask` signals blocked, except the dump signal.
 pub(crate) fn spawn<F>(name: String, body: F) -> io::Result<JoinHandle<()>>
 where
     F: FnOnce() + Send + 'static,
 {
+    let body = move || {
+        let _listed = Listed::enter();
+        body()
+    };
     let dump_signal = DUMP_SIGNAL.load(Ordering::Relaxed);
     let mut set = SIGMASK.load(Ordering::Relaxed);
     if (1..=64).contains(&dump_signal) {
