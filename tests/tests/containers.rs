@@ -72,8 +72,21 @@ impl Container {
     /// for it to listen.
     fn start(kind: Kind, demo_args: &str) -> Container {
         let demo = bin("demo");
+        // The private tmpfs is made on /mnt and moved onto /tmp, so that a build under /tmp (a
+        // CI clone there) stays reachable: its directory is bind-mounted into the new tmpfs at
+        // the same path first. All of it happens in the container's own mount namespace.
+        let build_dir = demo.parent().expect("the demo's directory");
+        let keep_build = match build_dir.strip_prefix("/tmp") {
+            Ok(inside) => format!(
+                "mkdir -p /mnt/{inside} && mount --bind {build} /mnt/{inside} && ",
+                inside = inside.display(),
+                build = build_dir.display()
+            ),
+            Err(_) => String::new(),
+        };
         let script = format!(
-            "mount -t tmpfs tmpfs /tmp && mkdir /tmp/app && exec {} {demo_args}",
+            "mount -t tmpfs tmpfs /mnt && mkdir /mnt/app && {keep_build}mount --move /mnt /tmp \
+             && exec {} {demo_args}",
             demo.display()
         );
         let mut command = Command::new("unshare");
