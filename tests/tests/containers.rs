@@ -78,14 +78,14 @@ impl Container {
         let build_dir = demo.parent().expect("the demo's directory");
         let keep_build = match build_dir.strip_prefix("/tmp") {
             Ok(inside) => format!(
-                "mkdir -p /mnt/{inside} && mount --bind {build} /mnt/{inside} && ",
+                "mkdir -p /mnt/{inside} && mount -n --bind {build} /mnt/{inside} && ",
                 inside = inside.display(),
                 build = build_dir.display()
             ),
             Err(_) => String::new(),
         };
         let script = format!(
-            "mount -t tmpfs tmpfs /mnt && mkdir /mnt/app && {keep_build}mount --move /mnt /tmp \
+            "mount -n -t tmpfs tmpfs /mnt && mkdir /mnt/app && {keep_build}mount -n --move /mnt /tmp \
              && exec {} {demo_args}",
             demo.display()
         );
