@@ -66,8 +66,9 @@
 //! - `threads`: manhole threads block the application's signals; application callbacks run on
 //!   bounded `mh-worker-<n>` threads, never on a session thread.
 //! - [`stackdump`]: every thread's backtrace. Capture is a real-time signal sent to each thread at
-//!   once; its handler only records instruction pointers into memory allocated beforehand.
-//!   Symbolization happens afterwards on the session thread, with a cache.
+//!   once; its handler only copies its registers and up to 64 KiB of its stack into memory
+//!   allocated beforehand (`process_vm_readv` on our own pid, which cannot fault). Unwinding
+//!   (framehop) and symbolization happen afterwards on the session thread, with a cache.
 //! - `signals`: `activate_on`, `oneshot_on`, `dump_on` and the opt-in SIGTERM cleanup. Handlers
 //!   are chained through signal-hook and only set a bit and write a byte to a self-pipe; the
 //!   `mh-signal` thread does the work.
@@ -132,9 +133,9 @@
 //!   not restarted after a signal handler (`epoll_wait`, `nanosleep`, `poll`...) returns `EINTR`,
 //!   which correct code already retries. Under a debugger, tell it to pass the dump signal
 //!   (`handle SIG41 nostop noprint pass` in gdb for the default signal on glibc).
-//! - **Platform**: Linux with glibc 2.35 or newer (its unwinder's lookup is async-signal-safe).
-//!   Older glibc works but carries a small risk of deadlock if a dump hits a thread inside
-//!   `dlopen`. musl cannot unwind through signal frames.
+//! - **Platform**: Linux, x86_64 tested (aarch64 has the code, untested), glibc. No unwinder runs
+//!   in the signal handler, so the dump does not depend on the glibc or libgcc version. A stack
+//!   deeper than the 64 KiB copy is shown up to where the copy ends.
 //!
 //! # Features
 //!
