@@ -48,6 +48,8 @@ impl std::str::FromStr for ConnectionHandler {
 pub struct Options {
     pub(crate) verbose: bool,
     pub(crate) verbose_destination: RawFd,
+    #[cfg(feature = "tracing")]
+    pub(crate) log_to_tracing: bool,
     pub(crate) thread: bool,
     pub(crate) socket_path: Option<PathBuf>,
     pub(crate) locals: Vec<(String, Local)>,
@@ -85,6 +87,8 @@ impl Default for Options {
         Options {
             verbose: true,
             verbose_destination: 2,
+            #[cfg(feature = "tracing")]
+            log_to_tracing: false,
             thread: true,
             socket_path: None,
             locals: Vec::new(),
@@ -119,7 +123,8 @@ impl Default for Options {
 
 impl fmt::Debug for Options {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Options")
+        let mut debug = f.debug_struct("Options");
+        debug
             .field("verbose", &self.verbose)
             .field("verbose_destination", &self.verbose_destination)
             .field("thread", &self.thread)
@@ -157,8 +162,10 @@ impl fmt::Debug for Options {
             .field("patch_fork", &self.patch_fork)
             .field("daemon_connection", &self.daemon_connection)
             .field("redirect_stderr", &self.redirect_stderr)
-            .field("cleanup_on_sigterm", &self.cleanup_on_sigterm)
-            .finish()
+            .field("cleanup_on_sigterm", &self.cleanup_on_sigterm);
+        #[cfg(feature = "tracing")]
+        debug.field("log_to_tracing", &self.log_to_tracing);
+        debug.finish()
     }
 }
 
@@ -216,6 +223,19 @@ impl Options {
     /// Defaults to `2` (stderr).
     pub fn verbose_destination(mut self, fd: RawFd) -> Options {
         self.verbose_destination = fd;
+        self
+    }
+
+    /// Send the event log (accepted and refused peers, every `set`, every registered command
+    /// run, ...) to `tracing` instead of `verbose_destination`: one INFO event per line, target
+    /// `manhole`, so the application's subscriber filters, formats and ships them with its own
+    /// logs. [`verbose(false)`](Options::verbose) still turns them off. A forked child writes to
+    /// `verbose_destination` until its manhole is reinstalled (the fork handler must not enter
+    /// the subscriber), and `dump_on` dumps always go to `verbose_destination`. Defaults to
+    /// `false` (feature `tracing`).
+    #[cfg(feature = "tracing")]
+    pub fn log_to_tracing(mut self, on: bool) -> Options {
+        self.log_to_tracing = on;
         self
     }
 

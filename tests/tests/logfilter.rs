@@ -9,12 +9,13 @@ use manhole_e2e::{App, Client, wait_until};
 const ONE_BATCH_SOMEWHERE: u64 = 4 * 10;
 
 /// The answer to `line`, without the demo's log lines: the session also shows the process's
-/// stderr (`redirect_stderr`), so at DEBUG the batch events arrive between the answers.
+/// stderr (`redirect_stderr`), so at DEBUG the batch events arrive between the answers, and with
+/// `--log-to-tracing` the manhole's own events.
 fn answer(client: &mut Client, line: &str) -> String {
     client
         .command(line)
         .lines()
-        .filter(|l| !is_batch_event(l))
+        .filter(|l| !is_batch_event(l) && !l.contains(" INFO manhole: "))
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -83,4 +84,35 @@ fn set_log_filter_debug_makes_debug_lines_appear_and_a_bad_directive_is_refused(
     let frame: serde_json::Value =
         serde_json::from_str(answer(&mut c, "get log_filter").trim()).expect("a JSON frame");
     assert_eq!(frame["data"]["value"], "demo=debug,warn", "{frame}");
+}
+
+#[test]
+fn log_to_tracing_sends_the_event_log_through_the_applications_filter() {
+    let app = App::demo(&["--log-to-tracing"]);
+    let mut first = Client::connect(app.socket()).expect("connect to the demo");
+    first.skip_greeting();
+    app.wait_for_stderr(" INFO manhole: Accepted session 1 from pid ");
+    assert!(app.stderr().contains(" INFO manhole: Manhole UDS path: "));
+    // The application's filter decides: at warn, a connection is not logged.
+    assert_eq!(
+        answer(&mut first, "set log_filter warn"),
+        "log_filter: info -> warn"
+    );
+    let mut second = Client::connect(app.socket()).expect("connect again");
+    second.skip_greeting();
+    assert_eq!(
+        answer(&mut first, "set log_filter info"),
+        "log_filter: warn -> info"
+    );
+    assert_eq!(answer(&mut second, "echo after").trim(), "after");
+    // Events are written in order, so once the later one is in, the earlier would be too.
+    app.wait_for_stderr(" INFO manhole: Session of pid ");
+    let stderr = app.wait_for_stderr("runs command echo after");
+    assert!(!stderr.contains("Accepted session 2"), "{stderr}");
+    assert!(
+        stderr.contains("set log_filter from warn to info"),
+        "{stderr}"
+    );
+    // None of it went to the descriptor.
+    assert!(!stderr.contains("Manhole["), "{stderr}");
 }

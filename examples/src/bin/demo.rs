@@ -23,7 +23,8 @@
 //! listening line), `--sigpipe-default` (before installing, put SIGPIPE back to `SIG_DFL`, which
 //! kills the process, as C programs and Rust programs that want `| head` to work have it, and
 //! install with an empty `sigmask`, so a write to a vanished client that raised SIGPIPE would
-//! kill the demo: only `MSG_NOSIGNAL` stands between them).
+//! kill the demo: only `MSG_NOSIGNAL` stands between them), `--log-to-tracing` (the option of that
+//! name: the manhole's event log becomes INFO events of target `manhole` in the demo's log).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
@@ -166,6 +167,7 @@ fn main() {
             }
             "--max-sessions" => options = options.max_sessions(number(args.next())),
             "--not-strict" => options = options.strict(false),
+            "--log-to-tracing" => options = options.log_to_tracing(true),
             "--fork" => forks = number(args.next()),
             "--own-handler" => own_handler = Some(signal_arg(args.next())),
             "--activate-on" => {

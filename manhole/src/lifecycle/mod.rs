@@ -281,6 +281,8 @@ fn install_as(options: Options, quiet_conflict: bool) -> Result<Manhole> {
         }
     }
     crate::log::configure(options.verbose, options.verbose_destination);
+    #[cfg(feature = "tracing")]
+    crate::log::send_to_tracing(options.log_to_tracing);
     stackdump::install_handler(resolved.dump_signal)?;
     threads::set_dump_signal(resolved.dump_signal);
     threads::set_sigmask(resolved.sigmask);

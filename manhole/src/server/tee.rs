@@ -160,7 +160,8 @@ fn detach(id: u64) {
 fn deactivate(state: &mut TeeState) {
     let saved = SAVED.load(Ordering::Acquire);
     if let Err(e) = sys::dup2_raw(saved, STDERR) {
-        log_event!("Cannot point stderr back at the original: {e}");
+        // The TEE lock is held and fd 2 still feeds the pump, which needs that lock.
+        crate::log::event_to_descriptor(&format!("Cannot point stderr back at the original: {e}"));
         return;
     }
     ACTIVE.store(false, Ordering::Release);

@@ -9,6 +9,10 @@
 //! reports the count. So no manhole thread, no application thread and no program start ever
 //! waits on the log. The settings live in atomics so every thread, including a freshly forked
 //! child, reads them without a lock.
+//!
+//! Only when the application asks (`Options::log_to_tracing`, feature `tracing`) do events
+//! become `tracing` events instead, and then only in the process that asked: a forked child's
+//! fork handler and everything before its reinstall still write to the descriptor.
 
 #![deny(unsafe_code)]
 
@@ -25,6 +29,16 @@ static DESTINATION: AtomicI32 = AtomicI32::new(2);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 /// Where a destination of 2 really goes while fd 2 is teed into sessions (-1: fd 2 itself).
 static ORIGINAL_STDERR: AtomicI32 = AtomicI32::new(-1);
+
+/// The pid whose events go to `tracing`; 0: none.
+#[cfg(feature = "tracing")]
+static TRACING_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Sets whether this process's events go to `tracing` instead of the descriptor.
+#[cfg(feature = "tracing")]
+pub(crate) fn send_to_tracing(on: bool) {
+    TRACING_PID.store(if on { std::process::id() } else { 0 }, Ordering::Relaxed);
+}
 
 /// Sets whether events are logged and where to.
 pub(crate) fn configure(enabled: bool, destination: RawFd) {
@@ -102,6 +116,25 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 /// Logs one event if logging is on. The line is written without blocking; a line that does not
 /// fit is dropped and counted.
 pub(crate) fn event(message: &str) {
+    if !enabled() {
+        return;
+    }
+    #[cfg(feature = "tracing")]
+    {
+        let pid = TRACING_PID.load(Ordering::Relaxed);
+        if pid != 0 && pid == std::process::id() {
+            let folded = message.replace(['\n', '\r'], " ");
+            tracing::info!(target: "manhole", "{folded}");
+            return;
+        }
+    }
+    write_line(destination_now(), format_line(message).as_bytes());
+}
+
+/// Logs one event to the descriptor even when events go to `tracing`: for code that holds a lock
+/// the stderr tee's pump needs, where the application's subscriber could block writing into the
+/// tee's pipe.
+pub(crate) fn event_to_descriptor(message: &str) {
     if enabled() {
         write_line(destination_now(), format_line(message).as_bytes());
     }
