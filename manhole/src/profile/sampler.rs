@@ -45,6 +45,7 @@
 //! the ring out of [`RING`], waits for [`IN_HANDLER`] to drop to zero before it unmaps it. A
 //! forked child gets the ring's pages copied: [`forget_in_child`] unmaps them (async-signal-safe).
 
+use crate::sys::{monotonic_nanos, raw_gettid};
 use std::ffi::{c_int, c_void};
 use std::io;
 use std::mem::size_of;
@@ -452,23 +453,6 @@ impl Registers {
     }
 }
 
-fn raw_gettid() -> i32 {
-    // SAFETY: gettid has no preconditions and cannot fail.
-    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
-}
-
-fn monotonic_nanos() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid out pointer; CLOCK_MONOTONIC always exists (vDSO, async-signal-safe).
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    (now.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(now.tv_nsec as u64)
-}
-
 /// The kernel's `struct sigevent` for `SIGEV_THREAD_ID` (64 bytes on every Linux ABI we build).
 #[repr(C)]
 struct KernelSigevent {
@@ -558,144 +542,5 @@ fn timespec(duration: Duration) -> libc::timespec {
     libc::timespec {
         tv_sec: duration.as_secs() as libc::time_t,
         tv_nsec: duration.subsec_nanos() as libc::c_long,
-    }
-}
-
-/// One loaded object's unwind data, copied out of its mapped segments.
-pub(super) struct ObjectUnwindData {
-    pub name: String,
-    /// Load bias: stated addresses are `actual - bias`.
-    pub bias: u64,
-    /// Actual address range of all its `PT_LOAD` segments.
-    pub range: std::ops::Range<u64>,
-    /// Stated range of the executable segment.
-    pub text: Option<std::ops::Range<u64>>,
-    pub eh_frame_hdr: (std::ops::Range<u64>, Vec<u8>),
-    pub eh_frame: (std::ops::Range<u64>, Vec<u8>),
-}
-
-/// The unwind tables (`.eh_frame_hdr` and `.eh_frame`) of every loaded object, the vDSO
-/// included, read from memory. Normal context only (`dl_iterate_phdr` takes the loader lock).
-pub(super) fn unwind_tables() -> Vec<ObjectUnwindData> {
-    let mut objects: Vec<ObjectUnwindData> = Vec::new();
-    // SAFETY: the callback matches the declared signature and uses `data` only as the Vec we
-    // pass, which outlives the call.
-    unsafe {
-        libc::dl_iterate_phdr(
-            Some(collect_tables),
-            ptr::from_mut(&mut objects).cast::<c_void>(),
-        )
-    };
-    objects
-}
-
-/// `dl_iterate_phdr` callback for [`unwind_tables`]; never panics.
-unsafe extern "C" fn collect_tables(
-    info: *mut libc::dl_phdr_info,
-    _size: usize,
-    data: *mut c_void,
-) -> c_int {
-    if info.is_null() || data.is_null() {
-        return 0;
-    }
-    // SAFETY: `data` is the `&mut Vec` given in `unwind_tables`, exclusively ours here.
-    let objects = unsafe { &mut *data.cast::<Vec<ObjectUnwindData>>() };
-    // SAFETY: the loader passes a valid `dl_phdr_info` for the duration of the callback.
-    let info = unsafe { &*info };
-    if info.dlpi_phdr.is_null() {
-        return 0;
-    }
-    // SAFETY: `dlpi_phdr` points to `dlpi_phnum` program headers owned by the loader.
-    let headers = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
-    let bias = info.dlpi_addr;
-    let loads: Vec<&libc::Elf64_Phdr> = headers
-        .iter()
-        .filter(|h| h.p_type == libc::PT_LOAD)
-        .collect();
-    let Some(eh) = headers.iter().find(|h| h.p_type == libc::PT_GNU_EH_FRAME) else {
-        return 0;
-    };
-    let start = loads.iter().map(|h| h.p_vaddr).min().unwrap_or(0);
-    let end = loads
-        .iter()
-        .map(|h| h.p_vaddr + h.p_memsz)
-        .max()
-        .unwrap_or(0);
-    let text = loads
-        .iter()
-        .find(|h| h.p_flags & libc::PF_X != 0)
-        .map(|h| h.p_vaddr..h.p_vaddr + h.p_memsz);
-    // The segment holding a stated address, and how far it reaches.
-    let segment_end = |svma: u64| {
-        loads
-            .iter()
-            .find(|h| {
-                h.p_vaddr <= svma && svma < h.p_vaddr + h.p_filesz && h.p_flags & libc::PF_R != 0
-            })
-            .map(|h| h.p_vaddr + h.p_filesz)
-    };
-    let hdr_svma = eh.p_vaddr;
-    let Some(hdr_end) = segment_end(hdr_svma) else {
-        return 0;
-    };
-    let hdr_len = (eh.p_memsz).min(hdr_end - hdr_svma) as usize;
-    // SAFETY: the header lies inside a readable, file-backed part of a loaded segment.
-    let hdr =
-        unsafe { std::slice::from_raw_parts((bias + hdr_svma) as *const u8, hdr_len) }.to_vec();
-    let Some(frame_svma) = eh_frame_address(&hdr, hdr_svma) else {
-        return 0;
-    };
-    let Some(frame_end) = segment_end(frame_svma) else {
-        return 0;
-    };
-    // SAFETY: from `.eh_frame` to the end of its readable, file-backed segment, all mapped.
-    let frame = unsafe {
-        std::slice::from_raw_parts(
-            (bias + frame_svma) as *const u8,
-            (frame_end - frame_svma) as usize,
-        )
-    }
-    .to_vec();
-    let name = if info.dlpi_name.is_null() {
-        String::new()
-    } else {
-        // SAFETY: a NUL-terminated string owned by the loader, valid during the callback.
-        unsafe { std::ffi::CStr::from_ptr(info.dlpi_name) }
-            .to_string_lossy()
-            .into_owned()
-    };
-    objects.push(ObjectUnwindData {
-        name,
-        bias,
-        range: bias + start..bias + end,
-        text,
-        eh_frame_hdr: (hdr_svma..hdr_svma + hdr_len as u64, hdr),
-        eh_frame: (frame_svma..frame_end, frame),
-    });
-    0
-}
-
-/// The stated address of `.eh_frame`, from an `.eh_frame_hdr` at `hdr_svma`.
-fn eh_frame_address(hdr: &[u8], hdr_svma: u64) -> Option<u64> {
-    const DW_EH_PE_PCREL: u8 = 0x10;
-    const DW_EH_PE_SDATA4: u8 = 0x0b;
-    const DW_EH_PE_UDATA4: u8 = 0x03;
-    const DW_EH_PE_UDATA8: u8 = 0x04;
-    const DW_EH_PE_SDATA8: u8 = 0x0c;
-    if hdr.first() != Some(&1) {
-        return None;
-    }
-    let encoding = *hdr.get(1)?;
-    let field = hdr.get(4..)?;
-    let raw: i64 = match encoding & 0x0f {
-        DW_EH_PE_SDATA4 => i32::from_le_bytes(field.get(..4)?.try_into().ok()?) as i64,
-        DW_EH_PE_UDATA4 => u32::from_le_bytes(field.get(..4)?.try_into().ok()?) as i64,
-        DW_EH_PE_UDATA8 | DW_EH_PE_SDATA8 => i64::from_le_bytes(field.get(..8)?.try_into().ok()?),
-        _ => return None,
-    };
-    match encoding & 0x70 {
-        0 => Some(raw as u64),
-        DW_EH_PE_PCREL => Some((hdr_svma + 4).wrapping_add(raw as u64)),
-        _ => None,
     }
 }

@@ -9,11 +9,12 @@
 use std::ops::Range;
 
 use framehop::{
-    CacheNative, ExplicitModuleSectionInfo, FrameAddress, MayAllocateDuringUnwind, Module,
-    UnwindRegsNative, Unwinder, UnwinderNative,
+    CacheNative, FrameAddress, MayAllocateDuringUnwind, UnwindRegsNative, Unwinder, UnwinderNative,
 };
 
-use super::sampler::{self, RawSample};
+use super::sampler::RawSample;
+use crate::stackdump;
+use crate::sys::objects;
 
 /// The most frames kept per sample.
 pub(super) const MAX_FRAMES: usize = 256;
@@ -39,18 +40,12 @@ impl SampleUnwinder {
     pub(super) fn new() -> SampleUnwinder {
         let mut unwinder = UnwinderNative::new();
         let mut ranges = Vec::new();
-        for object in sampler::unwind_tables() {
-            let info = ExplicitModuleSectionInfo {
-                base_svma: 0,
-                text_svma: object.text.clone(),
-                eh_frame_hdr_svma: Some(object.eh_frame_hdr.0.clone()),
-                eh_frame_hdr: Some(object.eh_frame_hdr.1),
-                eh_frame_svma: Some(object.eh_frame.0.clone()),
-                eh_frame: Some(object.eh_frame.1),
-                ..Default::default()
-            };
-            ranges.push(object.range.clone());
-            unwinder.add_module(Module::new(object.name, object.range, object.bias, info));
+        for object in objects::unwind_objects() {
+            if object.mapped.is_empty() {
+                continue;
+            }
+            ranges.push(object.mapped.start as u64..object.mapped.end as u64);
+            unwinder.add_module(stackdump::unwind_module(&object));
         }
         SampleUnwinder {
             unwinder,

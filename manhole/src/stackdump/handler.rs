@@ -56,6 +56,7 @@
 //! [`copy_interrupted`], and publishes the slot with a release store. Its thread then hands the
 //! registers and bytes, as a [`StackImage`], to `unwind::Unwinder` exactly as the dumper does.
 
+use crate::sys::{monotonic_nanos, raw_gettid};
 use std::ffi::{c_int, c_void};
 use std::io;
 use std::ptr;
@@ -441,28 +442,6 @@ fn answer(info: *const libc::siginfo_t, context: *const c_void, entered: u64) ->
     WAKE.fetch_add(1, Ordering::Release);
     futex_wake(&WAKE);
     true
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds: `clock_gettime` is async-signal-safe (POSIX), and on Linux
-/// it is a vDSO call that does not even enter the kernel. Cannot panic (saturating arithmetic).
-fn monotonic_nanos() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid, writable timespec on this stack and CLOCK_MONOTONIC always
-    // exists; on failure `now` stays zero, which only makes the measured time wrong.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    (now.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(now.tv_nsec as u64)
-}
-
-/// `gettid` as a raw syscall (async-signal-safe, no libc wrapper state).
-fn raw_gettid() -> i32 {
-    // SAFETY: the gettid syscall takes no arguments and cannot fail.
-    let tid = unsafe { libc::syscall(libc::SYS_gettid) };
-    tid as i32
 }
 
 /// The interrupted registers from the handler's `ucontext_t`.

@@ -35,6 +35,10 @@ mod handler;
 pub(crate) mod symbolize;
 mod unwind;
 
+/// A framehop module for one loaded object (the profiler builds its unwinder from these too).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) use self::unwind::module_for as unwind_module;
+
 pub use self::dump::{CaptureMethod, DumpCounts, Frame, FrameSymbol, StackDump, ThreadStack};
 pub(crate) use self::dump::{JsonEscaped, write_json_str};
 

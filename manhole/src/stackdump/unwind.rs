@@ -330,7 +330,7 @@ fn refresh(state: &mut Option<State>) {
 
 /// A framehop module for `object`, its unwind tables copied out of memory.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-fn module_for(object: &UnwindObject) -> framehop::Module<Vec<u8>> {
+pub(crate) fn module_for(object: &UnwindObject) -> framehop::Module<Vec<u8>> {
     let mut info = framehop::ExplicitModuleSectionInfo::<Vec<u8>> {
         base_svma: 0,
         text_svma: object.text.as_ref().map(to_u64_range),

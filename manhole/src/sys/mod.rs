@@ -256,3 +256,25 @@ pub(crate) fn release_freed_memory() {
 /// Not glibc: nothing to do.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub(crate) fn release_freed_memory() {}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: `clock_gettime` is async-signal-safe (POSIX), and on Linux
+/// it is a vDSO call that does not even enter the kernel. Cannot panic (saturating arithmetic).
+pub(crate) fn monotonic_nanos() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec on this stack and CLOCK_MONOTONIC always
+    // exists; on failure `now` stays zero, which only makes the measured time wrong.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    (now.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(now.tv_nsec as u64)
+}
+
+/// `gettid` as a raw syscall (async-signal-safe, no libc wrapper state).
+pub(crate) fn raw_gettid() -> i32 {
+    // SAFETY: the gettid syscall takes no arguments and cannot fail.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+    tid as i32
+}
