@@ -537,3 +537,25 @@ pub fn run_with_timeout(command: &mut Command) -> std::process::Output {
         }
     }
 }
+
+/// `manhole-cli ARGS` with no stdin, no history home and no `MANHOLE`, as an operator's script
+/// would run it.
+pub fn cli_command(args: &[&str]) -> Command {
+    let mut command = Command::new(bin("manhole-cli"));
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .env("HOME", "/nonexistent")
+        .env_remove("MANHOLE");
+    command
+}
+
+/// Runs [`cli_command`] to its end (bounded by [`TIMEOUT`]): exit code, stdout, stderr.
+pub fn run_cli(args: &[&str]) -> (i32, String, String) {
+    let output = run_with_timeout(&mut cli_command(args));
+    (
+        output.status.code().expect("the client exits"),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

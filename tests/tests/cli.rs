@@ -25,7 +25,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use manhole_e2e::{App, Client, TIMEOUT, TempDir, bin, run_with_timeout, wait_until};
+use manhole_e2e::{
+    App, Client, TIMEOUT, TempDir, bin, cli_command as cli, run_with_timeout, wait_until,
+};
 use serde_json::Value;
 
 const NOBODY: u32 = 65534;
@@ -39,17 +41,6 @@ struct Ran {
     code: i32,
     stdout: String,
     stderr: String,
-}
-
-/// The client, with no stdin and no history home.
-fn cli(args: &[&str]) -> Command {
-    let mut command = Command::new(bin("manhole-cli"));
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .env("HOME", "/nonexistent")
-        .env_remove("MANHOLE");
-    command
 }
 
 /// Runs `command` to its end (killed after the harness timeout) and collects what it did.

@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use manhole_e2e::{TIMEOUT, bin, run_with_timeout, wait_until};
+use manhole_e2e::{TIMEOUT, bin, run_cli as cli, wait_until};
 
 /// The host uid (and gid) of root inside the user-namespace container.
 const CONTAINER_ROOT: u32 = 100_000;
@@ -239,22 +239,6 @@ fn enter_user_namespace(command: &mut Command) {
             Ok(())
         });
     }
-}
-
-/// The client with `args`, no stdin and no history home: exit code, stdout, stderr.
-fn cli(args: &[&str]) -> (i32, String, String) {
-    let output = run_with_timeout(
-        Command::new(bin("manhole-cli"))
-            .args(args)
-            .stdin(Stdio::null())
-            .env("HOME", "/nonexistent")
-            .env_remove("MANHOLE"),
-    );
-    (
-        output.status.code().expect("the client exits"),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 /// Asserts the client succeeded and returns its stdout.

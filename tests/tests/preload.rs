@@ -16,7 +16,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::Instant;
 
-use manhole_e2e::{TIMEOUT, TempDir, bin, run_with_timeout, wait_until};
+use manhole_e2e::{TIMEOUT, TempDir, bin, run_cli as cli, wait_until};
 
 /// `target/<profile>/libmanhole_preload.so`, built on first use (`MANHOLE_E2E_NO_BUILD` set:
 /// as already built).
@@ -364,22 +364,6 @@ fn run_plain(program: &Path, args: &[&str], dir: &TempDir) -> (ExitStatus, Strin
     let host = Host::start(host_command(program, args, &stop, None), stop);
     host.wait_ready();
     host.stop()
-}
-
-/// The client with `args`: exit code, stdout, stderr.
-fn cli(args: &[&str]) -> (i32, String, String) {
-    let output = run_with_timeout(
-        Command::new(bin("manhole-cli"))
-            .args(args)
-            .stdin(Stdio::null())
-            .env("HOME", "/nonexistent")
-            .env_remove("MANHOLE"),
-    );
-    (
-        output.status.code().expect("the client exits"),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 fn cli_ok(args: &[&str]) -> String {
