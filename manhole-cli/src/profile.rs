@@ -9,7 +9,6 @@
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
-use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -127,20 +126,7 @@ pub fn run(
 /// at most `bounds.wait`; a line over `bounds.max_answer` ends the exchange.
 fn exchange(stream: &UnixStream, command: &str, bounds: Bounds) -> Result<Value> {
     let request = format!("exec\n{command}\n");
-    match (&*stream).write_all(request.as_bytes()) {
-        Err(err)
-            if matches!(
-                err.kind(),
-                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-            ) => {}
-        Err(err) => return Err(Error::io("sending the command", &err)),
-        Ok(()) => {
-            let _ = stream.shutdown(Shutdown::Write);
-        }
-    }
-    stream
-        .set_read_timeout(Some(bounds.wait))
-        .map_err(|err| Error::io("setting a timeout", &err))?;
+    crate::session::send_request(stream, &request, bounds.wait)?;
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
     let mut first = true;

@@ -251,25 +251,7 @@ pub fn one_shot(
     // Only the part of the answer that is printed: a dump's JSON is several times its text.
     let hello = if json { "exec data" } else { "exec text" };
     let request = format!("{hello}\n{command}\n");
-    match (&stream).write_all(request.as_bytes()) {
-        // A server that refuses the session writes its one line and closes, possibly before
-        // the request arrives: the line is still there to read.
-        Err(err)
-            if matches!(
-                err.kind(),
-                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-            ) => {}
-        Err(err) => return Err(Error::io("sending the command", &err)),
-        // End of input: the server ends the session after answering.
-        Ok(()) => {
-            let _ = stream.shutdown(Shutdown::Write);
-        }
-    }
-    // Every read waits at most `wait`: a server that goes silent (a dump hanging in the host, a
-    // stalled answer) ends the client instead of holding it for ever.
-    stream
-        .set_read_timeout(Some(bounds.wait))
-        .map_err(|err| Error::io("setting a timeout", &err))?;
+    send_request(&stream, &request, bounds.wait)?;
     let mut reader = BufReader::new(&stream);
     let mut received = false;
     let mut read_line = |line: &mut Vec<u8>| -> Result<bool> {
@@ -1217,6 +1199,31 @@ fn finish(end: Option<(Closed, u64)>) -> Result<Outcome> {
         Some((Closed::Eof, 0)) => Err(server_closed_early()),
         Some((Closed::Eof, _)) | None => Ok(Outcome::Success),
     }
+}
+
+/// Sends a one-shot request (the exec hello and the command), then ends the input, and makes
+/// every later read wait at most `wait`.
+pub(crate) fn send_request(stream: &UnixStream, request: &str, wait: Duration) -> Result<()> {
+    match (&*stream).write_all(request.as_bytes()) {
+        // A server that refuses the session writes its one line and closes, possibly before
+        // the request arrives: the line is still there to read.
+        Err(err)
+            if matches!(
+                err.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) => {}
+        Err(err) => return Err(Error::io("sending the command", &err)),
+        // End of input: the server ends the session after answering.
+        Ok(()) => {
+            let _ = stream.shutdown(Shutdown::Write);
+        }
+    }
+    // Every read waits at most `wait`: a server that goes silent (a dump hanging in the host, a
+    // stalled answer) ends the client instead of holding it for ever.
+    stream
+        .set_read_timeout(Some(wait))
+        .map_err(|err| Error::io("setting a timeout", &err))?;
+    Ok(())
 }
 
 #[cfg(test)]
