@@ -559,3 +559,20 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// The default socket path of process `pid`.
+pub fn default_path(pid: u32) -> PathBuf {
+    PathBuf::from(format!("/tmp/manhole-{pid}"))
+}
+
+/// Whether `path` is a socket (not following a symlink).
+pub fn is_socket(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
+
+/// Waits (bounded by [`TIMEOUT`]) until a socket is at `path`; fails the test otherwise.
+pub fn wait_for_socket(path: &Path) {
+    wait_until(|| is_socket(path).then_some(()))
+        .unwrap_or_else(|| panic!("{} never appeared", path.display()));
+}

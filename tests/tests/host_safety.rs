@@ -5,26 +5,15 @@
 
 use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use manhole_e2e::{App, Client, TempDir, bin, wait_until};
-
-fn default_path(pid: u32) -> PathBuf {
-    PathBuf::from(format!("/tmp/manhole-{pid}"))
-}
-
-fn is_socket(path: &Path) -> bool {
-    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
-}
-
-fn wait_for_socket(path: &Path) {
-    wait_until(|| is_socket(path).then_some(()))
-        .unwrap_or_else(|| panic!("{} never appeared", path.display()));
-}
+use manhole_e2e::{
+    App, Client, TempDir, bin, default_path, is_socket, wait_for_socket, wait_until,
+};
 
 /// A pipe of one page whose buffer is already full, for a stderr nobody reads: (read end,
 /// write end). The write end is blocking again, as a real stalled log collector's pipe is.

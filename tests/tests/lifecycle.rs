@@ -4,11 +4,10 @@
 //! it and removes its socket, even when the test fails).
 
 use std::fs;
-use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use manhole_e2e::{App, Client, TempDir, wait_until};
+use manhole_e2e::{App, Client, TempDir, default_path, is_socket, wait_for_socket, wait_until};
 
 const SIGUSR1: i32 = libc::SIGUSR1;
 const SIGUSR2: i32 = libc::SIGUSR2;
@@ -21,19 +20,6 @@ fn bare(manhole: Option<&str>, args: &[&str]) -> App {
     app.wait_for_line("ready pid=");
     app.socket = Some(default_path(app.pid()));
     app
-}
-
-fn default_path(pid: u32) -> PathBuf {
-    PathBuf::from(format!("/tmp/manhole-{pid}"))
-}
-
-fn is_socket(path: &Path) -> bool {
-    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
-}
-
-fn wait_for_socket(path: &Path) {
-    wait_until(|| is_socket(path).then_some(()))
-        .unwrap_or_else(|| panic!("{} never appeared", path.display()));
 }
 
 fn wait_for_no_socket(path: &Path) {
