@@ -19,7 +19,7 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use manhole::{Local, Options};
@@ -143,10 +143,19 @@ fn main() {
         );
     }
     let manhole = manhole_examples::install_or_exit("split", options);
+    // Announce only once every thread runs its own code: a thread still being created has its
+    // signals blocked and its name unset, and a profile started then would not sample it.
+    let running = Arc::new(AtomicUsize::new(0));
     for i in 0..sleepers {
         std::thread::Builder::new()
             .name(format!("sleeper-{i}"))
-            .spawn(|| split_sleeper_loop())
+            .spawn({
+                let running = running.clone();
+                move || {
+                    running.fetch_add(1, Ordering::SeqCst);
+                    split_sleeper_loop()
+                }
+            })
             .expect("spawn a sleeper");
     }
     for i in 0..busy {
@@ -158,8 +167,17 @@ fn main() {
         };
         std::thread::Builder::new()
             .name(name)
-            .spawn(move || split_busy_loop(&rounds))
+            .spawn({
+                let running = running.clone();
+                move || {
+                    running.fetch_add(1, Ordering::SeqCst);
+                    split_busy_loop(&rounds)
+                }
+            })
             .expect("spawn the busy thread");
+    }
+    while running.load(Ordering::SeqCst) < sleepers + busy {
+        std::thread::sleep(Duration::from_millis(1));
     }
     manhole_examples::announce_listening(&manhole);
     loop {
