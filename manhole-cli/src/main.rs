@@ -150,7 +150,7 @@ fn run(args: &Args) -> Result<Outcome> {
     };
     let bounds = Bounds {
         // A `profile SECONDS` is silent for its SECONDS.
-        wait: profile::answer_wait(
+        wait: session::answer_wait(
             args.command_line().as_deref(),
             args.timeout.max(MIN_ANSWER_TIMEOUT),
         ),

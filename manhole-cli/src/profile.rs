@@ -11,7 +11,6 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
 
 use serde_json::Value;
 
@@ -40,22 +39,6 @@ pub fn command_line(command: Option<String>) -> Result<String> {
         ));
     }
     Ok(command)
-}
-
-/// How long a one-shot `command` may leave the server silent: a `profile SECONDS` answers
-/// after its SECONDS (5 by default), so it gets them on top of `wait`.
-pub fn answer_wait(command: Option<&str>, wait: Duration) -> Duration {
-    let mut words = command.unwrap_or("").split_whitespace();
-    if words.next() != Some("profile") {
-        return wait;
-    }
-    let seconds = words
-        .next()
-        .and_then(|s| s.parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s > 0.0)
-        .unwrap_or(5.0)
-        .min(60.0);
-    wait + Duration::from_secs_f64(seconds)
 }
 
 /// Runs `command` (a `profile`) and writes its folded stacks as `output` asks.

@@ -83,6 +83,22 @@ pub struct Bounds {
     pub max_answer: usize,
 }
 
+/// How long the server may stay silent while it answers `command`: a `profile SECONDS` answers
+/// after its SECONDS (5 by default), so it gets them on top of `wait`.
+pub fn answer_wait(command: Option<&str>, wait: Duration) -> Duration {
+    let mut words = command.unwrap_or("").split_whitespace();
+    if words.next() != Some("profile") {
+        return wait;
+    }
+    let seconds = words
+        .next()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .unwrap_or(5.0)
+        .min(60.0);
+    wait + Duration::from_secs_f64(seconds)
+}
+
 /// The prefix of every refusal line the server sends before closing.
 const REFUSAL_PREFIX: &str = "manhole: ";
 /// How much of the server's first line is held to check for a refusal (a real one is short).
@@ -361,6 +377,9 @@ pub fn one_shot(
 struct Sent {
     lines: AtomicU64,
     done: AtomicBool,
+    /// For each line sent, how much longer than `Bounds::wait` its answer may take (a
+    /// `profile 30` is silent for 30 s).
+    extra_waits: Mutex<Vec<Duration>>,
 }
 
 /// Sends stdin's lines, half-closes, and copies the server's output to stdout until it closes.
@@ -387,6 +406,11 @@ fn forward_stdin(mut socket: UnixStream, sent: &Sent) {
                 if !line.ends_with(b"\n") {
                     line.push(b'\n');
                 }
+                let extra = answer_wait(Some(&String::from_utf8_lossy(&line)), Duration::ZERO);
+                sent.extra_waits
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .push(extra);
                 sent.lines.fetch_add(1, Ordering::SeqCst);
                 if socket.write_all(&line).is_err() {
                     break;
@@ -484,10 +508,21 @@ fn relay(mut stream: UnixStream, bounds: Bounds, show: Show, sent: &Sent) -> Res
                     last_activity = now;
                 }
                 let owed = sent.done.load(Ordering::SeqCst) || lines + 1 > prompts.prompts;
+                // The first prompt answers the greeting, each later one a line: the line being
+                // answered now is the one after the prompts seen, less the greeting's.
+                let answering = prompts.prompts.saturating_sub(1) as usize;
+                let wait = bounds.wait
+                    + sent
+                        .extra_waits
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .get(answering)
+                        .copied()
+                        .unwrap_or_default();
                 if !owed {
                     last_activity = now;
-                } else if now.duration_since(last_activity) >= bounds.wait {
-                    return Err(silent(bounds.wait, received));
+                } else if now.duration_since(last_activity) >= wait {
+                    return Err(silent(wait, received));
                 }
                 continue;
             }

@@ -297,3 +297,26 @@ fn the_cli_writes_folded_stacks_that_inferno_reads_and_a_flame_graph_naming_the_
     let refused = run_with_timeout(&mut command);
     assert_eq!(refused.status.code(), Some(2), "{refused:?}");
 }
+
+#[test]
+fn a_piped_client_waits_out_a_profile_longer_than_its_answer_timeout() {
+    // Piped mode gives up after max(--timeout, 10 s) of silence while an answer is owed; a
+    // `profile 11` is silent for 11 s, and the line after it gets the usual wait again.
+    let dir = TempDir::new();
+    let app = split(&dir, &[]);
+    let input = dir.join("input");
+    std::fs::write(&input, "profile 11\ninfo\n").unwrap();
+    let mut command = Command::new(bin("manhole-cli"));
+    command
+        .arg(app.socket())
+        .stdin(std::fs::File::open(&input).unwrap())
+        .env_remove("MANHOLE");
+    let output = run_with_timeout(&mut command);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(stdout.contains("Profile: 11.0 s"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("pid {} (ppid", app.pid())),
+        "{stdout}"
+    );
+}

@@ -14,7 +14,8 @@
 //! and `gdb -p -batch -ex 'thread apply all bt'`; time spent in the capture handler per thread;
 //! the idle cost of the manhole's threads over 10 s; extra threads, RSS and `install` time; a
 //! CPU-bound workload's throughput without a manhole, with an idle one and with 10 dumps a
-//! second; and the latency of `manhole-cli <pid> info`.
+//! second; the latency of `manhole-cli <pid> info`; and a CPU profile of a known split against
+//! `perf record`, with the throughput it costs (`--profile` runs that section alone and prints it).
 //!
 //! Environment: `BENCH_QUICK=1` runs fewer repetitions and thread counts (a smoke test, not
 //! numbers to publish); `BENCH_GDB_TIMEOUT` caps each gdb run in seconds (default 60);
@@ -30,6 +31,9 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+#[path = "../bench_profile.rs"]
+mod profile;
 
 // ---------------------------------------------------------------------------------------------
 // Statistics
@@ -932,6 +936,7 @@ impl Config {
 }
 
 struct Report {
+    profile: profile::ProfileReport,
     machine: Vec<(String, String)>,
     dumps: Vec<DumpRow>,
     idle: Vec<IdleRow>,
@@ -1155,6 +1160,7 @@ impl Report {
             ms(self.connect.pct(90.0)),
             ms(self.connect.max())
         );
+        self.profile.markdown(o);
 
         let _ = writeln!(o, "\n### Targets\n");
         let _ = writeln!(o, "| target | measured | result |\n|---|---|---|");
@@ -1307,6 +1313,16 @@ fn write_doc(markdown: &str) -> std::io::Result<PathBuf> {
 fn main() {
     let config = Config::from_env();
     let tools = find_tools();
+    let profile_secs = if config.quick { 3 } else { 10 };
+    let profile_windows = if config.quick { 1 } else { config.rounds };
+    if std::env::args().any(|a| a == "--profile") {
+        // The profile section alone, printed (docs/benchmarks.md is written by a whole run).
+        let report = profile::measure(&tools, profile_secs, profile_windows, config.window_secs);
+        let mut markdown = String::new();
+        report.markdown(&mut markdown);
+        println!("{markdown}");
+        return;
+    }
     if tools.eu_stack.is_none() || tools.gdb.is_none() {
         eprintln!(
             "bench: {} missing: those columns are skipped. Install them with `apt-get install gdb elfutils`.",
@@ -1327,7 +1343,9 @@ fn main() {
     let idle = measure_idle(&tools, &config);
     let throughput = measure_throughput(&tools, &config);
     let connect = measure_connect(&tools, &config);
+    let profile = profile::measure(&tools, profile_secs, profile_windows, config.window_secs);
     let report = Report {
+        profile,
         machine,
         dumps,
         idle,

@@ -8,8 +8,13 @@
 //! are frames of their own. A frame without a symbol is `module+0xOFFSET` (or `0xADDRESS`);
 //! a `;` in a name becomes `:`.
 //!
-//! **Self** share: the samples whose innermost frame is in the function. **Total** share: the
-//! samples with the function anywhere on the stack (counted once per sample, recursion or not).
+//! **Self** share: the samples whose program counter is in the function's own machine code,
+//! code inlined into it included, as `perf report` counts (the inlined leaf, `wrapping_add`
+//! say, would tell little). **Total** share: the samples with the function anywhere on the
+//! stack (counted once per sample, recursion or not, inlined functions too), leaving out std's
+//! runtime scaffolding as `RUST_BACKTRACE=1` does: `__rust_begin_short_backtrace` and the frames
+//! that call it (`lang_start`, `catch_unwind`, `start_thread`, ...) are on every sample of a
+//! Rust thread and would fill the list. The folded stacks keep every frame.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -19,6 +24,10 @@ use serde_json::{Value, json};
 
 use super::sampler::RawSample;
 use super::unwind::SampleUnwinder;
+
+/// The frame where std's runtime hands over to the thread's own code; it and its callers are
+/// left out of the total share.
+const SHORT_BACKTRACE_MARK: &str = "__rust_begin_short_backtrace";
 
 /// How many functions each top list shows in the text.
 const TOP: usize = 10;
@@ -147,11 +156,16 @@ impl Builder {
                 .iter()
                 .flat_map(|address| names[address].iter().map(String::as_str))
                 .collect();
-            if let Some(leaf) = functions.first() {
-                *self_counts.entry(leaf.to_string()).or_insert(0) += count;
+            // The leaf address's outermost name is the function its code belongs to.
+            if let Some(own) = frames.first().and_then(|leaf| names[leaf].last()) {
+                *self_counts.entry(own.clone()).or_insert(0) += count;
             }
+            let scaffolding = functions
+                .iter()
+                .position(|f| f.contains(SHORT_BACKTRACE_MARK))
+                .unwrap_or(functions.len());
             let mut once = HashSet::new();
-            for function in &functions {
+            for function in &functions[..scaffolding] {
                 if once.insert(*function) {
                     *total_counts.entry(function.to_string()).or_insert(0) += count;
                 }
