@@ -206,26 +206,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_profile_gets_its_seconds_on_top_of_the_wait() {
-        let wait = Duration::from_secs(10);
-        assert_eq!(
-            answer_wait(Some("profile 30"), wait),
-            Duration::from_secs(40)
-        );
-        assert_eq!(answer_wait(Some("profile"), wait), Duration::from_secs(15));
-        assert_eq!(
-            answer_wait(Some("profile 600"), wait),
-            Duration::from_secs(70)
-        );
-        assert_eq!(
-            answer_wait(Some("profile soon"), wait),
-            Duration::from_secs(15)
-        );
-        assert_eq!(answer_wait(Some("threads"), wait), wait);
-        assert_eq!(answer_wait(None, wait), wait);
-    }
-
-    #[test]
     fn only_a_profile_has_folded_stacks() {
         assert_eq!(command_line(None).unwrap(), "profile");
         assert_eq!(command_line(Some("profile 3".into())).unwrap(), "profile 3");

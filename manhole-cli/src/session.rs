@@ -1268,6 +1268,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_profile_gets_its_seconds_on_top_of_the_wait() {
+        let wait = Duration::from_secs(10);
+        assert_eq!(
+            answer_wait(Some("profile 30"), wait),
+            Duration::from_secs(40)
+        );
+        assert_eq!(answer_wait(Some("profile"), wait), Duration::from_secs(15));
+        assert_eq!(
+            answer_wait(Some("profile 600"), wait),
+            Duration::from_secs(70)
+        );
+        assert_eq!(
+            answer_wait(Some("profile soon"), wait),
+            Duration::from_secs(15)
+        );
+        assert_eq!(answer_wait(Some("threads"), wait), wait);
+        assert_eq!(answer_wait(None, wait), wait);
+    }
+
+    #[test]
     fn refusals_are_recognised() {
         let err =
             refusal("manhole: access denied: peer uid 1000 is not allowed (pid 4242, gid 1000)\n")
