@@ -51,6 +51,7 @@ fn settings() -> Settings {
             hz: crate::Options::DEFAULT_PROFILE_HZ,
         },
         redirect_stderr: false,
+        redirect_stdout: false,
         banner: String::new(),
         runtime: Default::default(),
         policy: Default::default(),

@@ -75,7 +75,8 @@
 //! - `fork`: `pthread_atfork` hooks. No manhole lock is held across `fork`; in the child the
 //!   inherited installation is forgotten (never its parent's socket) and, for the default pid
 //!   path, the manhole comes back at `/tmp/manhole-<childpid>` after `reinstall_delay`.
-//! - `tee`: `redirect_stderr`, a tee of fd 2 into the open sessions while any is open.
+//! - `tee`: `redirect_stderr` and `redirect_stdout`, a tee of fd 2 and fd 1 into the open
+//!   sessions while any is open.
 //! - `envvar`: the `MANHOLE` environment variable, parsed (never evaluated) and installed before
 //!   `main`.
 //! - `runtime` (feature `tokio`): the attached tokio runtime, its `runtime` and `tasks` commands,

@@ -79,6 +79,7 @@ pub struct Options {
     pub(crate) patch_fork: bool,
     pub(crate) daemon_connection: bool,
     pub(crate) redirect_stderr: bool,
+    pub(crate) redirect_stdout: bool,
     pub(crate) cleanup_on_sigterm: bool,
 }
 
@@ -116,6 +117,7 @@ impl Default for Options {
             patch_fork: true,
             daemon_connection: false,
             redirect_stderr: true,
+            redirect_stdout: true,
             cleanup_on_sigterm: false,
         }
     }
@@ -162,6 +164,7 @@ impl fmt::Debug for Options {
             .field("patch_fork", &self.patch_fork)
             .field("daemon_connection", &self.daemon_connection)
             .field("redirect_stderr", &self.redirect_stderr)
+            .field("redirect_stdout", &self.redirect_stdout)
             .field("cleanup_on_sigterm", &self.cleanup_on_sigterm);
         #[cfg(feature = "tracing")]
         debug.field("log_to_tracing", &self.log_to_tracing);
@@ -530,6 +533,16 @@ impl Options {
     /// Defaults to `true` (as python-manhole).
     pub fn redirect_stderr(mut self, on: bool) -> Options {
         self.redirect_stderr = on;
+        self
+    }
+
+    /// While a session is open, also show what the process writes to its stdout (fd 1) in the
+    /// session, live, as [`Options::redirect_stderr`] does for fd 2. Nothing is taken from the
+    /// real stdout: it still gets every byte, in order. Turn it off for a program whose stdout
+    /// is a data stream an operator does not want in the session. See [docs/options.md](https://docs.rs/crate/manhole/latest/source/docs/options.md).
+    /// Defaults to `true` (python-manhole's sessions always show the process's stdout).
+    pub fn redirect_stdout(mut self, on: bool) -> Options {
+        self.redirect_stdout = on;
         self
     }
 

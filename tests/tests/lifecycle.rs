@@ -4,6 +4,7 @@
 //! it and removes its socket, even when the test fails).
 
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -516,6 +517,110 @@ fn redirect_stderr_false_keeps_stderr_out_of_the_session() {
     }
     assert!(!seen.contains("tick "), "{seen}");
     assert_eq!(stderr_link(app.pid()), original);
+}
+
+fn stdout_link(pid: u32) -> PathBuf {
+    fs::read_link(format!("/proc/{pid}/fd/1")).expect("read fd 1")
+}
+
+/// The numbers of the `tock <n>` lines the app wrote to its real stdout so far.
+fn tocks(app: &App) -> Vec<u64> {
+    app.seen
+        .iter()
+        .filter_map(|l| l.strip_prefix("tock ")?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn redirect_stdout_shows_stdout_live_and_the_real_stdout_keeps_every_line_in_order() {
+    let mut app = bare(Some(""), &["--stdout-every-ms", "3"]);
+    let pid = app.pid();
+    let path = default_path(pid);
+    wait_for_socket(&path);
+    let original = stdout_link(pid);
+    let mut last_seen = 0;
+    // Three sessions in a row, each seeing the tocks live without sending anything.
+    for _ in 0..3 {
+        let mut client = Client::connect(&path).unwrap();
+        client.skip_greeting();
+        client.read_until("tock ");
+        client.read_until("\n");
+        let tock = client.read_until("\n");
+        assert!(tock.starts_with("tock "), "{tock:?}");
+        last_seen = tock
+            .trim()
+            .trim_start_matches("tock ")
+            .parse::<u64>()
+            .unwrap();
+        assert_ne!(
+            stdout_link(pid),
+            original,
+            "fd 1 is teed during the session"
+        );
+        client.send("exit");
+        client.read_to_end();
+        wait_until(|| (stdout_link(pid) == original).then_some(()))
+            .expect("fd 1 is restored when the last session ends");
+    }
+    // The real stdout got every line, in order, before, during and after the sessions.
+    app.wait_for_line(&format!("tock {}", last_seen + 100));
+    let seen = tocks(&app);
+    let expected: Vec<u64> = (0..seen.len() as u64).collect();
+    assert_eq!(seen, expected, "the real stdout lost or reordered a line");
+}
+
+#[test]
+fn redirect_stdout_false_keeps_stdout_out_of_the_session() {
+    let mut app = bare(Some("redirect_stdout=False"), &["--stdout-every-ms", "10"]);
+    let path = default_path(app.pid());
+    wait_for_socket(&path);
+    let original = stdout_link(app.pid());
+    let mut client = Client::connect(&path).unwrap();
+    let mut seen = client.skip_greeting();
+    for _ in 0..5 {
+        seen += &client.command("info");
+    }
+    let after = tocks(&app).len();
+    app.wait_for_line(&format!("tock {}", after + 5));
+    seen += &client.command("info");
+    assert!(!seen.contains("tock "), "{seen}");
+    assert_eq!(stdout_link(app.pid()), original);
+}
+
+#[test]
+fn a_full_stdout_pipe_blocks_only_the_application_not_the_sessions() {
+    // stdout a small pipe nobody reads: the tocker fills it and then waits in its write, as it
+    // would without a manhole; sessions come and go regardless.
+    let (keep_reader, writer) = nix::unistd::pipe().expect("pipe");
+    // SAFETY: F_SETPIPE_SZ takes an int and changes only the pipe's capacity.
+    unsafe { libc::fcntl(writer.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    let app = App::start_with(
+        &manhole_e2e::bin("bare"),
+        &["--stdout-every-ms", "1"],
+        &[("MANHOLE", "")],
+        |command| {
+            command.stdout(std::process::Stdio::from(writer));
+        },
+    );
+    let path = default_path(app.pid());
+    wait_for_socket(&path);
+    let full = || {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int through a pointer to a live local.
+        unsafe { libc::ioctl(keep_reader.as_raw_fd(), libc::FIONREAD, &mut queued) };
+        (queued >= 4096 - 64).then_some(())
+    };
+    wait_until(full).expect("the tocker fills its stdout");
+    for _ in 0..3 {
+        let mut client = Client::connect(&path).unwrap();
+        let greeting = client.skip_greeting();
+        assert!(greeting.contains("bare_sleeper_loop"), "{greeting}");
+        let info = client.command("info");
+        assert!(info.contains(&format!("pid {}", app.pid())), "{info}");
+        client.send("exit");
+        client.read_to_end();
+    }
+    drop(keep_reader);
 }
 
 #[test]

@@ -294,6 +294,7 @@ fn apply(options: Options, key: &str, value: &Value) -> Result<Options> {
         "strict" => options.strict(boolean(key, value)?),
         "daemon_connection" => options.daemon_connection(boolean(key, value)?),
         "redirect_stderr" => options.redirect_stderr(boolean(key, value)?),
+        "redirect_stdout" => options.redirect_stdout(boolean(key, value)?),
         "patch_fork" => options.patch_fork(boolean(key, value)?),
         "cleanup_on_sigterm" => options.cleanup_on_sigterm(boolean(key, value)?),
         "socket_path" if none => options,
@@ -387,7 +388,8 @@ mod tests {
     fn every_kind_of_value() {
         let o = parsed(
             r#"socket_path="/tmp/a b", thread=0, strict=False, daemon_connection=True,
-               redirect_stderr=false, patch_fork=no, reinstall_delay=1.5, dump_on=RTMIN+2,
+               redirect_stderr=false, redirect_stdout=0, patch_fork=no, reinstall_delay=1.5,
+               dump_on=RTMIN+2,
                sigmask=[USR1, "SIGUSR2", 15], verbose_destination=5, connection_handler=exec,
                idle_timeout=None, max_sessions=3, cleanup_on_sigterm=true, dump_signal=40"#,
         );
@@ -396,6 +398,7 @@ mod tests {
             Some(std::path::Path::new("/tmp/a b"))
         );
         assert!(!o.thread && !o.strict && o.daemon_connection && !o.redirect_stderr);
+        assert!(!o.redirect_stdout);
         assert!(!o.patch_fork && o.cleanup_on_sigterm);
         assert_eq!(o.reinstall_delay, Duration::from_millis(1500));
         assert_eq!(o.dump_on, Some(SignalSpec::from("RTMIN+2")));

@@ -287,9 +287,10 @@ fn install_as(options: Options, quiet_conflict: bool) -> Result<Manhole> {
     threads::set_dump_signal(resolved.dump_signal);
     threads::set_sigmask(resolved.sigmask);
     crate::fork::ensure_hooks();
-    if options.redirect_stderr {
-        crate::tee::prepare();
-    }
+    crate::tee::prepare(crate::tee::Shown {
+        stdout: options.redirect_stdout,
+        stderr: options.redirect_stderr,
+    });
     let settings = Arc::new(Settings {
         handler: options.connection_handler,
         lock_timeout: options.lock_timeout,
@@ -307,6 +308,7 @@ fn install_as(options: Options, quiet_conflict: bool) -> Result<Manhole> {
             hz: options.profile_hz,
         },
         redirect_stderr: options.redirect_stderr,
+        redirect_stdout: options.redirect_stdout,
         banner: options.banner.clone(),
         runtime: options.runtime.for_install(),
         policy: options.policy.clone(),

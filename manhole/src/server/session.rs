@@ -50,6 +50,8 @@ pub(crate) struct Settings {
     pub profile: crate::profile::ProfileOptions,
     /// Show what the process writes to fd 2 in REPL sessions, live (`Options::redirect_stderr`).
     pub redirect_stderr: bool,
+    /// Show what the process writes to fd 1 in REPL sessions, live (`Options::redirect_stdout`).
+    pub redirect_stdout: bool,
     /// The application's extra greeting text (`Options::banner`), possibly empty.
     pub banner: String,
     /// The tokio runtime the installation is attached to, if any.
@@ -211,7 +213,7 @@ pub(crate) struct Session {
     json: bool,
     /// Exec framing, with frames carrying these parts of each answer.
     exec: Option<Forms>,
-    /// The stderr tee while this session shows the process's stderr.
+    /// The tee while this session shows the process's stdout or stderr.
     feed: Option<tee::Feed>,
 }
 
@@ -386,22 +388,26 @@ impl Session {
         out.finish()
     }
 
-    /// Shows the process's stderr in text REPL sessions only: exec frames and JSON answers must
-    /// stay one JSON document per line.
+    /// Shows the process's stdout and stderr in text REPL sessions only: exec frames and JSON
+    /// answers must stay one JSON document per line.
     fn update_feed(&mut self) {
-        let wanted = self.settings.redirect_stderr && self.exec.is_none() && !self.json;
+        let shown = tee::Shown {
+            stdout: self.settings.redirect_stdout,
+            stderr: self.settings.redirect_stderr,
+        };
+        let wanted = shown.any() && self.exec.is_none() && !self.json;
         if wanted && self.feed.is_none() {
-            match tee::attach() {
+            match tee::attach(shown) {
                 Ok(feed) => self.feed = Some(feed),
-                Err(e) => log_event!("Cannot show stderr in the session: {e}"),
+                Err(e) => log_event!("Cannot show stdout/stderr in the session: {e}"),
             }
         } else if !wanted {
             self.feed = None;
         }
     }
 
-    /// Sends what the process wrote to stderr since the last call to the client.
-    fn forward_stderr(&mut self) -> io::Result<()> {
+    /// Sends what the process wrote to stdout and stderr since the last call to the client.
+    fn forward_output(&mut self) -> io::Result<()> {
         let Some(feed) = &self.feed else {
             return Ok(());
         };
@@ -485,9 +491,9 @@ impl Session {
                 Some(d) => PollTimeout::try_from(d.saturating_duration_since(Instant::now()))
                     .unwrap_or(PollTimeout::MAX),
             };
-            // Slot 2 is the stderr feed, when the session shows stderr: its output goes to the
+            // Slot 2 is the feed, when the session shows stdout or stderr: its output goes to the
             // client as it is written, without waiting for the client's next line.
-            let (ready, input, stderr) = {
+            let (ready, input, output) = {
                 let mut fds = vec![
                     PollFd::new(self.stream.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.stop.as_fd(), PollFlags::POLLIN),
@@ -513,8 +519,8 @@ impl Session {
             if ready == 0 {
                 return Ok(false);
             }
-            if stderr {
-                self.forward_stderr()?;
+            if output {
+                self.forward_output()?;
             }
             if input {
                 break;

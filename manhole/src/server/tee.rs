@@ -1,16 +1,20 @@
-//! `redirect_stderr`: while a session is open, what the process writes to fd 2 is also shown in
-//! the session, live.
+//! `redirect_stderr` and `redirect_stdout`: while a session is open, what the process writes to
+//! fd 2 and fd 1 is also shown in the session, live.
 //!
-//! When the first session attaches, fd 2 is pointed (with `dup2`) at a pipe whose other end a
-//! `mh-stderr` pump thread reads; the pump writes everything to the original stderr (a saved
-//! duplicate, so nothing is lost) and to each attached session's feed, a non-blocking pipe the
-//! session polls together with its socket. When the last session detaches, fd 2 is pointed back
-//! at the original. The pump keeps draining its pipe until every writer is gone (a child forked
-//! meanwhile may still hold it as its stderr), then ends.
+//! When the first session that shows a stream attaches, that stream's fd is pointed (with
+//! `dup2`) at a pipe whose other end a pump thread (`mh-stderr`, `mh-stdout`) reads; the pump
+//! writes everything to the original descriptor (a saved duplicate, so nothing is taken from the
+//! real stdout or stderr: it gets every byte, in order, and when it is a full pipe the pump
+//! waits on it as the application's own write would have) and to each attached session's feed,
+//! a non-blocking pipe the session polls together with its socket. When the last such session
+//! detaches, the fd is pointed back at the original, once the pump has emptied its pipe (so what
+//! the application writes next cannot overtake what is still in it). The pump keeps draining its
+//! pipe until every writer is gone (a child forked meanwhile may still hold it), then ends.
 //!
-//! A session whose client reads too slowly loses stderr text rather than slowing the application
-//! down: feeds are written without blocking. The manhole's own log lines go straight to the
-//! original stderr while the tee is on, so they never echo into sessions.
+//! A session whose client reads too slowly loses text rather than slowing the application
+//! down: feeds are written without blocking, and nothing of a session or the listener waits on
+//! the original descriptors. The manhole's own log lines go straight to the original stderr
+//! while the tee is on, so they never echo into sessions.
 
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
@@ -24,33 +28,104 @@ use crate::log::log_event;
 use crate::sys;
 use crate::sys::output::write_all_without_sigpipe;
 
-const STDERR: RawFd = 2;
+/// One of the two teed standard streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stream {
+    Stdout = 0,
+    Stderr = 1,
+}
+
+impl Stream {
+    const BOTH: [Stream; 2] = [Stream::Stdout, Stream::Stderr];
+
+    fn fd(self) -> RawFd {
+        match self {
+            Stream::Stdout => 1,
+            Stream::Stderr => 2,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Which streams a session shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Shown {
+    pub(crate) stdout: bool,
+    pub(crate) stderr: bool,
+}
+
+impl Shown {
+    pub(crate) fn any(self) -> bool {
+        self.stdout || self.stderr
+    }
+
+    fn has(self, stream: Stream) -> bool {
+        match stream {
+            Stream::Stdout => self.stdout,
+            Stream::Stderr => self.stderr,
+        }
+    }
+}
+
+/// One stream's pump, while its fd points at the pump's pipe.
+struct Pump {
+    /// The read end of the pump's pipe, for the drains before switching back and at exit.
+    pipe: RawFd,
+    /// Closed by the pump when it has finished (and closed its pipe).
+    done: Option<mpsc::Receiver<()>>,
+}
 
 struct TeeState {
-    /// Each attached session's feed: its id and the write end of its pipe (non-blocking).
-    feeds: Vec<(u64, OwnedFd)>,
-    /// The read end of the current pump's pipe, for the exit-time drain.
-    pump_pipe: RawFd,
-    /// Closed by the current pump when it has finished (and closed its pipe).
-    pump_done: Option<mpsc::Receiver<()>>,
+    /// Each attached session's feed: its id, the streams it shows and the write end of its pipe
+    /// (non-blocking).
+    feeds: Vec<(u64, Shown, OwnedFd)>,
+    pumps: [Pump; 2],
 }
 
 /// Held across `fork` (see `fork.rs`); taken after `lifecycle::STATE` when both are needed.
 static TEE: Mutex<TeeState> = Mutex::new(TeeState {
     feeds: Vec::new(),
-    pump_pipe: -1,
-    pump_done: None,
+    pumps: [
+        Pump {
+            pipe: -1,
+            done: None,
+        },
+        Pump {
+            pipe: -1,
+            done: None,
+        },
+    ],
 });
-/// fd 2 points at our pipe.
-static ACTIVE: AtomicBool = AtomicBool::new(false);
-/// A duplicate of the original stderr, made at install (see [`prepare`]) and kept for the life of
-/// the process (refreshed in place with `dup2` at each activation), so no writer ever sees its
-/// number closed and reused.
-static SAVED: AtomicI32 = AtomicI32::new(-1);
+/// The stream's fd points at our pipe.
+static ACTIVE: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
+/// Bytes the stream's pump has read and not yet written to the original.
+static IN_FLIGHT: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
+/// A duplicate of the original descriptor, made at install (see [`prepare`]) and kept for the
+/// life of the process (refreshed in place with `dup2` at each activation), so no writer ever
+/// sees its number closed and reused.
+static SAVED: [AtomicI32; 2] = [AtomicI32::new(-1), AtomicI32::new(-1)];
 static NEXT_FEED: AtomicU64 = AtomicU64::new(1);
 
 fn tee() -> MutexGuard<'static, TeeState> {
     TEE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn saved(stream: Stream) -> RawFd {
+    SAVED[stream.index()].load(Ordering::Acquire)
+}
+
+fn active(stream: Stream) -> bool {
+    ACTIVE[stream.index()].load(Ordering::Acquire)
 }
 
 /// `TEE`, held by the fork handlers from `prepare` until `parent`/`child`.
@@ -60,7 +135,7 @@ pub(crate) fn fork_hold() -> ForkHold {
     ForkHold(tee())
 }
 
-/// A session's view of stderr; dropping it detaches the session.
+/// A session's view of the streams it shows; dropping it detaches the session.
 pub(crate) struct Feed {
     id: u64,
     reader: OwnedFd,
@@ -82,96 +157,142 @@ fn io_err(e: Errno) -> std::io::Error {
     e.into()
 }
 
-/// Attaches a session: turns the tee on if it is the first.
-pub(crate) fn attach() -> std::io::Result<Feed> {
+/// Attaches a session showing `shown`: turns on the tee of each stream it is the first to show.
+pub(crate) fn attach(shown: Shown) -> std::io::Result<Feed> {
     let mut state = tee();
-    if !ACTIVE.load(Ordering::Acquire) {
-        activate(&mut state)?;
+    for stream in Stream::BOTH {
+        if shown.has(stream) && !active(stream) {
+            activate(&mut state, stream)?;
+        }
     }
     let (reader, writer) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(io_err)?;
     let id = NEXT_FEED.fetch_add(1, Ordering::Relaxed);
-    state.feeds.push((id, writer));
+    state.feeds.push((id, shown, writer));
     Ok(Feed { id, reader })
 }
 
-/// Makes the lasting duplicate of stderr, once per process, at install: the descriptor a
-/// process with a manhole has open does not change when sessions come and go.
-pub(crate) fn prepare() {
+/// Makes the lasting duplicates of the streams sessions will show, once per process, at
+/// install: the descriptors a process with a manhole has open do not change when sessions come
+/// and go.
+pub(crate) fn prepare(shown: Shown) {
     let _state = tee();
-    if SAVED.load(Ordering::Acquire) < 0
-        && let Err(e) = save_stderr()
-    {
-        log_event!("Cannot duplicate stderr; sessions will not show it: {e}");
+    for stream in Stream::BOTH {
+        if shown.has(stream)
+            && saved(stream) < 0
+            && let Err(e) = save(stream)
+        {
+            log_event!(
+                "Cannot duplicate {}; sessions will not show it: {e}",
+                stream.name()
+            );
+        }
     }
 }
 
-fn save_stderr() -> std::io::Result<RawFd> {
-    let fd = fcntl(sys::borrow_fd(STDERR), FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(io_err)?;
+fn save(stream: Stream) -> std::io::Result<RawFd> {
+    let fd = fcntl(sys::borrow_fd(stream.fd()), FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(io_err)?;
     let fd = fd.into_raw_fd();
-    SAVED.store(fd, Ordering::Release);
+    SAVED[stream.index()].store(fd, Ordering::Release);
     Ok(fd)
 }
 
-fn activate(state: &mut TeeState) -> std::io::Result<()> {
-    let saved = SAVED.load(Ordering::Acquire);
+fn activate(state: &mut TeeState, stream: Stream) -> std::io::Result<()> {
+    let saved = self::saved(stream);
     if saved < 0 {
-        save_stderr()?;
+        save(stream)?;
     } else {
-        // The application may have pointed fd 2 elsewhere since: follow it, in place.
-        sys::dup2_raw(STDERR, saved)?;
+        // The application may have pointed the fd elsewhere since: follow it, in place.
+        sys::dup2_raw(stream.fd(), saved)?;
         fcntl(sys::borrow_fd(saved), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(io_err)?;
     }
     let (reader, writer) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io_err)?;
-    let pump_pipe = reader.as_raw_fd();
+    let pipe = reader.as_raw_fd();
     let (done_tx, done_rx) = mpsc::channel::<()>();
-    crate::threads::spawn("mh-stderr".into(), move || {
-        pump(reader);
+    crate::threads::spawn(format!("mh-{}", stream.name()), move || {
+        pump(stream, reader);
         drop(done_tx);
     })?;
-    state.pump_done = Some(done_rx);
-    // From here on, writes to fd 2 go to the pump; `writer` itself is closed on return.
-    sys::dup2_raw(writer.as_raw_fd(), STDERR)?;
-    state.pump_pipe = pump_pipe;
-    ACTIVE.store(true, Ordering::Release);
-    crate::log::set_original_stderr(SAVED.load(Ordering::Acquire));
+    // From here on, writes to the fd go to the pump; `writer` itself is closed on return.
+    sys::dup2_raw(writer.as_raw_fd(), stream.fd())?;
+    state.pumps[stream.index()] = Pump {
+        pipe,
+        done: Some(done_rx),
+    };
+    ACTIVE[stream.index()].store(true, Ordering::Release);
+    if stream == Stream::Stderr {
+        crate::log::set_original_stderr(self::saved(stream));
+    }
     Ok(())
 }
 
 fn detach(id: u64) {
-    let pump_done = {
-        let mut state = tee();
-        state.feeds.retain(|(feed, _)| *feed != id);
-        if !(state.feeds.is_empty() && ACTIVE.load(Ordering::Acquire)) {
-            return;
-        }
-        deactivate(&mut state);
-        state.pump_done.take()
+    let unshown = |state: &TeeState, stream: Stream| {
+        active(stream) && !state.feeds.iter().any(|(_, shown, _)| shown.has(stream))
     };
+    let pipes = {
+        let mut state = tee();
+        state.feeds.retain(|(feed, _, _)| *feed != id);
+        Stream::BOTH.map(|stream| {
+            unshown(&state, stream).then(|| (stream, state.pumps[stream.index()].pipe))
+        })
+    };
+    let mut finished = Vec::new();
+    for (stream, pipe) in pipes.into_iter().flatten() {
+        // Not holding the lock, which the pump takes after each chunk.
+        wait_until_drained(stream, pipe, SWITCH_BACK_PATIENCE);
+        let mut state = tee();
+        // A session may have attached meanwhile.
+        if unshown(&state, stream) {
+            deactivate(&mut state, stream);
+            finished.extend(state.pumps[stream.index()].done.take());
+        }
+    }
     // Usually the pump sees the end of its pipe at once and finishes; wait a little for it (not
     // holding the lock, which it may need for its last chunk), so that when the session is over
     // its thread and pipe are gone too. A child forked during the session may keep the pipe
-    // open; the pump then goes on copying its output to the original stderr.
-    if let Some(done) = pump_done {
+    // open; the pump then goes on copying its output to the original.
+    for done in finished {
         let _ = done.recv_timeout(Duration::from_millis(500));
     }
 }
 
-fn deactivate(state: &mut TeeState) {
-    let saved = SAVED.load(Ordering::Acquire);
-    if let Err(e) = sys::dup2_raw(saved, STDERR) {
-        // The TEE lock is held and fd 2 still feeds the pump, which needs that lock.
-        crate::log::event_to_descriptor(&format!("Cannot point stderr back at the original: {e}"));
-        return;
+/// How long a detach waits for a pump to empty its pipe before pointing the fd back: bounded,
+/// because the original may be a full pipe nobody reads.
+const SWITCH_BACK_PATIENCE: Duration = Duration::from_millis(200);
+
+/// Waits (at most `patience`) until the pump of `stream` has copied everything in its pipe.
+fn wait_until_drained(stream: Stream, pipe: RawFd, patience: Duration) {
+    let deadline = Instant::now() + patience;
+    while pipe >= 0
+        && (sys::readable_bytes(pipe) > 0 || IN_FLIGHT[stream.index()].load(Ordering::Acquire))
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(1));
     }
-    ACTIVE.store(false, Ordering::Release);
-    crate::log::set_original_stderr(-1);
-    state.pump_pipe = -1;
 }
 
-/// Copies the pipe to the original stderr and to every feed until every writer is gone.
-fn pump(reader: OwnedFd) {
+fn deactivate(state: &mut TeeState, stream: Stream) {
+    if let Err(e) = sys::dup2_raw(saved(stream), stream.fd()) {
+        // The TEE lock is held and the fd still feeds the pump, which needs that lock.
+        crate::log::event_to_descriptor(&format!(
+            "Cannot point {} back at the original: {e}",
+            stream.name()
+        ));
+        return;
+    }
+    ACTIVE[stream.index()].store(false, Ordering::Release);
+    if stream == Stream::Stderr {
+        crate::log::set_original_stderr(-1);
+    }
+    state.pumps[stream.index()].pipe = -1;
+}
+
+/// Copies the pipe to the original and to every feed that shows `stream`, until every writer is
+/// gone.
+fn pump(stream: Stream, reader: OwnedFd) {
     let mut buf = [0u8; 16 * 1024];
+    let in_flight = &IN_FLIGHT[stream.index()];
     loop {
         let n = match nix::unistd::read(&reader, &mut buf) {
             Ok(0) => return,
@@ -179,49 +300,63 @@ fn pump(reader: OwnedFd) {
             Err(Errno::EINTR) => continue,
             Err(_) => return,
         };
+        in_flight.store(true, Ordering::Release);
         let chunk = &buf[..n];
-        write_all_without_sigpipe(SAVED.load(Ordering::Acquire), chunk);
+        write_all_without_sigpipe(saved(stream), chunk);
+        in_flight.store(false, Ordering::Release);
         let state = tee();
-        for (_, feed) in &state.feeds {
-            // Non-blocking: a session that cannot keep up loses text instead of stalling us.
-            let _ = nix::unistd::write(feed, chunk);
+        for (_, shown, feed) in &state.feeds {
+            if shown.has(stream) {
+                // Non-blocking: a session that cannot keep up loses text instead of stalling us.
+                let _ = nix::unistd::write(feed, chunk);
+            }
         }
     }
 }
 
-/// At process exit: point fd 2 back at the original and give the pump a moment to copy what
-/// is still in its pipe, so the last lines the application wrote are not lost.
+/// At process exit: point the fds back at the originals and give the pumps a moment to copy
+/// what is still in their pipes, so the last lines the application wrote are not lost.
 pub(crate) fn at_exit() {
-    let pump_pipe = {
+    let pipes = {
         let Ok(mut state) = TEE.try_lock() else {
             return;
         };
-        if !ACTIVE.load(Ordering::Acquire) {
-            return;
+        let mut pipes = [(Stream::Stdout, -1), (Stream::Stderr, -1)];
+        for (stream, pipe) in &mut pipes {
+            if active(*stream) {
+                *pipe = state.pumps[stream.index()].pipe;
+                deactivate(&mut state, *stream);
+            }
         }
-        let pipe = state.pump_pipe;
-        deactivate(&mut state);
-        pipe
+        pipes
     };
     let deadline = Instant::now() + Duration::from_millis(200);
-    while pump_pipe >= 0 && sys::readable_bytes(pump_pipe) > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(2));
+    for (stream, pipe) in pipes {
+        wait_until_drained(
+            stream,
+            pipe,
+            deadline.saturating_duration_since(Instant::now()),
+        );
     }
 }
 
 /// In a forked child (async-signal-safe, with `TEE` held by the fork handlers): the child has
-/// no pump and no sessions, so stderr goes straight back to the original.
+/// no pumps and no sessions, so both fds go straight back to the originals.
 pub(crate) fn after_fork_in_child(hold: &mut ForkHold) {
-    if ACTIVE.load(Ordering::Acquire) {
-        let _ = sys::dup2_raw(SAVED.load(Ordering::Acquire), STDERR);
-        ACTIVE.store(false, Ordering::Release);
-        crate::log::set_original_stderr(-1);
+    for stream in Stream::BOTH {
+        if active(stream) {
+            let _ = sys::dup2_raw(saved(stream), stream.fd());
+            ACTIVE[stream.index()].store(false, Ordering::Release);
+        }
+        IN_FLIGHT[stream.index()].store(false, Ordering::Release);
+        let pump = &mut hold.0.pumps[stream.index()];
+        pump.pipe = -1;
+        // The receiver's channel belongs to the parent's pump: leak it (no allocation, no lock).
+        if let Some(done) = pump.done.take() {
+            std::mem::forget(done);
+        }
     }
-    hold.0.pump_pipe = -1;
-    // The receiver's channel belongs to the parent's pump: leak it (no allocation, no lock).
-    if let Some(done) = hold.0.pump_done.take() {
-        std::mem::forget(done);
-    }
+    crate::log::set_original_stderr(-1);
     // Closing the parent's feed pipes: `clear` drops (closes) them and frees nothing.
     hold.0.feeds.clear();
 }
