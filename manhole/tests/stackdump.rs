@@ -71,6 +71,26 @@ const SCENARIOS: &[Scenario] = &[
         "second_dump_gives_the_same_frames",
         second_dump_gives_the_same_frames,
     ),
+    (
+        "handler_stack_use_is_measured_and_within_the_documented_need",
+        handler_stack_use_is_measured_and_within_the_documented_need,
+    ),
+    (
+        "threads_parked_near_their_stack_end_survive_and_get_a_note",
+        threads_parked_near_their_stack_end_survive_and_get_a_note,
+    ),
+    (
+        "nested_dump_on_a_small_altstack_writes_nothing_below_it",
+        nested_dump_on_a_small_altstack_writes_nothing_below_it,
+    ),
+    (
+        "back_to_back_dumps_of_busy_threads_never_report_blocked",
+        back_to_back_dumps_of_busy_threads_never_report_blocked,
+    ),
+    (
+        "dumps_while_threads_unwind_with_registered_frames_never_hang",
+        dumps_while_threads_unwind_with_registered_frames_never_hang,
+    ),
 ];
 
 fn main() -> ExitCode {
@@ -901,4 +921,674 @@ fn second_dump_gives_the_same_frames() -> Outcome {
     );
     parked.release()?;
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stack room: threads parked at a chosen distance from the end of their stack, with the memory
+// below them painted, so that what a dump writes there can be seen.
+
+/// The byte painted below a parked thread's stack pointer.
+const PAINT: u8 = 0xa5;
+
+/// The lowest address of the mapping that holds `address`, from `/proc/self/maps`.
+fn mapping_start(address: usize) -> Result<usize, String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").map_err(|e| e.to_string())?;
+    for line in maps.lines() {
+        let range = line.split_whitespace().next().unwrap_or("");
+        let (start, end) = range.split_once('-').unwrap_or(("", ""));
+        let (Ok(start), Ok(end)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+        ) else {
+            continue;
+        };
+        if (start..end).contains(&address) {
+            return Ok(start);
+        }
+    }
+    Err(format!("{address:#x} is in no mapping"))
+}
+
+#[inline(always)]
+fn stack_pointer() -> usize {
+    let marker = 0u8;
+    black_box(&marker) as *const u8 as usize
+}
+
+/// A futex word a parked thread sleeps on until it is set.
+struct Gate(std::sync::atomic::AtomicU32);
+
+impl Gate {
+    const fn new() -> Gate {
+        Gate(std::sync::atomic::AtomicU32::new(0))
+    }
+
+    /// Sleeps in a raw `futex` system call (a small frame below the caller) until opened.
+    #[inline(never)]
+    fn wait(&self) {
+        while self.0.load(Ordering::Acquire) == 0 {
+            // SAFETY: FUTEX_WAIT on a live, aligned u32 that we only read; no timeout.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    self.0.as_ptr(),
+                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                    0u32,
+                    std::ptr::null::<libc::timespec>(),
+                );
+            }
+        }
+    }
+
+    fn open(&self) {
+        self.0.store(1, Ordering::Release);
+        // SAFETY: FUTEX_WAKE only uses the address as a key.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.0.as_ptr(),
+                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                i32::MAX,
+            );
+        }
+    }
+}
+
+/// Paints `[low, high)` with [`PAINT`].
+///
+/// # Safety
+///
+/// The range must be writable memory nobody else uses while it is painted and checked.
+unsafe fn paint(low: usize, high: usize) {
+    for address in low..high {
+        // SAFETY: the caller's contract.
+        unsafe { std::ptr::write_volatile(address as *mut u8, PAINT) };
+    }
+}
+
+/// The lowest address in `[low, high)` that no longer holds the paint, if any.
+///
+/// # Safety
+///
+/// The range must be readable memory that nobody writes while it is checked.
+unsafe fn lowest_overwritten(low: usize, high: usize) -> Option<usize> {
+    // SAFETY: the caller's contract.
+    (low..high).find(|&address| unsafe { std::ptr::read_volatile(address as *const u8) } != PAINT)
+}
+
+/// Where a thread parked: the bottom of its stack mapping and the painted range below it.
+#[derive(Debug, Clone, Copy)]
+struct LowPark {
+    tid: i32,
+    stack_low: usize,
+    painted: (usize, usize),
+}
+
+/// Recurses until fewer than `left` bytes (plus what parking takes) remain above the bottom of
+/// the stack, paints what is below, reports and sleeps on `gate`.
+#[inline(never)]
+fn descend_then_park(
+    stack_low: usize,
+    left: usize,
+    report: &mpsc::Sender<LowPark>,
+    gate: &Gate,
+) -> usize {
+    let pad = black_box([0u8; 64]);
+    let sp = stack_pointer();
+    if sp > stack_low + left + 160 {
+        return black_box(descend_then_park(stack_low, left, report, gate)) + pad[0] as usize;
+    }
+    // Leave the top 512 bytes below here to this frame and the calls that park.
+    let painted = (stack_low, sp - 512);
+    let _ = report.send(LowPark {
+        tid: nix::unistd::gettid().as_raw(),
+        stack_low,
+        painted,
+    });
+    // Painted after the send, which may have used more stack than parking does.
+    // SAFETY: the range lies in this thread's own stack mapping, below every live frame of it
+    // (the frames of `paint` and `Gate::wait` stay within the 512 bytes left out).
+    unsafe { paint(painted.0, painted.1) };
+    gate.wait();
+    black_box(pad[1] as usize)
+}
+
+/// A thread with a 64 KiB stack parked with about `left` bytes of stack below its stack
+/// pointer, with the memory below painted; returns where it parked (its stack pointer in the
+/// `futex` call from `/proc`) and its handle.
+fn park_with_left(
+    name: &str,
+    left: usize,
+    gate: Arc<Gate>,
+) -> Result<(LowPark, usize, thread::JoinHandle<usize>), String> {
+    let (report, parked) = mpsc::channel();
+    let handle = thread::Builder::new()
+        .name(name.into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let stack_low = mapping_start(stack_pointer()).expect("own stack mapping");
+            descend_then_park(stack_low, left, &report, &gate)
+        })
+        .unwrap();
+    let park = parked.recv().map_err(|_| format!("{name} did not park"))?;
+    wait_until_sleeping(park.tid)?;
+    let sp = match procfs::thread_syscall(park.tid).map_err(|e| e.to_string())? {
+        procfs::SyscallState::InSyscall { sp, .. } => sp as usize,
+        other => return Err(format!("{name} not in a system call: {other:?}")),
+    };
+    Ok((park, sp, handle))
+}
+
+fn handler_stack_use_is_measured_and_within_the_documented_need() -> Outcome {
+    install(Duration::from_secs(2), 128)?;
+    let need = manhole::stackdump::signal_stack_needed();
+    let gate = Arc::new(Gate::new());
+    let (park, sp, handle) = park_with_left("roomy", 40 * 1024, gate.clone())?;
+    let dump = dump()?;
+    let thread = thread_by_tid(&dump, park.tid)?;
+    // SAFETY: the painted range is below the parked thread's stack pointer, which only the
+    // kernel and the dump handler wrote to; the thread sleeps until the gate opens.
+    let lowest = unsafe { lowest_overwritten(park.painted.0, park.painted.1) };
+    gate.open();
+    handle.join().map_err(|_| "roomy thread panicked")?;
+    ensure(thread.method() == CaptureMethod::Signal, || {
+        describe(thread)
+    })?;
+    let lowest = lowest.ok_or("the signal wrote nothing below the stack pointer")?;
+    let used = sp - lowest;
+    let frame = kernel_signal_frame_bytes();
+    // SAFETY: getauxval only reads the auxiliary vector.
+    let reported = unsafe { libc::getauxval(libc::AT_MINSIGSTKSZ) } as usize;
+    let red_zone = if cfg!(target_arch = "x86_64") { 128 } else { 0 };
+    let handler_reserve = need.saturating_sub(reported + red_zone);
+    println!(
+        "stack written below the interrupted stack pointer: {used} bytes = kernel signal frame \
+         {frame} (AT_MINSIGSTKSZ {reported}) + handler {} ({} build); handler_stack_bytes {:?}; \
+         documented need {need}, of it handler {handler_reserve}",
+        used.saturating_sub(frame),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        thread.handler_stack_bytes(),
+    );
+    ensure(used <= need, || {
+        format!("the handler used {used} bytes, more than the {need} it claims to need")
+    })?;
+    ensure(used.saturating_sub(frame) <= handler_reserve, || {
+        format!("the handler itself used more than its reserve of {handler_reserve}")
+    })
+}
+
+/// The stack pointer at the entry of [`record_signal_frame`]'s last run, and the interrupted
+/// one.
+static FRAME_PROBE: [std::sync::atomic::AtomicUsize; 2] = [
+    std::sync::atomic::AtomicUsize::new(0),
+    std::sync::atomic::AtomicUsize::new(0),
+];
+
+extern "C" fn record_signal_frame(_: i32, _: *mut libc::siginfo_t, context: *mut std::ffi::c_void) {
+    // SAFETY: SA_SIGINFO passes the kernel-built ucontext of the interrupted code.
+    let context_ref = unsafe { &*context.cast::<libc::ucontext_t>() };
+    #[cfg(target_arch = "x86_64")]
+    let sp = context_ref.uc_mcontext.gregs[libc::REG_RSP as usize] as usize;
+    #[cfg(target_arch = "aarch64")]
+    let sp = context_ref.uc_mcontext.sp as usize;
+    // x86_64: the frame starts with the return address the handler was entered with, right
+    // below the ucontext; arm64: the ucontext is at the bottom of the frame.
+    let entry = if cfg!(target_arch = "x86_64") {
+        context as usize - 8
+    } else {
+        context as usize
+    };
+    FRAME_PROBE[0].store(entry, Ordering::SeqCst);
+    FRAME_PROBE[1].store(sp, Ordering::SeqCst);
+}
+
+/// What the kernel's signal frame takes below the interrupted stack pointer, measured with a
+/// handler of our own on a spare real-time signal.
+fn kernel_signal_frame_bytes() -> usize {
+    let signal = libc::SIGRTMIN() + 3;
+    // SAFETY: a zeroed sigaction with an SA_SIGINFO handler that only stores two atomics.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = record_signal_frame
+            as extern "C" fn(i32, *mut libc::siginfo_t, *mut std::ffi::c_void)
+            as usize;
+        action.sa_flags = libc::SA_SIGINFO;
+        libc::sigaction(signal, &action, std::ptr::null_mut());
+        libc::raise(signal);
+    }
+    FRAME_PROBE[1].load(Ordering::SeqCst) - FRAME_PROBE[0].load(Ordering::SeqCst)
+}
+
+fn threads_parked_near_their_stack_end_survive_and_get_a_note() -> Outcome {
+    install(Duration::from_secs(2), 128)?;
+    let need = manhole::stackdump::signal_stack_needed();
+    let gate = Arc::new(Gate::new());
+    let mut parked = Vec::new();
+    for left in [3000, 5000, need.saturating_sub(200), need + 600] {
+        parked.push(park_with_left(&format!("left-{left}"), left, gate.clone())?);
+    }
+    let mut result = Ok(());
+    for round in 0..3 {
+        let dump = dump()?;
+        for (park, sp, _) in &parked {
+            let thread = thread_by_tid(&dump, park.tid)?;
+            let left = sp - park.stack_low;
+            if round == 0 {
+                println!("{left} bytes left (need {need}): {}", describe(thread));
+            }
+            let checked = if left < need {
+                ensure(
+                    thread.method() == CaptureMethod::Proc
+                        && thread
+                            .note()
+                            .is_some_and(|n| n.contains("bytes left below its stack pointer"))
+                        && !thread.frames().is_empty(),
+                    || {
+                        format!(
+                            "{left} bytes left, not skipped with a note and PC: {}",
+                            describe(thread)
+                        )
+                    },
+                )
+            } else {
+                ensure(thread.method() == CaptureMethod::Signal, || {
+                    format!(
+                        "{left} bytes left (need {need}) but not captured: {}",
+                        describe(thread)
+                    )
+                })
+            };
+            result = result.and(checked);
+            // SAFETY: below the parked thread's stack pointer; it sleeps until the gate opens.
+            let lowest = unsafe { lowest_overwritten(park.painted.0, park.painted.1) };
+            if let Some(lowest) = lowest
+                && lowest < sp - need
+            {
+                result = result.and(Err(format!(
+                    "{left} bytes left: written {} bytes below the stack pointer",
+                    sp - lowest
+                )));
+            }
+        }
+    }
+    if let Some(thread) = dump()?.threads().iter().find(|t| t.name() == "left-3000") {
+        println!("{}", thread_text(thread));
+    }
+    gate.open();
+    for (_, _, handle) in parked {
+        handle.join().map_err(|_| "a parked thread panicked")?;
+    }
+    result
+}
+
+fn thread_text(thread: &ThreadStack) -> String {
+    format!(
+        "{} note: {:?}, {} frame(s)",
+        thread.tid(),
+        thread.note(),
+        thread.frames().len()
+    )
+}
+
+/// Where the SA_ONSTACK handler of the altstack scenario parks, and how many are parked.
+static ALTSTACK_GATE: Gate = Gate::new();
+static ALTSTACK_PARKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+const ALTSTACK_SIZE: usize = 8 * 1024;
+
+/// An application's SA_ONSTACK handler with a 1 KiB frame that sleeps until the gate opens.
+extern "C" fn park_on_altstack(_: i32) {
+    let frame = black_box([0u8; 1024]);
+    ALTSTACK_PARKED.fetch_add(1, Ordering::SeqCst);
+    ALTSTACK_GATE.wait();
+    black_box(frame[7]);
+}
+
+/// The same with a 512-byte frame: on an 8 KiB alternate stack a dump signal's frame then
+/// still fits below it, but not the stack copy.
+extern "C" fn park_on_altstack_small(_: i32) {
+    let frame = black_box([0u8; 512]);
+    ALTSTACK_PARKED.fetch_add(1, Ordering::SeqCst);
+    ALTSTACK_GATE.wait();
+    black_box(frame[7]);
+}
+
+/// Installs `handler` for `signal` with SA_ONSTACK.
+fn install_onstack(signal: i32, handler: extern "C" fn(i32)) -> Outcome {
+    // SAFETY: a zeroed sigaction with a plain handler on the alternate stack.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = handler as usize;
+        action.sa_flags = libc::SA_ONSTACK;
+        ensure(
+            libc::sigaction(signal, &action, std::ptr::null_mut()) == 0,
+            || "sigaction".into(),
+        )
+    }
+}
+
+/// A thread with an 8 KiB alternate signal stack, right above 8 KiB of painted memory in the
+/// same mapping (so a write below the altstack lands in the paint instead of faulting). It
+/// waits for `go`, then raises the SA_ONSTACK signal at itself and sleeps in its handler.
+fn altstack_thread(
+    name: &str,
+    signal: i32,
+    go: Arc<Gate>,
+) -> Result<(i32, usize, thread::JoinHandle<()>), String> {
+    let (report, reported) = mpsc::channel();
+    let handle = thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            // SAFETY: a fresh private anonymous mapping; the thread owns it until it exits
+            // (leaked then: a late reader must not fault).
+            let map = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    2 * ALTSTACK_SIZE,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            assert_ne!(map, libc::MAP_FAILED);
+            let below = map as usize;
+            // SAFETY: the lower half of our own mapping, used by nothing else.
+            unsafe { paint(below, below + ALTSTACK_SIZE) };
+            let stack = libc::stack_t {
+                ss_sp: (below + ALTSTACK_SIZE) as *mut libc::c_void,
+                ss_flags: 0,
+                ss_size: ALTSTACK_SIZE,
+            };
+            // SAFETY: the upper half of the mapping is ours and stays mapped.
+            let set = unsafe { libc::sigaltstack(&stack, std::ptr::null_mut()) };
+            assert_eq!(set, 0);
+            let tid = nix::unistd::gettid().as_raw();
+            report.send((tid, below)).unwrap();
+            go.wait();
+            // SAFETY: tgkill to this very thread; the handler is installed.
+            unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, signal) };
+            let off = libc::stack_t {
+                ss_sp: std::ptr::null_mut(),
+                ss_flags: libc::SS_DISABLE,
+                ss_size: 0,
+            };
+            // SAFETY: disabling the alternate stack of this thread.
+            unsafe { libc::sigaltstack(&off, std::ptr::null_mut()) };
+        })
+        .unwrap();
+    let (tid, below) = reported
+        .recv()
+        .map_err(|_| format!("{name} did not start"))?;
+    Ok((tid, below, handle))
+}
+
+/// Waits (bounded) until `count` threads sleep in the SA_ONSTACK handler.
+fn wait_parked_on_altstack(count: usize, tids: &[i32]) -> Outcome {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ALTSTACK_PARKED.load(Ordering::SeqCst) < count {
+        ensure(Instant::now() < deadline, || "handler never ran".into())?;
+        thread::yield_now();
+    }
+    for &tid in tids {
+        wait_until_sleeping(tid)?;
+    }
+    Ok(())
+}
+
+fn nested_dump_on_a_small_altstack_writes_nothing_below_it() -> Outcome {
+    install(Duration::from_secs(2), 128)?;
+    let (signal, small_signal) = (libc::SIGRTMIN() + 4, libc::SIGRTMIN() + 5);
+    install_onstack(signal, park_on_altstack)?;
+    install_onstack(small_signal, park_on_altstack_small)?;
+    let intact = |below: usize| {
+        // SAFETY: the painted lower half of the thread's mapping; only a stray write changes it.
+        unsafe { lowest_overwritten(below, below + ALTSTACK_SIZE) }.is_none()
+    };
+    let left_on_altstack = |tid: i32, below: usize| -> Result<usize, String> {
+        let sp = procfs::thread_syscall(tid)
+            .map_err(|e| e.to_string())?
+            .sp()
+            .ok_or("not in a system call")? as usize;
+        Ok(sp - (below + ALTSTACK_SIZE))
+    };
+    let need = manhole::stackdump::signal_stack_needed();
+    let (go_deep, go_shallow) = (Arc::new(Gate::new()), Arc::new(Gate::new()));
+    let (deep, deep_below, deep_handle) = altstack_thread("alt-deep", signal, go_deep.clone())?;
+    let (shallow, shallow_below, shallow_handle) =
+        altstack_thread("alt-shallow", small_signal, go_shallow.clone())?;
+    // `alt-shallow` is inside its (small) handler before any dump saw it, so the dump cannot
+    // know it runs on an alternate stack: it is signalled, and the handler, finding itself on
+    // the alternate stack with less room than a copy needs, takes the registers only.
+    // `alt-deep` is dumped once on its normal stack first, so the dump knows its alternate stack.
+    go_shallow.open();
+    wait_parked_on_altstack(1, &[shallow])?;
+    wait_until_sleeping(deep)?;
+    let first = dump()?;
+    let mut result = Ok(());
+    let thread = thread_by_tid(&first, shallow)?;
+    let left = left_on_altstack(shallow, shallow_below)?;
+    println!(
+        "first dump, alt-shallow ({left} bytes left on its altstack): {}",
+        thread_text(thread)
+    );
+    result = result.and(ensure(
+        thread.method() == CaptureMethod::Signal
+            && thread
+                .note()
+                .is_some_and(|n| n.contains("on its alternate signal stack"))
+            && !thread.frames().is_empty(),
+        || {
+            format!(
+                "{left} bytes left, not registers-only with a note: {}",
+                describe(thread)
+            )
+        },
+    ));
+    result = result.and(ensure(intact(shallow_below), || {
+        "the first dump wrote below alt-shallow's alternate stack".into()
+    }));
+    // Now `alt-deep` enters its 1 KiB handler on its 8 KiB alternate stack.
+    go_deep.open();
+    wait_parked_on_altstack(2, &[deep, shallow])?;
+    for round in 0..3 {
+        let dump = dump()?;
+        for (tid, below) in [(deep, deep_below), (shallow, shallow_below)] {
+            let thread = thread_by_tid(&dump, tid)?;
+            let left = left_on_altstack(tid, below)?;
+            if round == 0 {
+                println!(
+                    "nested dump ({left} bytes left on the altstack): {}",
+                    thread_text(thread)
+                );
+            }
+            // Both alternate stacks are known now: a thread with less room than a signal needs
+            // is not signalled.
+            result = result.and(ensure(
+                left >= need
+                    || (thread.method() == CaptureMethod::Proc
+                        && thread
+                            .note()
+                            .is_some_and(|n| n.contains("on its alternate signal stack"))),
+                || {
+                    format!(
+                        "{left} bytes left, signalled or no note: {}",
+                        describe(thread)
+                    )
+                },
+            ));
+            result = result.and(ensure(intact(below), || {
+                format!(
+                    "a nested dump wrote below the alternate stack of {}",
+                    thread.name()
+                )
+            }));
+        }
+    }
+    ALTSTACK_GATE.open();
+    deep_handle.join().map_err(|_| "alt-deep panicked")?;
+    shallow_handle.join().map_err(|_| "alt-shallow panicked")?;
+    result
+}
+
+fn back_to_back_dumps_of_busy_threads_never_report_blocked() -> Outcome {
+    install(Duration::from_secs(2), 128)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (started, started_rx) = mpsc::channel();
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let (started, stop) = (started.clone(), stop.clone());
+            thread::Builder::new()
+                .name(format!("busy-{i}"))
+                .spawn(move || spin_in_marker(started, &stop))
+                .unwrap()
+        })
+        .collect();
+    drop(started);
+    for _ in 0..handles.len() {
+        started_rx
+            .recv()
+            .map_err(|_| "a busy thread did not start")?;
+    }
+    let (mut blocked, mut captured_all, mut first_blocked) = (0, 0, None);
+    for _ in 0..500 {
+        let dump = dump()?;
+        if dump.counts().blocked() > 0 {
+            blocked += 1;
+            first_blocked.get_or_insert_with(|| dump.to_text());
+        }
+        if dump.counts().captured() == dump.counts().threads() {
+            captured_all += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for handle in handles {
+        handle.join().map_err(|_| "a busy thread panicked")?;
+    }
+    println!(
+        "500 dumps: {blocked} reported a blocked thread, {captured_all} captured every thread"
+    );
+    ensure(blocked == 0, || {
+        format!(
+            "{blocked} of 500 dumps reported a blocked thread; the first:\n{}",
+            first_blocked.unwrap_or_default()
+        )
+    })
+}
+
+unsafe extern "C" {
+    /// libgcc: registers a frame table with the unwinder (as JITs do); from then on every FDE
+    /// lookup of libgcc < 13 takes its global `object_mutex`.
+    fn __register_frame_info(begin: *const u8, object: *mut u8);
+}
+
+/// The start of this executable's own `.eh_frame`, from its `PT_GNU_EH_FRAME` header.
+fn own_eh_frame() -> Option<usize> {
+    unsafe extern "C" fn first_object(
+        info: *mut libc::dl_phdr_info,
+        _: libc::size_t,
+        found: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: dl_iterate_phdr passes a valid info; `found` is our `Option<usize>`.
+        let (info, found) = unsafe { (&*info, &mut *found.cast::<Option<usize>>()) };
+        // SAFETY: the program headers of a loaded object, `dlpi_phnum` of them.
+        let headers =
+            unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
+        if let Some(header) = headers.iter().find(|h| h.p_type == libc::PT_GNU_EH_FRAME) {
+            let hdr = info.dlpi_addr as usize + header.p_vaddr as usize;
+            // SAFETY: `.eh_frame_hdr` is mapped: version, eh_frame_ptr encoding, two more
+            // encodings, then the encoded pointer.
+            let (encoding, offset) = unsafe {
+                (
+                    *((hdr + 1) as *const u8),
+                    std::ptr::read_unaligned((hdr + 4) as *const i32),
+                )
+            };
+            // DW_EH_PE_pcrel | DW_EH_PE_sdata4, what every linker writes.
+            if encoding == 0x1b {
+                *found = Some((hdr + 4).wrapping_add_signed(offset as isize));
+            }
+        }
+        1 // the first object is the executable
+    }
+    let mut found: Option<usize> = None;
+    // SAFETY: the callback only reads the headers it is given and writes `found`.
+    unsafe {
+        libc::dl_iterate_phdr(
+            Some(first_object),
+            (&mut found as *mut Option<usize>).cast(),
+        )
+    };
+    found
+}
+
+fn dumps_while_threads_unwind_with_registered_frames_never_hang() -> Outcome {
+    install(Duration::from_secs(2), 128)?;
+    let eh_frame = own_eh_frame().ok_or("no .eh_frame_hdr in this executable")?;
+    // libgcc keeps the object for as long as the frames are registered: leaked.
+    let object: &'static mut [usize; 16] = Box::leak(Box::new([0usize; 16]));
+    // SAFETY: `eh_frame` is this executable's mapped `.eh_frame`; `object` is writable, big
+    // enough for libgcc's `struct object` and never freed.
+    unsafe { __register_frame_info(eh_frame as *const u8, object.as_mut_ptr().cast()) };
+    std::panic::set_hook(Box::new(|_| {}));
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds: Arc<[std::sync::atomic::AtomicUsize; 4]> = Arc::new(Default::default());
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let (stop, rounds) = (stop.clone(), rounds.clone());
+            thread::Builder::new()
+                .name(format!("unwinder-{i}"))
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        if i % 2 == 0 {
+                            let _ = black_box(std::backtrace::Backtrace::force_capture());
+                        } else {
+                            let _ = black_box(std::panic::catch_unwind(|| panic!("unwind")));
+                        }
+                        rounds[i].fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+                .unwrap()
+        })
+        .collect();
+    let mut captured = 0;
+    for _ in 0..200 {
+        let dump = dump()?;
+        captured += dump
+            .threads()
+            .iter()
+            .filter(|t| t.name().starts_with("unwinder-") && t.method() == CaptureMethod::Signal)
+            .count();
+    }
+    // Every unwinder still makes progress after the dumps (none is stuck on libgcc's mutex).
+    let before: Vec<usize> = rounds.iter().map(|r| r.load(Ordering::Relaxed)).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rounds
+        .iter()
+        .zip(&before)
+        .any(|(r, &b)| r.load(Ordering::Relaxed) == b)
+    {
+        ensure(Instant::now() < deadline, || {
+            "an unwinding thread is stuck".into()
+        })?;
+        thread::yield_now();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for handle in handles {
+        handle.join().map_err(|_| "an unwinding thread panicked")?;
+    }
+    let _ = std::panic::take_hook();
+    println!(
+        "200 dumps with registered frames: {captured} of 800 unwinder stacks captured, rounds {:?}",
+        rounds
+            .iter()
+            .map(|r| r.load(Ordering::Relaxed))
+            .collect::<Vec<_>>()
+    );
+    ensure(captured == 800, || {
+        format!("only {captured} of 800 unwinder stacks captured")
+    })
 }

@@ -47,6 +47,16 @@
 //! nothing but the dump signal itself while it runs (`sa_mask` is empty: a fault in it, were
 //! there one, would get the application's fault handler, never a blocked synchronous signal).
 //!
+//! # Stack room
+//!
+//! Its first act, before any deeper call, is `sigaltstack(NULL, &current)`: when the thread runs
+//! on its alternate signal stack (inside an `SA_ONSTACK` handler of the application) with less
+//! than [`HANDLER_STACK`] left below the handler, it takes the registers only and returns. Each
+//! answer records the thread's alternate stack, so the dumper knows it next time and does not
+//! signal a thread whose alternate stack is too full (see [`stack_needed`]). The handler counts
+//! itself in and out of a counter ([`handlers_inside`]), so the dumper can tell a thread that
+//! blocks the signal from one still inside a handler of ours.
+//!
 //! # A second kind of request: profiler samples
 //!
 //! The copy is not tied to dumps. [`copy_interrupted`] takes the handler's `ucontext_t` and a
@@ -268,6 +278,11 @@ struct Slot {
     /// Bytes from the interrupted stack pointer down to a local of the handler: the kernel's
     /// signal frame plus the handler's own frame.
     stack_below: AtomicUsize,
+    /// The thread's alternate signal stack as the handler found it: start and size (0, 0: none).
+    altstack: [AtomicUsize; 2],
+    /// Bytes left on the alternate stack below the handler when it ran on one with less than
+    /// [`HANDLER_STACK`] left, so it copied nothing (0: it copied normally).
+    altstack_short: AtomicUsize,
     /// Where the stack window goes.
     stack: StackBuffer,
 }
@@ -281,6 +296,8 @@ impl Slot {
             copied: AtomicUsize::new(0),
             nanos: AtomicU64::new(0),
             stack_below: AtomicUsize::new(0),
+            altstack: Default::default(),
+            altstack_short: AtomicUsize::new(0),
             stack,
         }
     }
@@ -301,6 +318,10 @@ static GENERATION: AtomicUsize = AtomicUsize::new(0);
 static WAKE: AtomicU32 = AtomicU32::new(0);
 /// Dump signals that were not ours or came too late.
 static IGNORED: AtomicUsize = AtomicUsize::new(0);
+/// Handlers between their first and their last instruction, of every kind (dump requests,
+/// profile ticks, foreign signals). While one runs, the kernel blocks the dump signal in its
+/// thread, so `SigBlk` says "blocked" although the thread's own mask does not block it.
+static INSIDE: AtomicUsize = AtomicUsize::new(0);
 /// Requests in flight (sent, not yet answered) per CPU.
 const WINDOW_PER_CPU: usize = 4;
 /// How long the dumper waits for room in the window of requests in flight before it widens it.
@@ -363,7 +384,26 @@ pub(super) fn set_tick_handler(handler: TickHandler) {
 
 /// The dump signal handler. See the module docs for what it may do.
 extern "C" fn on_dump_signal(_signal: c_int, info: *mut libc::siginfo_t, context: *mut c_void) {
+    INSIDE.fetch_add(1, Ordering::AcqRel);
+    handle(info, context);
+    // The last store of the handler: after it only its return and the kernel's sigreturn run,
+    // which restores the thread's own mask (see `handlers_inside`).
+    INSIDE.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// What [`on_dump_signal`] does between counting itself in and out of [`INSIDE`].
+#[inline(always)]
+fn handle(info: *mut libc::siginfo_t, context: *mut c_void) {
     let _errno = ErrnoGuard::save();
+    // First of all, before any deeper call: on an alternate signal stack with too little room
+    // left, copy the registers only (no call but the final wake) and return.
+    let altstack = current_altstack();
+    if let Some(short) = altstack.short_of(HANDLER_STACK) {
+        if !answer_short(info, context, altstack, short) {
+            IGNORED.fetch_add(1, Ordering::Relaxed);
+        }
+        return;
+    }
     // A second kind of request on this signal: a profile tick (`SI_TIMER` with the profiler's
     // marker), taken by the profiler's own async-signal-safe copy (see `profile/sampler.rs`).
     let tick = TICK_HANDLER.load(Ordering::Acquire);
@@ -375,17 +415,91 @@ extern "C" fn on_dump_signal(_signal: c_int, info: *mut libc::siginfo_t, context
         }
     }
     let entered = monotonic_nanos();
-    if !answer(info, context, entered) {
+    if !answer(info, context, entered, altstack) {
         IGNORED.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// Records this thread's stack into the slot the signal names, and how long the handler took
-/// since `entered`. Returns false if the signal was not a current request of ours (or the
-/// dumper gave up on it).
-fn answer(info: *const libc::siginfo_t, context: *const c_void, entered: u64) -> bool {
+/// The most stack the handler uses below its own first frame (measured by painting a parked
+/// thread's stack: see the crate docs' "stack dump accuracy"), with room to spare. On top of
+/// this the kernel pushes its signal frame ([`kernel_frame_bytes`]).
+pub(crate) const HANDLER_STACK: usize = 2048;
+
+/// The stack a dump signal needs below the interrupted stack pointer: the kernel's signal frame
+/// (including the 128-byte red zone on x86_64) plus [`HANDLER_STACK`]. A thread known to have
+/// less is not signalled.
+pub(crate) fn stack_needed() -> usize {
+    kernel_frame_bytes() + HANDLER_STACK
+}
+
+/// The most the kernel writes below the interrupted stack pointer to deliver a signal: its
+/// signal frame with the CPU's extended register state, as `AT_MINSIGSTKSZ` reports it (Linux
+/// 5.14+ on x86_64, 4.18+ on arm64), plus the red zone it skips on x86_64. Without the auxv
+/// entry: the frame of the largest x86 register state (AVX-512) or arm64's `SIGSTKSZ`.
+pub(crate) fn kernel_frame_bytes() -> usize {
+    const RED_ZONE: usize = if cfg!(target_arch = "x86_64") { 128 } else { 0 };
+    // SAFETY: getauxval only reads the auxiliary vector; an absent entry returns 0.
+    let reported = unsafe { libc::getauxval(libc::AT_MINSIGSTKSZ) } as usize;
+    let frame = if reported > 0 { reported } else { 4096 };
+    frame + RED_ZONE
+}
+
+/// The calling thread's alternate signal stack and whether it runs on it now.
+#[derive(Debug, Clone, Copy)]
+struct Altstack {
+    start: usize,
+    size: usize,
+    on_it: bool,
+}
+
+impl Altstack {
+    /// When the thread runs on its alternate stack with fewer than `need` bytes left below
+    /// the caller's frame: how many are left.
+    #[inline(always)]
+    fn short_of(self, need: usize) -> Option<usize> {
+        if !self.on_it {
+            return None;
+        }
+        let marker = 0u8;
+        let here = std::hint::black_box(&marker) as *const u8 as usize;
+        let left = here.saturating_sub(self.start);
+        (left < need).then_some(left)
+    }
+}
+
+/// `sigaltstack(NULL, &current)`: one raw syscall, async-signal-safe.
+#[inline(always)]
+fn current_altstack() -> Altstack {
+    // SAFETY: an all-zero `stack_t` is valid plain data for the kernel to overwrite.
+    let mut current: libc::stack_t = unsafe { std::mem::zeroed() };
+    // SAFETY: a null new stack only queries; `current` is a live, writable `stack_t`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_sigaltstack,
+            ptr::null::<libc::stack_t>(),
+            &mut current as *mut libc::stack_t,
+        )
+    };
+    if rc != 0 || current.ss_flags & libc::SS_DISABLE != 0 {
+        return Altstack {
+            start: 0,
+            size: 0,
+            on_it: false,
+        };
+    }
+    Altstack {
+        start: current.ss_sp as usize,
+        size: current.ss_size,
+        on_it: current.ss_flags & libc::SS_ONSTACK != 0,
+    }
+}
+
+/// Claims the slot `info` names for the current generation (`SENT -> RUNNING`); None if the
+/// signal is not a current request of ours or the dumper gave up on it.
+#[inline(always)]
+fn claim(info: *const libc::siginfo_t) -> Option<(&'static Slot, usize)> {
     if info.is_null() {
-        return false;
+        return None;
     }
     // SAFETY: with SA_SIGINFO the kernel passes a pointer to a complete `siginfo_t` that stays
     // valid for the whole handler; `QueuedInfo` is a prefix of it with no stricter alignment
@@ -394,53 +508,102 @@ fn answer(info: *const libc::siginfo_t, context: *const c_void, entered: u64) ->
     // SAFETY: `getpid` is async-signal-safe and has no preconditions.
     let pid = unsafe { libc::getpid() };
     if request.code != libc::SI_QUEUE || request.rt.pid != pid {
-        return false;
+        return None;
     }
     let generation = request.rt.value >> INDEX_BITS;
     let index = request.rt.value & (MAX_SLOTS - 1);
     if generation == 0 || generation != GENERATION.load(Ordering::Acquire) {
-        return false;
+        return None;
     }
     let pool = POOL.load(Ordering::Acquire);
     if pool.is_null() {
-        return false;
+        return None;
     }
     // SAFETY: pools are created with `Box::leak` and never freed, so a non-null pointer loaded
     // from POOL is valid for the rest of the process; the handler only reads and atomically
     // writes through the shared reference.
-    let pool = unsafe { &*pool };
-    let Some(slot) = pool.slots.get(index) else {
-        return false;
-    };
-    let claimed = slot.state.compare_exchange(
-        state_word(generation, SENT),
-        state_word(generation, RUNNING),
-        Ordering::AcqRel,
-        Ordering::Relaxed,
-    );
-    if claimed.is_err() {
-        return false;
-    }
+    let pool: &'static Pool = unsafe { &*pool };
+    let slot = pool.slots.get(index)?;
+    slot.state
+        .compare_exchange(
+            state_word(generation, SENT),
+            state_word(generation, RUNNING),
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        )
+        .ok()?;
+    Some((slot, generation))
+}
+
+/// Stores the registers, the thread and its alternate stack into a claimed slot.
+#[inline(always)]
+fn record(slot: &Slot, registers: CopiedRegisters, altstack: Altstack) {
     slot.tid.store(raw_gettid(), Ordering::Relaxed);
-    let marker = 0u8;
-    // SAFETY: the kernel passed `context` to this SA_SIGINFO handler, and the slot is ours
-    // alone since the claim above.
-    let (registers, copied) = unsafe { copy_interrupted(context, slot.stack) };
-    let here = std::hint::black_box(&marker) as *const u8 as usize;
     let [pc, sp, fp, lr] = &slot.registers;
     pc.store(registers.pc, Ordering::Relaxed);
     sp.store(registers.sp, Ordering::Relaxed);
     fp.store(registers.fp, Ordering::Relaxed);
     lr.store(registers.lr, Ordering::Relaxed);
-    slot.copied.store(copied, Ordering::Relaxed);
-    slot.stack_below
-        .store(registers.sp.saturating_sub(here), Ordering::Relaxed);
-    slot.nanos
-        .store(monotonic_nanos().saturating_sub(entered), Ordering::Relaxed);
+    let [start, size] = &slot.altstack;
+    start.store(altstack.start, Ordering::Relaxed);
+    size.store(altstack.size, Ordering::Relaxed);
+}
+
+/// Publishes a filled slot and wakes the dumper.
+#[inline(always)]
+fn publish(slot: &Slot, generation: usize) {
     slot.state
         .store(state_word(generation, DONE), Ordering::Release);
     WAKE.fetch_add(1, Ordering::Release);
     futex_wake(&WAKE);
+}
+
+/// The answer of a handler on an alternate stack with only `left` bytes left: registers only,
+/// no stack copy (whose call would go deeper). Returns false if the signal was not a current
+/// request of ours.
+fn answer_short(
+    info: *const libc::siginfo_t,
+    context: *const c_void,
+    altstack: Altstack,
+    left: usize,
+) -> bool {
+    let Some((slot, generation)) = claim(info) else {
+        return false;
+    };
+    record(slot, context_registers(context), altstack);
+    slot.copied.store(0, Ordering::Relaxed);
+    slot.stack_below.store(0, Ordering::Relaxed);
+    slot.nanos.store(0, Ordering::Relaxed);
+    slot.altstack_short.store(left.max(1), Ordering::Relaxed);
+    publish(slot, generation);
+    true
+}
+
+/// Records this thread's stack into the slot the signal names, and how long the handler took
+/// since `entered`. Returns false if the signal was not a current request of ours (or the
+/// dumper gave up on it).
+fn answer(
+    info: *const libc::siginfo_t,
+    context: *const c_void,
+    entered: u64,
+    altstack: Altstack,
+) -> bool {
+    let Some((slot, generation)) = claim(info) else {
+        return false;
+    };
+    let marker = 0u8;
+    // SAFETY: the kernel passed `context` to this SA_SIGINFO handler, and the slot is ours
+    // alone since the claim above.
+    let (registers, copied) = unsafe { copy_interrupted(context, slot.stack) };
+    let here = std::hint::black_box(&marker) as *const u8 as usize;
+    record(slot, registers, altstack);
+    slot.copied.store(copied, Ordering::Relaxed);
+    slot.altstack_short.store(0, Ordering::Relaxed);
+    slot.stack_below
+        .store(registers.sp.saturating_sub(here), Ordering::Relaxed);
+    slot.nanos
+        .store(monotonic_nanos().saturating_sub(entered), Ordering::Relaxed);
+    publish(slot, generation);
     true
 }
 
@@ -694,6 +857,11 @@ pub(super) enum Answer<T> {
         copied: usize,
         /// Stack used below the interrupted stack pointer by the kernel's frame and the handler.
         stack_below: usize,
+        /// The thread's alternate signal stack (start, size), if it has one.
+        altstack: Option<(usize, usize)>,
+        /// Bytes left when the handler ran on the alternate stack with too little room to copy
+        /// the stack: then only the registers were taken.
+        altstack_short: Option<usize>,
     },
     /// The signal could not be sent.
     NotSent(SendError),
@@ -894,7 +1062,20 @@ fn read_slot<T>(
         handler_nanos: slot.nanos.load(Ordering::Relaxed),
         copied,
         stack_below: slot.stack_below.load(Ordering::Relaxed),
+        altstack: match [&slot.altstack[0], &slot.altstack[1]].map(|a| a.load(Ordering::Relaxed)) {
+            [_, 0] => None,
+            [start, size] => Some((start, size)),
+        },
+        altstack_short: match slot.altstack_short.load(Ordering::Relaxed) {
+            0 => None,
+            left => Some(left),
+        },
     }
+}
+
+/// Handlers running right now, on any thread (see [`INSIDE`]).
+pub(super) fn handlers_inside() -> usize {
+    INSIDE.load(Ordering::Acquire)
 }
 
 /// The pool for a dump of `threads` threads: the current one if it is big enough and no

@@ -42,6 +42,7 @@ pub(crate) use self::unwind::module_for as unwind_module;
 pub use self::dump::{CaptureMethod, DumpCounts, Frame, FrameSymbol, StackDump, ThreadStack};
 pub(crate) use self::dump::{JsonEscaped, write_json_str};
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -65,8 +66,16 @@ const SELF_FRAMES: usize = 32;
 /// How long `capture` waits for a dump already in progress.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 
-/// Serializes dumps: they share the slot pool and the generation counter.
-static DUMP_LOCK: Mutex<()> = Mutex::new(());
+/// How long a dump waits, in all, for handlers of earlier dumps (or profile ticks) to return
+/// before it trusts a thread's `SigBlk` (see [`blocks_for_real`]).
+const SETTLE: Duration = Duration::from_millis(50);
+
+/// Serializes dumps: they share the slot pool and the generation counter. Holds what one dump
+/// learnt for the next: each thread's alternate signal stack, as its handler found it.
+static DUMP_LOCK: Mutex<Altstacks> = Mutex::new(BTreeMap::new());
+
+/// Alternate signal stacks by thread id: (start, size).
+type Altstacks = BTreeMap<i32, (usize, usize)>;
 /// Set by every dump, taken by [`release_dump_memory`].
 static DUMPED: AtomicBool = AtomicBool::new(false);
 /// Callers of [`capture`] between its start and its end (waiting for [`DUMP_LOCK`] included).
@@ -178,7 +187,7 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
         ));
     }
     let _counted = InCapture::enter();
-    let _one_at_a_time = DUMP_LOCK.try_lock_for(LOCK_WAIT).ok_or_else(|| {
+    let mut altstacks = DUMP_LOCK.try_lock_for(LOCK_WAIT).ok_or_else(|| {
         Error::new(
             ErrorKind::Io,
             "another stack dump has been running for more than 10 s",
@@ -224,8 +233,14 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
         }
     };
     let mut threads: Vec<Pending> = Vec::with_capacity(tids.len());
+    let mut checks = Preflight {
+        signal,
+        need: handler::stack_needed(),
+        settle_until: Instant::now() + SETTLE,
+        altstacks: &altstacks,
+    };
     for &tid in &tids {
-        let thread = plan(&mut tasks, tid, me, signal, refusal.as_deref());
+        let thread = plan(&mut tasks, tid, me, refusal.as_deref(), &mut checks);
         if thread.plan == Plan::Signal
             && let Some(requests) = requests.as_mut()
         {
@@ -252,6 +267,12 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
         match thread.plan {
             Plan::Signal => {
                 let answer = answers.next().unwrap_or(Answer::Silent { started: false });
+                if let Answer::Captured { tid, altstack, .. } = &answer {
+                    match altstack {
+                        Some(altstack) => altstacks.insert(*tid, *altstack),
+                        None => altstacks.remove(tid),
+                    };
+                }
                 thread.take_answer(answer, signal, waited, max_frames);
             }
             Plan::Myself => thread.take_own_stack(&own_stack),
@@ -343,6 +364,15 @@ fn stop_note(unwound: &Unwound) -> Option<String> {
     }
 }
 
+/// The stack a thread must have free below its stack pointer (or on its alternate signal stack,
+/// when it runs on one) to be sent the dump signal: the kernel's signal frame on this CPU (from
+/// `AT_MINSIGSTKSZ`, with the x86_64 red zone) plus what the handler itself uses. A thread that
+/// is blocked in the kernel with less is not signalled and is listed with a note; see the crate
+/// docs' "Stack dump accuracy".
+pub fn signal_stack_needed() -> usize {
+    handler::stack_needed()
+}
+
 /// Warnings about this platform that make dumps less useful, one sentence each (empty when all
 /// is well): an architecture the unwinder does not support, a policy that forbids copying our
 /// own memory (`process_vm_readv`, e.g. a seccomp filter), or no readable `/proc/self/task`.
@@ -397,13 +427,25 @@ struct Pending {
     stack_copy: Option<(usize, usize)>,
 }
 
+/// What [`plan`] checks before a thread is signalled, for one dump.
+struct Preflight<'a> {
+    signal: libc::c_int,
+    /// Stack a dump signal needs below the interrupted stack pointer.
+    need: usize,
+    /// Until when [`blocks_for_real`] may wait for handlers to return.
+    settle_until: Instant,
+    /// Alternate signal stacks the last dumps found.
+    altstacks: &'a Altstacks,
+}
+
 fn plan(
     tasks: &mut procfs::TaskDir,
     tid: i32,
     me: i32,
-    signal: libc::c_int,
     refusal: Option<&str>,
+    checks: &mut Preflight<'_>,
 ) -> Pending {
+    let signal = checks.signal;
     let mut thread = Pending {
         tid,
         name: String::new(),
@@ -420,7 +462,7 @@ fn plan(
         handler_time: None,
         stack_copy: None,
     };
-    let status = match tasks.status(tid) {
+    let mut status = match tasks.status(tid) {
         Ok(status) => status,
         Err(_) => {
             thread.outcome = Outcome::Exited;
@@ -428,6 +470,9 @@ fn plan(
             return thread;
         }
     };
+    if tid != me && status.blocks(signal) && !status.state.is_gone() && refusal.is_none() {
+        blocks_for_real(tasks, tid, &mut status, checks);
+    }
     thread.name = status.name.clone();
     thread.state = status.state;
     if tid == me {
@@ -448,10 +493,90 @@ fn plan(
         thread.note = Some(format!(
             "signal already pending: an earlier request (signal {signal}) was never handled, none sent"
         ));
+    } else if let Some(short) = stack_too_short(tasks, tid, status.state, checks) {
+        thread.note = Some(short);
     } else {
         thread.plan = Plan::Signal;
     }
     thread
+}
+
+/// `status` says the thread blocks the signal. While any handler of ours runs, the kernel
+/// blocks the signal in its thread until the handler's sigreturn, so a thread still inside the
+/// handler of the previous dump (or a profile tick) looks blocked. Waits, within the dump's
+/// settle budget, until no handler is inside and then reads the status again: the thread that
+/// still blocks the signal then blocks it itself. Updates `status`.
+///
+/// What is left: a handler that has counted itself out but not yet made its sigreturn (two
+/// instructions) and was preempted right there. Such a thread is running or runnable, so a
+/// thread that still blocks the signal in that state gets one more read after a yield.
+fn blocks_for_real(
+    tasks: &mut procfs::TaskDir,
+    tid: i32,
+    status: &mut procfs::ThreadStatus,
+    checks: &Preflight<'_>,
+) {
+    let mut rereads = 0;
+    while status.blocks(checks.signal) && rereads < 2 {
+        if handler::handlers_inside() > 0 {
+            if Instant::now() >= checks.settle_until {
+                return;
+            }
+            std::thread::yield_now();
+            continue;
+        }
+        if rereads == 1 {
+            if status.state.letter() != 'R' {
+                return;
+            }
+            std::thread::yield_now();
+        }
+        match tasks.status(tid) {
+            Ok(now) => *status = now,
+            Err(_) => return,
+        }
+        rereads += 1;
+    }
+}
+
+/// For a thread blocked in the kernel (whose stack pointer `/proc/.../syscall` gives): a note
+/// if its stack has less room below the stack pointer than a dump signal needs, so that it must
+/// not be signalled. The room is the readable memory below the stack pointer (a guard page or
+/// unmapped memory ends it), and no more than what is left of the alternate signal stack when
+/// the stack pointer is on it. A running thread cannot be checked: it is signalled.
+fn stack_too_short(
+    tasks: &mut procfs::TaskDir,
+    tid: i32,
+    state: ThreadState,
+    checks: &Preflight<'_>,
+) -> Option<String> {
+    if state.letter() == 'R' {
+        return None;
+    }
+    let sp = usize::try_from(tasks.syscall(tid).ok()?.sp()?).ok()?;
+    let mut room = crate::sys::memory::readable_below(sp, checks.need);
+    let mut on_altstack = false;
+    if let Some(&(start, size)) = checks.altstacks.get(&tid)
+        && sp > start
+        && sp <= start.saturating_add(size)
+    {
+        room = room.min(sp - start);
+        on_altstack = true;
+    }
+    (room < checks.need).then(|| {
+        format!(
+            "not signalled: {room} bytes left below its stack pointer {sp:#x}{}, and a dump signal \
+             needs {} (the kernel's signal frame {} + the handler {})",
+            if on_altstack {
+                " on its alternate signal stack"
+            } else {
+                ""
+            },
+            checks.need,
+            handler::kernel_frame_bytes(),
+            handler::HANDLER_STACK
+        )
+    })
 }
 
 impl Pending {
@@ -469,6 +594,8 @@ impl Pending {
                 handler_nanos,
                 copied,
                 stack_below,
+                altstack: _,
+                altstack_short,
             } => {
                 self.stack_copy = Some((copied, stack_below));
                 self.method = CaptureMethod::Signal;
@@ -477,6 +604,13 @@ impl Pending {
                 self.truncated = unwound.truncated();
                 if tid != self.tid {
                     self.note = Some(format!("answered from tid {tid}"));
+                }
+                if let Some(left) = altstack_short {
+                    self.note = Some(format!(
+                        "on its alternate signal stack with {left} bytes left: registers only, \
+                         the stack copy needs {}",
+                        handler::HANDLER_STACK
+                    ));
                 }
                 self.note = self.note.take().or_else(|| stop_note(&unwound));
                 self.raw = unwound.frames;

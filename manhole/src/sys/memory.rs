@@ -102,6 +102,27 @@ pub(crate) fn read_own(from: usize, len: usize) -> Vec<u8> {
     buffer
 }
 
+/// How many bytes directly below `top` are readable memory, counted in whole pages from the
+/// page of `top - 1` downwards and at most `limit` (a guard page or a hole ends the count).
+/// One one-byte `process_vm_readv` per page: used to see whether a thread's stack has room
+/// below its stack pointer, without touching it.
+pub(crate) fn readable_below(top: usize, limit: usize) -> usize {
+    let mut probe = [0u8; 1];
+    let mut readable = 0usize;
+    let mut page_end = top;
+    while readable < limit && page_end > PAGE {
+        let byte = page_end - 1;
+        // SAFETY: `probe` is a live, writable one-byte local buffer.
+        if unsafe { copy_own(byte, probe.as_mut_ptr(), 1) } != 1 {
+            break;
+        }
+        let page_start = byte - byte % PAGE;
+        readable = top - page_start;
+        page_end = page_start;
+    }
+    readable.min(limit)
+}
+
 /// Why copies of our own memory fail, when a policy (seccomp, an old kernel) forbids them.
 pub(crate) fn copy_denied() -> Option<std::io::Error> {
     match DENIED.load(Ordering::Relaxed) {
@@ -135,6 +156,13 @@ mod tests {
         assert_eq!(read_own(map + 100, 3 * PAGE).len(), 2 * PAGE - 100);
         assert!(read_own(map + 2 * PAGE, 10).is_empty());
         assert!(read_own(0, 64).is_empty());
+        // Below the first page of the mapping nothing is mapped (or something else is).
+        assert_eq!(
+            readable_below(map + 2 * PAGE, usize::MAX).min(2 * PAGE),
+            2 * PAGE
+        );
+        assert_eq!(readable_below(map + PAGE + 10, 100), 100);
+        assert_eq!(readable_below(map + 3 * PAGE, 3 * PAGE), 0);
         assert!(copy_denied().is_none());
         // SAFETY: unmapping the mapping made above.
         unsafe { libc::munmap(map as *mut libc::c_void, 3 * PAGE) };

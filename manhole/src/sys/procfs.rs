@@ -331,9 +331,26 @@ impl TaskDir {
 
     /// A thread's name, state and signal masks, as [`thread_status`] reads them.
     pub fn status(&mut self, tid: i32) -> io::Result<ThreadStatus> {
+        self.read(tid, "status")?;
+        match std::str::from_utf8(&self.buffer) {
+            Ok(status) => parse_status(status),
+            // A thread name is any bytes but NUL and `/`.
+            Err(_) => parse_status(&String::from_utf8_lossy(&self.buffer)),
+        }
+    }
+
+    /// Where a thread is blocked, as [`thread_syscall`] reads it.
+    pub fn syscall(&mut self, tid: i32) -> io::Result<SyscallState> {
+        self.read(tid, "syscall")?;
+        let line = std::str::from_utf8(&self.buffer).map_err(|_| invalid("syscall"))?;
+        parse_syscall(line)
+    }
+
+    /// Reads `<tid>/<file>` into the reused buffer.
+    fn read(&mut self, tid: i32, file: &str) -> io::Result<()> {
         let mut path = [0u8; 32];
         let mut cursor = io::Cursor::new(&mut path[..]);
-        write!(cursor, "{tid}/status").map_err(|_| invalid("tid"))?;
+        write!(cursor, "{tid}/{file}").map_err(|_| invalid("tid"))?;
         let end = cursor.position() as usize;
         let file = openat(
             &self.dir,
@@ -344,11 +361,7 @@ impl TaskDir {
         let mut file = fs::File::from(file);
         self.buffer.clear();
         file.read_to_end(&mut self.buffer)?;
-        match std::str::from_utf8(&self.buffer) {
-            Ok(status) => parse_status(status),
-            // A thread name is any bytes but NUL and `/`.
-            Err(_) => parse_status(&String::from_utf8_lossy(&self.buffer)),
-        }
+        Ok(())
     }
 }
 
@@ -401,6 +414,14 @@ impl SyscallState {
         match *self {
             SyscallState::Running => None,
             SyscallState::Blocked { pc, .. } | SyscallState::InSyscall { pc, .. } => Some(pc),
+        }
+    }
+
+    /// The user stack pointer, when the thread is not running.
+    pub fn sp(&self) -> Option<u64> {
+        match *self {
+            SyscallState::Running => None,
+            SyscallState::Blocked { sp, .. } | SyscallState::InSyscall { sp, .. } => Some(sp),
         }
     }
 }
