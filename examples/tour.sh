@@ -10,8 +10,8 @@ bin=target/debug
 out=$(mktemp)
 "$bin/demo" >"$out" 2>/dev/null &
 demo=$!
-# SIGTERM skips the demo's exit handlers (it installs with the defaults: no cleanup_on_sigterm),
-# so the tour removes the socket it started, once the demo is gone.
+# SIGTERM removes the demo's socket (the default cleanup_on_signals); the tour still removes the
+# path it started, in case the demo died otherwise.
 cleanup() {
   kill "$demo" 2>/dev/null || true
   wait "$demo" 2>/dev/null || true

@@ -72,6 +72,9 @@
 //! - `signals`: `activate_on`, `oneshot_on`, `dump_on` and the opt-in SIGTERM cleanup. Handlers
 //!   are chained through signal-hook and only set a bit and write a byte to a self-pipe; the
 //!   `mh-signal` thread does the work.
+//! - `sys::dying`: SIGTERM, SIGINT and SIGHUP at `SIG_DFL` get a handler that unlinks our socket
+//!   and activation file (paths prepared beforehand) and re-raises the signal with `SIG_DFL`; when
+//!   a later handler chains to it, it does nothing.
 //! - `fork`: `pthread_atfork` hooks. No manhole lock is held across `fork`; in the child the
 //!   inherited installation is forgotten (never its parent's socket) and, for the default pid
 //!   path, the manhole comes back at `/tmp/manhole-<childpid>` after `reinstall_delay`.

@@ -81,6 +81,7 @@ pub struct Options {
     pub(crate) redirect_stderr: bool,
     pub(crate) redirect_stdout: bool,
     pub(crate) cleanup_on_sigterm: bool,
+    pub(crate) cleanup_on_signals: bool,
 }
 
 impl Default for Options {
@@ -119,6 +120,7 @@ impl Default for Options {
             redirect_stderr: true,
             redirect_stdout: true,
             cleanup_on_sigterm: false,
+            cleanup_on_signals: true,
         }
     }
 }
@@ -165,7 +167,8 @@ impl fmt::Debug for Options {
             .field("daemon_connection", &self.daemon_connection)
             .field("redirect_stderr", &self.redirect_stderr)
             .field("redirect_stdout", &self.redirect_stdout)
-            .field("cleanup_on_sigterm", &self.cleanup_on_sigterm);
+            .field("cleanup_on_sigterm", &self.cleanup_on_sigterm)
+            .field("cleanup_on_signals", &self.cleanup_on_signals);
         #[cfg(feature = "tracing")]
         debug.field("log_to_tracing", &self.log_to_tracing);
         debug.finish()
@@ -546,10 +549,24 @@ impl Options {
         self
     }
 
-    /// Install a SIGTERM handler (chained through signal-hook) that removes the socket and then
-    /// dies of SIGTERM as before. Without it, a SIGTERM with the default action skips exit
-    /// handlers and leaves the socket file behind. Leave it off if the application handles
-    /// SIGTERM itself; see [docs/options.md](https://docs.rs/crate/manhole/latest/source/docs/options.md) for the recipe.
+    /// SIGTERM, SIGINT and SIGHUP, each while it has its default action (`SIG_DFL`), remove the
+    /// socket file (and the activation file) and then kill the process with the same signal, so
+    /// it dies of it as before, with the same wait status. A signal the application handles or
+    /// ignores, when the manhole is installed or later, is left to the application: nothing is
+    /// removed and nothing re-raised. `false`: the manhole installs no handler for them, and a
+    /// process they kill leaves its socket behind (the next start replaces it,
+    /// `manhole-cli --list --prune` removes it). SIGKILL and crashes always leave it.
+    /// Defaults to `true`.
+    pub fn cleanup_on_signals(mut self, on: bool) -> Options {
+        self.cleanup_on_signals = on;
+        self
+    }
+
+    /// Also when the application has a SIGTERM handler of its own: after that handler ran
+    /// (chained through signal-hook), the manhole removes the socket and kills the process with
+    /// SIGTERM, cutting the application's own shutdown short. Only for applications that want
+    /// exactly that; a SIGTERM at its default action is already handled by
+    /// [`Options::cleanup_on_signals`]. See [docs/options.md](https://docs.rs/crate/manhole/latest/source/docs/options.md).
     /// Defaults to `false`.
     pub fn cleanup_on_sigterm(mut self, on: bool) -> Options {
         self.cleanup_on_sigterm = on;

@@ -19,6 +19,8 @@
 //! sessions from `main` with `Manhole::handle_oneshot`, printing `oneshot served` after each),
 //! `--own-handler SIG` (before installing, give SIG a plain `sigaction` handler of the
 //! application's that counts; a thread prints `own handler count=<n>` when the count changes),
+//! `--hook-after SIG` (after installing, register a counting handler for SIG through
+//! signal-hook, which chains to the handler it finds; the same count and report),
 //! `--activate-on SIG` (the option of that name; prints `manhole waiting for SIG` instead of the
 //! listening line), `--sigpipe-default` (before installing, put SIGPIPE back to `SIG_DFL`, which
 //! kills the process, as C programs and Rust programs that want `| head` to work have it, and
@@ -119,6 +121,24 @@ fn install_own_handler(signal: i32) {
             "sigaction"
         );
     }
+    report_own_handler_count();
+}
+
+/// Registers a counting handler for `signal` through signal-hook (as tokio and most Rust
+/// programs do), and reports its count on stdout.
+fn hook_own_handler(signal: i32) {
+    // SAFETY: the action is one atomic add, async-signal-safe.
+    let registered = unsafe {
+        signal_hook::low_level::register(signal, || {
+            OWN_HANDLER_COUNT.fetch_add(1, Ordering::Relaxed);
+        })
+    };
+    registered.expect("register through signal-hook");
+    report_own_handler_count();
+}
+
+/// A thread prints `own handler count=<n>` each time the count changes.
+fn report_own_handler_count() {
     std::thread::Builder::new()
         .name("own-handler".into())
         .spawn(|| {
@@ -150,6 +170,7 @@ fn main() {
     let mut forks = 0usize;
     let mut handle_oneshot = false;
     let mut own_handler = None;
+    let mut hook_after = None;
     let mut activate_on = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -170,6 +191,7 @@ fn main() {
             "--log-to-tracing" => options = options.log_to_tracing(true),
             "--fork" => forks = number(args.next()),
             "--own-handler" => own_handler = Some(signal_arg(args.next())),
+            "--hook-after" => hook_after = Some(signal_arg(args.next())),
             "--activate-on" => {
                 let signal = signal_arg(args.next());
                 activate_on = Some(signal);
@@ -239,6 +261,9 @@ fn main() {
         install_own_handler(signal);
     }
     let manhole = manhole_examples::install_or_exit("demo", options);
+    if let Some(signal) = hook_after {
+        hook_own_handler(signal);
+    }
     if let Some(signal) = activate_on {
         println!("manhole waiting for {signal}");
         loop {

@@ -297,6 +297,7 @@ fn apply(options: Options, key: &str, value: &Value) -> Result<Options> {
         "redirect_stdout" => options.redirect_stdout(boolean(key, value)?),
         "patch_fork" => options.patch_fork(boolean(key, value)?),
         "cleanup_on_sigterm" => options.cleanup_on_sigterm(boolean(key, value)?),
+        "cleanup_on_signals" => options.cleanup_on_signals(boolean(key, value)?),
         "socket_path" if none => options,
         "socket_path" => options.socket_path(word(key, value, "a path")?),
         "connection_handler" => options
@@ -391,7 +392,8 @@ mod tests {
                redirect_stderr=false, redirect_stdout=0, patch_fork=no, reinstall_delay=1.5,
                dump_on=RTMIN+2,
                sigmask=[USR1, "SIGUSR2", 15], verbose_destination=5, connection_handler=exec,
-               idle_timeout=None, max_sessions=3, cleanup_on_sigterm=true, dump_signal=40"#,
+               idle_timeout=None, max_sessions=3, cleanup_on_sigterm=true, dump_signal=40,
+               cleanup_on_signals=False"#,
         );
         assert_eq!(
             o.socket_path.as_deref(),
@@ -399,7 +401,7 @@ mod tests {
         );
         assert!(!o.thread && !o.strict && o.daemon_connection && !o.redirect_stderr);
         assert!(!o.redirect_stdout);
-        assert!(!o.patch_fork && o.cleanup_on_sigterm);
+        assert!(!o.patch_fork && o.cleanup_on_sigterm && !o.cleanup_on_signals);
         assert_eq!(o.reinstall_delay, Duration::from_millis(1500));
         assert_eq!(o.dump_on, Some(SignalSpec::from("RTMIN+2")));
         assert_eq!(

@@ -130,6 +130,11 @@ fn try_publish(
 }
 
 impl Evidence {
+    /// The file's path and (device, inode).
+    pub(crate) fn file(&self) -> (&Path, (u64, u64)) {
+        (&self.path, self.identity)
+    }
+
     /// Removes the file if this process made it and it is still the same file.
     pub(crate) fn withdraw(&self) {
         crate::socket::remove_if_ours(&self.path, self.identity, self.owner_pid);

@@ -48,6 +48,8 @@ struct Installation {
     oneshot: Arc<Oneshot>,
     /// The published activation evidence (`evidence.rs`), for `activate_on`/`oneshot_on`.
     evidence: Option<evidence::Evidence>,
+    /// Which of SIGTERM, SIGINT and SIGHUP remove our files and die (`cleanup_on_signals`).
+    cleanup_signals: Vec<i32>,
     _registrations: Vec<Registration>,
 }
 
@@ -330,6 +332,7 @@ fn install_as(options: Options, quiet_conflict: bool) -> Result<Manhole> {
         signal_thread: None,
         oneshot: Arc::new(Oneshot::default()),
         evidence: None,
+        cleanup_signals: Vec::new(),
         _registrations: registrations(&options),
         options: Arc::new(options),
     };
@@ -365,6 +368,8 @@ fn install_as(options: Options, quiet_conflict: bool) -> Result<Manhole> {
         installation.roles.activate,
         installation.roles.oneshot,
     );
+    arm_cleanup(&mut installation);
+    publish_files(&installation);
     DAEMON_CONNECTION.store(installation.options.daemon_connection, Ordering::SeqCst);
     install_exit_hook();
     log_mode(&installation);
@@ -411,6 +416,51 @@ fn log_mode(installation: &Installation) {
     }
 }
 
+/// `cleanup_on_signals`: gives SIGTERM, SIGINT and SIGHUP the handler that removes our files and
+/// dies of the signal, each only if it is at `SIG_DFL` and no option of ours uses it.
+fn arm_cleanup(installation: &mut Installation) {
+    if !installation.options.cleanup_on_signals {
+        return;
+    }
+    let mut theirs = Vec::new();
+    for signal in crate::sys::dying::TERMINATING {
+        if installation.roles.signals().any(|s| s == signal) {
+            continue;
+        }
+        match crate::sys::dying::arm(signal) {
+            Ok(true) => installation.cleanup_signals.push(signal),
+            Ok(false) => theirs.push(signal_name(signal)),
+            Err(e) => log_event!("Cannot install a handler for {}: {e}", signal_name(signal)),
+        }
+    }
+    if !theirs.is_empty() {
+        log_event!(
+            "{} handled or ignored by the application: left to it (if it kills the process, the \
+             socket stays)",
+            theirs.join(", ")
+        );
+    }
+}
+
+/// Tells the handler of `cleanup_on_signals` which files are ours now: the listener's socket,
+/// a one-shot's socket, the activation evidence.
+fn publish_files(installation: &Installation) {
+    let oneshot = locked(&installation.oneshot.socket).clone();
+    let sockets = [installation.socket.as_ref(), oneshot.as_ref()];
+    let files: Vec<(&Path, (u64, u64))> = (sockets.into_iter().flatten())
+        .map(|socket| (socket.path(), socket.identity()))
+        .chain(installation.evidence.as_ref().map(|e| e.file()))
+        .collect();
+    crate::sys::dying::set_files(&files);
+}
+
+/// [`publish_files`] for the current installation, if any.
+fn publish_current_files() {
+    if let Some(installation) = state().as_ref() {
+        publish_files(installation);
+    }
+}
+
 fn registrations(options: &Options) -> Vec<Registration> {
     let values = options
         .locals
@@ -431,6 +481,9 @@ fn registrations(options: &Options) -> Vec<Registration> {
 fn start_listener(installation: &mut Installation) -> Result<()> {
     let path = installation.options.socket_path_for(installation.pid);
     let bound = Arc::new(socket::bind(&path, &installation.settings.policy)?);
+    // Before anyone can be served on it, so a signal that kills us after a session removes it.
+    installation.socket = Some(bound.clone());
+    publish_files(installation);
     let shared = Shared {
         settings: installation.settings.clone(),
         stop: installation.stop.clone(),
@@ -439,15 +492,19 @@ fn start_listener(installation: &mut Installation) -> Result<()> {
         next_session: AtomicU64::new(1),
     };
     let listening = bound.clone();
-    let handle = threads::spawn("mh-listener".into(), move || {
+    let spawned = threads::spawn("mh-listener".into(), move || {
         listener::run(&listening.listener, &shared)
-    })
-    .map_err(|e| {
-        bound.remove_file();
-        Error::io("cannot start the listener thread", e)
-    })?;
+    });
+    let handle = match spawned {
+        Ok(handle) => handle,
+        Err(e) => {
+            installation.socket = None;
+            publish_files(installation);
+            bound.remove_file();
+            return Err(Error::io("cannot start the listener thread", e));
+        }
+    };
     log_event!("Manhole UDS path: {}", bound.path().display());
-    installation.socket = Some(bound);
     installation.listener = Some(handle);
     Ok(())
 }
@@ -455,6 +512,10 @@ fn start_listener(installation: &mut Installation) -> Result<()> {
 fn teardown(mut installation: Installation) {
     // First: no moment where the evidence promises a handler that is gone.
     drop(installation.evidence.take());
+    crate::sys::dying::set_files(&[]);
+    for signal in installation.cleanup_signals.drain(..) {
+        crate::sys::dying::disarm(signal);
+    }
     signals::unhook_all(&installation.roles);
     drop(installation.stop_writer.take());
     let me = std::thread::current().id();
@@ -571,6 +632,7 @@ fn serve_oneshot(
         }
     };
     *locked(&oneshot.socket) = Some(bound.clone());
+    publish_current_files();
     // Once the socket is gone, the next signal must open a new one: the one-shot counts as over
     // from that moment, not when this thread has finished.
     struct Remove<'a>(&'a Oneshot, Arc<BoundSocket>);
@@ -578,6 +640,7 @@ fn serve_oneshot(
         fn drop(&mut self) {
             self.1.remove_file();
             locked(&self.0.socket).take();
+            publish_current_files();
             self.0.running.store(false, Ordering::SeqCst);
             log_event!("Cleaned up. Removed {}", self.1.path().display());
         }
@@ -691,6 +754,7 @@ pub(crate) struct ChildPlan(Arc<Options>);
 /// reinstall.
 pub(crate) fn after_fork_in_child(hold: &mut ForkHold) -> Option<ChildPlan> {
     LIVE_SESSIONS.store(0, Ordering::SeqCst);
+    crate::sys::dying::after_fork_in_child();
     let installation = hold.0.take()?;
     crate::sys::close_raw(installation.stop.as_raw_fd());
     if let Some(writer) = &installation.stop_writer {

@@ -43,6 +43,11 @@ impl BoundSocket {
         &self.path
     }
 
+    /// The (device, inode) of the file we linked at the path.
+    pub(crate) fn identity(&self) -> (u64, u64) {
+        self.identity
+    }
+
     /// Removes the socket file if it is still ours and we are the process that created it (a
     /// forked child never removes its parent's socket).
     pub(crate) fn remove_file(&self) {

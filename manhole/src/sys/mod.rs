@@ -6,6 +6,7 @@
 
 #![allow(unsafe_code)]
 
+pub(crate) mod dying;
 pub(crate) mod log;
 pub(crate) mod memory;
 pub(crate) mod objects;

@@ -1,0 +1,191 @@
+//! What runs as the process dies of a signal: SIGTERM, SIGINT and SIGHUP, while they have their
+//! default action, remove the manhole's files (the socket, the activation file) and then kill the
+//! process with the same signal, so it still dies of it with the same wait status.
+//!
+//! Only a signal at `SIG_DFL` gets our handler ([`arm`]); one the application handles or ignores
+//! is never touched. A handler installed after ours that chains to it (signal-hook calls the
+//! handler it found) makes the signal the application's: when ours runs and the current
+//! disposition is not ours, it does nothing at all, neither removal nor re-raise.
+//!
+//! The handler is async-signal-safe: it reads a list of paths made before (published through
+//! an atomic pointer, [`set_files`]), `lstat`s and `unlink`s each one that is still the file we
+//! made, in the process that made it, then puts `SIG_DFL` back and `raise`s the signal, which is
+//! delivered with its default action when the handler returns. No allocation, lock or panic.
+
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// The signals whose default action is to terminate and that people send to stop a process.
+pub(crate) const TERMINATING: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+/// Files the handler removes: each path with the (device, inode) it had when we made it.
+struct Files {
+    pid: libc::pid_t,
+    files: Vec<(CString, u64, u64)>,
+}
+
+/// The published [`Files`] (null: none). Replaced by [`set_files`], which frees the old list
+/// only once no handler is reading it.
+static FILES: AtomicPtr<Files> = AtomicPtr::new(std::ptr::null_mut());
+/// Handlers reading `FILES` right now.
+static READERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Publishes the files the handler removes (path, (device, inode)), made by this process.
+pub(crate) fn set_files(files: &[(&Path, (u64, u64))]) {
+    let new = if files.is_empty() {
+        std::ptr::null_mut()
+    } else {
+        let files = files
+            .iter()
+            .filter_map(|(path, (dev, ino))| {
+                Some((CString::new(path.as_os_str().as_bytes()).ok()?, *dev, *ino))
+            })
+            .collect();
+        Box::into_raw(Box::new(Files {
+            pid: std::process::id() as libc::pid_t,
+            files,
+        }))
+    };
+    let old = FILES.swap(new, Ordering::SeqCst);
+    if old.is_null() {
+        return;
+    }
+    // A handler that loaded `old` counted itself in `READERS` first (both SeqCst), so once the
+    // count is zero after the swap nobody can still read it.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while READERS.load(Ordering::SeqCst) != 0 {
+        if Instant::now() > deadline {
+            // A reader that never finishes (it cannot: the handler does not block) would be
+            // reading freed memory; keeping the few bytes is the safe side.
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // SAFETY: `old` came from `Box::into_raw` above, was unpublished by the swap, and no handler
+    // reads it any more (see above); it is freed exactly once.
+    drop(unsafe { Box::from_raw(old) });
+}
+
+/// In a forked child (async-signal-safe): a handler that was running on another thread at the
+/// fork does not exist here.
+pub(crate) fn after_fork_in_child() {
+    READERS.store(0, Ordering::SeqCst);
+}
+
+fn our_handler() -> libc::sighandler_t {
+    on_terminating_signal as *const () as libc::sighandler_t
+}
+
+fn current_handler(signal: i32) -> std::io::Result<libc::sighandler_t> {
+    // SAFETY: a zeroed `sigaction` is a valid out-parameter; a null `act` only reads.
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(signal, std::ptr::null(), &mut current) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(current.sa_sigaction)
+    }
+}
+
+fn set_handler(signal: i32, handler: libc::sighandler_t) -> std::io::Result<()> {
+    // SAFETY: the disposition is `SIG_DFL` or `on_terminating_signal`, a plain `extern "C"`
+    // handler that lives as long as the process; the set and pointers are initialised locals.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = handler;
+        libc::sigemptyset(&mut action.sa_mask);
+        action.sa_flags = libc::SA_RESTART;
+        if libc::sigaction(signal, &action, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Gives `signal` our handler if its disposition is `SIG_DFL`. `Ok(true)`: ours is in place
+/// (now or already); `Ok(false)`: the application handles or ignores it, nothing was changed.
+pub(crate) fn arm(signal: i32) -> std::io::Result<bool> {
+    let current = current_handler(signal)?;
+    if current == our_handler() {
+        return Ok(true);
+    }
+    if current != libc::SIG_DFL {
+        return Ok(false);
+    }
+    set_handler(signal, our_handler())?;
+    Ok(true)
+}
+
+/// Puts `SIG_DFL` back if our handler is still the disposition of `signal` (a handler installed
+/// since, which may chain to ours, is left alone).
+pub(crate) fn disarm(signal: i32) {
+    if current_handler(signal).is_ok_and(|h| h == our_handler()) {
+        let _ = set_handler(signal, libc::SIG_DFL);
+    }
+}
+
+extern "C" fn on_terminating_signal(signal: libc::c_int) {
+    // SAFETY: only async-signal-safe calls (sigaction, getpid, lstat, unlink, raise) and reads
+    // of `Files`, which `set_files` frees only once `READERS` is zero; errno is put back for the
+    // code we interrupted when we return to it.
+    unsafe {
+        let errno = *libc::__errno_location();
+        let mut current: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(signal, std::ptr::null(), &mut current) == 0
+            && current.sa_sigaction != our_handler()
+        {
+            // Chained to by a handler installed after ours: the signal is the application's.
+            *libc::__errno_location() = errno;
+            return;
+        }
+        READERS.fetch_add(1, Ordering::SeqCst);
+        if let Some(files) = FILES.load(Ordering::SeqCst).as_ref()
+            && files.pid == libc::getpid()
+        {
+            for (path, dev, ino) in &files.files {
+                let mut stat: libc::stat = std::mem::zeroed();
+                if libc::lstat(path.as_ptr(), &mut stat) == 0
+                    && stat.st_dev as u64 == *dev
+                    && stat.st_ino as u64 == *ino
+                {
+                    libc::unlink(path.as_ptr());
+                }
+            }
+        }
+        READERS.fetch_sub(1, Ordering::SeqCst);
+        // Die of it as if we had never been here: the signal stays blocked while this handler
+        // runs, so it is delivered, with its default action, as soon as we return.
+        let mut default: libc::sigaction = std::mem::zeroed();
+        default.sa_sigaction = libc::SIG_DFL;
+        libc::sigemptyset(&mut default.sa_mask);
+        libc::sigaction(signal, &default, std::ptr::null_mut());
+        libc::raise(signal);
+        *libc::__errno_location() = errno;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arm_takes_only_a_default_disposition_and_disarm_gives_it_back() {
+        // SIGHUP of the test process: at SIG_DFL under cargo test, and never sent to it.
+        let signal = libc::SIGHUP;
+        assert_eq!(current_handler(signal).unwrap(), libc::SIG_DFL);
+        assert!(arm(signal).unwrap());
+        assert_eq!(current_handler(signal).unwrap(), our_handler());
+        assert!(arm(signal).unwrap(), "arming twice is fine");
+        disarm(signal);
+        assert_eq!(current_handler(signal).unwrap(), libc::SIG_DFL);
+        set_handler(signal, libc::SIG_IGN).unwrap();
+        assert!(!arm(signal).unwrap(), "an ignored signal stays ignored");
+        assert_eq!(current_handler(signal).unwrap(), libc::SIG_IGN);
+        set_handler(signal, libc::SIG_DFL).unwrap();
+    }
+}
