@@ -77,6 +77,7 @@ pub struct Options {
     pub(crate) sigmask: Option<Vec<SignalSpec>>,
     pub(crate) reinstall_delay: Duration,
     pub(crate) patch_fork: bool,
+    pub(crate) reinstall_at_fork: bool,
     pub(crate) daemon_connection: bool,
     pub(crate) redirect_stderr: bool,
     pub(crate) redirect_stdout: bool,
@@ -116,6 +117,7 @@ impl Default for Options {
             sigmask: None,
             reinstall_delay: Options::DEFAULT_REINSTALL_DELAY,
             patch_fork: true,
+            reinstall_at_fork: false,
             daemon_connection: false,
             redirect_stderr: true,
             redirect_stdout: true,
@@ -164,6 +166,7 @@ impl fmt::Debug for Options {
             .field("sigmask", &self.sigmask)
             .field("reinstall_delay", &self.reinstall_delay)
             .field("patch_fork", &self.patch_fork)
+            .field("reinstall_at_fork", &self.reinstall_at_fork)
             .field("daemon_connection", &self.daemon_connection)
             .field("redirect_stderr", &self.redirect_stderr)
             .field("redirect_stdout", &self.redirect_stdout)
@@ -513,12 +516,28 @@ impl Options {
         self
     }
 
-    /// Bring the manhole back in the child of a `fork` (through `pthread_atfork`). Only the
-    /// default pid path with the always-on listener gets a listener in the child; see
+    /// Let the child of a `fork` bring the manhole back (the fork handlers keep the parent's
+    /// options for it): with [`crate::reinstall_after_fork`] from the child's code, or on its
+    /// own with [`Options::reinstall_at_fork`]. Only the default pid path with the always-on
+    /// listener gets a listener in the child; see
     /// [docs/options.md](https://docs.rs/crate/manhole/latest/source/docs/options.md).
     /// Defaults to `true`.
     pub fn patch_fork(mut self, on: bool) -> Options {
         self.patch_fork = on;
+        self
+    }
+
+    /// Start every forked child's reinstall from the fork handler itself: a `mh-fork` thread
+    /// that listens at `/tmp/manhole-<childpid>` after `reinstall_delay`, with no call from the
+    /// child. The price: the child has a second thread before `fork` returns, so a child that
+    /// calls `unshare(CLONE_NEWUSER)` or `setns` into a user or mount namespace (sandboxes,
+    /// container runtimes, `pre_exec` closures) fails with `EINVAL`, and each fork+exec pays
+    /// for a thread; and the fork handler allocates (a global allocator that is not fork-safe
+    /// can deadlock there). No mechanism can start a thread later without the child's code: see
+    /// [docs/options.md](https://docs.rs/crate/manhole/latest/source/docs/options.md).
+    /// Defaults to `false`.
+    pub fn reinstall_at_fork(mut self, on: bool) -> Options {
+        self.reinstall_at_fork = on;
         self
     }
 

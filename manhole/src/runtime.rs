@@ -54,12 +54,29 @@ pub(crate) const NO_TOKIO: &str =
 pub(crate) const NO_RUNTIME: &str = "no tokio runtime is attached (install the manhole from inside \
      the runtime, or pass its handle to Options::tokio_runtime)";
 
+/// What `runtime`, `tasks` and async commands answer in a forked child that has not attached a
+/// runtime of its own.
+#[cfg(feature = "tokio")]
+pub(crate) const NO_RUNTIME_IN_CHILD: &str = "no tokio runtime in this forked child: the \
+     parent's runtime has no workers here (the application can attach one of its own with \
+     Options::tokio_runtime)";
+
 /// The tokio runtime an installation is attached to. Empty without the `tokio` feature, so the
 /// rest of the crate can carry one without `cfg`s.
+///
+/// A handle is only ever used in the process it was taken in: after `fork` the runtime's
+/// workers do not exist in the child, and a task spawned there would never run.
 #[derive(Clone, Default)]
 pub(crate) struct Attached {
     #[cfg(feature = "tokio")]
     handle: Option<tokio::runtime::Handle>,
+    /// The process `handle` belongs to.
+    #[cfg(feature = "tokio")]
+    pid: u32,
+    /// A forked child's reinstall: no runtime is looked for (the current one, if any, is the
+    /// parent's).
+    #[cfg(feature = "tokio")]
+    forked: bool,
 }
 
 impl fmt::Debug for Attached {
@@ -78,30 +95,63 @@ impl Attached {
     pub(crate) fn new(handle: tokio::runtime::Handle) -> Attached {
         Attached {
             handle: Some(handle),
+            pid: std::process::id(),
+            forked: false,
         }
     }
 
+    /// The runtime the caller runs on, if any.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn current() -> Attached {
+        tokio::runtime::Handle::try_current()
+            .map(Attached::new)
+            .unwrap_or_default()
+    }
+
     /// The runtime an installation uses: the one named in the options, else the one `install`
-    /// is called from (if any).
+    /// is called from (if any); none in a forked child's reinstall.
     pub(crate) fn for_install(&self) -> Attached {
         #[cfg(feature = "tokio")]
-        if self.handle.is_none() {
-            return Attached {
-                handle: tokio::runtime::Handle::try_current().ok(),
-            };
+        if self.handle.is_none() && !self.forked {
+            return Attached::current();
         }
         self.clone()
     }
 
+    /// What a forked child's reinstall gets: no runtime, and none looked for.
+    pub(crate) fn in_forked_child() -> Attached {
+        #[cfg(feature = "tokio")]
+        return Attached {
+            handle: None,
+            pid: 0,
+            forked: true,
+        };
+        #[cfg(not(feature = "tokio"))]
+        Attached::default()
+    }
+
+    /// Why there is no runtime to use: none attached, or the parent's in a forked child.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn missing(&self) -> &'static str {
+        if self.forked || self.handle.is_some() {
+            NO_RUNTIME_IN_CHILD
+        } else {
+            NO_RUNTIME
+        }
+    }
+
+    /// The attached runtime, unless it belongs to another process (this is a forked child).
     #[cfg(feature = "tokio")]
     pub(crate) fn handle(&self) -> Option<&tokio::runtime::Handle> {
-        self.handle.as_ref()
+        self.handle
+            .as_ref()
+            .filter(|_| !self.forked && self.pid == std::process::id())
     }
 
     /// The greeting's line about the runtime, when one is attached.
     pub(crate) fn greeting(&self) -> Option<String> {
         #[cfg(feature = "tokio")]
-        if let Some(handle) = &self.handle {
+        if let Some(handle) = self.handle() {
             return Some(format!(
                 "Tokio runtime attached: {}, {} workers (tokio names its threads \
                  \"tokio-rt-worker\" unless told otherwise); \"runtime\" and \"tasks\" inspect it.\n",
@@ -126,7 +176,7 @@ fn flavor(handle: &tokio::runtime::Handle) -> &'static str {
 pub(crate) fn runtime_command(attached: &Attached) -> Result<(String, Value), String> {
     #[cfg(feature = "tokio")]
     {
-        let handle = attached.handle.as_ref().ok_or(NO_RUNTIME)?;
+        let handle = attached.handle().ok_or(attached.missing())?;
         Ok(metrics::report(handle, flavor(handle)))
     }
     #[cfg(not(feature = "tokio"))]

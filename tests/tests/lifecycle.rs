@@ -288,8 +288,8 @@ fn a_listener_interrupted_in_accept_keeps_serving() {
 }
 
 #[test]
-fn a_forked_child_gets_its_own_socket_after_the_delay_and_keeps_the_registered_values() {
-    let mut app = App::demo(&["--fork", "1"]);
+fn with_reinstall_at_fork_a_child_gets_its_own_socket_after_the_delay_and_the_values() {
+    let mut app = App::demo(&["--fork", "1", "--reinstall-at-fork"]);
     let parent = app.pid();
     let line = app.wait_for_line("child pid=");
     let child: u32 = line.trim_start_matches("child pid=").parse().unwrap();
@@ -326,7 +326,10 @@ fn a_forked_child_gets_its_own_socket_after_the_delay_and_keeps_the_registered_v
 
 #[test]
 fn a_forked_child_with_signal_activation_listens_at_its_own_pid_path() {
-    let mut app = bare(Some("activate_on=USR2"), &["--fork", "1"]);
+    let mut app = bare(
+        Some("activate_on=USR2, reinstall_at_fork=1"),
+        &["--fork", "1"],
+    );
     let line = app.wait_for_line("child pid=");
     let child: u32 = line.trim_start_matches("child pid=").parse().unwrap();
     let _orphan = Orphan(child);
@@ -782,6 +785,7 @@ fn a_child_forked_during_a_session_gets_the_original_stderr_back() {
             "50",
             "--fork",
             "1",
+            "--reinstall-after-fork",
             "--fork-when",
             trigger.to_str().unwrap(),
         ],
@@ -816,12 +820,13 @@ fn a_child_forked_during_a_session_gets_the_original_stderr_back() {
 #[test]
 fn with_patch_fork_off_a_child_has_no_manhole() {
     let mut app = bare(
-        Some("patch_fork=False, reinstall_delay=0.1"),
-        &["--fork", "1"],
+        Some("patch_fork=False, reinstall_at_fork=1, reinstall_delay=0.1"),
+        &["--fork", "1", "--reinstall-after-fork"],
     );
     let line = app.wait_for_line("child pid=");
     let child: u32 = line.trim_start_matches("child pid=").parse().unwrap();
     let _orphan = Orphan(child);
+    app.wait_for_stderr("reinstall_after_fork failed: no manhole to bring back");
     // Well past the delay: nothing was started in the child.
     std::thread::sleep(Duration::from_millis(1000));
     assert!(!is_socket(&default_path(child)));
@@ -835,6 +840,85 @@ fn with_patch_fork_off_a_child_has_no_manhole() {
 }
 
 #[test]
+fn with_the_defaults_a_child_is_single_threaded_unshare_works_and_reinstall_brings_it_back() {
+    // A child that enters a user namespace right after fork (sandboxes, `pre_exec`) succeeds.
+    let mut app = bare(Some(""), &["--fork-unshare", "20"]);
+    let line = app.wait_for_line("fork-unshare done");
+    assert_eq!(line, "fork-unshare done n=20 ok=20 errno=0");
+    // With reinstall_at_fork the fork handler's thread makes it fail (EINVAL), as documented.
+    let mut eager = bare(Some("reinstall_at_fork=1"), &["--fork-unshare", "5"]);
+    let line = eager.wait_for_line("fork-unshare done");
+    assert_eq!(line, "fork-unshare done n=5 ok=0 errno=22");
+    // A child that keeps running gets its manhole when it asks, with the registered command.
+    let mut app = bare(Some(""), &["--fork", "1", "--reinstall-after-fork"]);
+    let line = app.wait_for_line("child pid=");
+    let child: u32 = line.trim_start_matches("child pid=").parse().unwrap();
+    let _orphan = Orphan(child);
+    wait_for_socket(&default_path(child));
+    let mut client = Client::connect(&default_path(child)).unwrap();
+    let greeting = client.skip_greeting();
+    assert!(greeting.contains(&format!("pid {child}")), "{greeting}");
+    assert_eq!(client.command("echo child").trim(), "child");
+    client.send("exit");
+    client.read_to_end();
+    session_works(app.socket(), app.pid());
+}
+
+#[test]
+fn without_reinstall_a_forked_child_gets_no_thread() {
+    let mut app = bare(Some("reinstall_delay=0.1"), &["--fork", "1"]);
+    let line = app.wait_for_line("child pid=");
+    let child: u32 = line.trim_start_matches("child pid=").parse().unwrap();
+    let _orphan = Orphan(child);
+    // Well past the delay: the child is its one thread, with no socket.
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(thread_names(child), vec!["bare".to_string()]);
+    assert!(!is_socket(&default_path(child)));
+}
+
+/// Starts `bare --daemonize` with `MANHOLE` and returns the app and the daemon's pid.
+fn daemon(manhole: &str, args: &[&str]) -> (App, Orphan) {
+    let mut flags = vec!["--daemonize"];
+    flags.extend_from_slice(args);
+    let mut app = bare(Some(manhole), &flags);
+    let line = app.wait_for_line("daemon pid=");
+    let pid: u32 = line.trim_start_matches("daemon pid=").parse().unwrap();
+    app.wait_for_line("daemonized");
+    (app, Orphan(pid))
+}
+
+#[test]
+fn a_double_forking_daemon_listens_at_its_own_path_after_the_delay() {
+    // fork, setsid, fork, and the middle process exits at once, while its own reinstall
+    // thread still sleeps out the delay.
+    let (app, daemon) = daemon("reinstall_at_fork=1, reinstall_delay=0.3", &[]);
+    let path = default_path(daemon.0);
+    wait_for_socket(&path);
+    app.wait_for_stderr(&format!("Manhole UDS path: {}", path.display()));
+    session_works(&path, daemon.0);
+    // It is a daemon indeed: a session of its own (the middle one's), not the app's child.
+    let session_and_parent = |pid: u32| {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<String> = (stat.rsplit(')').next().unwrap().split_whitespace())
+            .map(String::from)
+            .collect();
+        (fields[3].clone(), fields[1].clone())
+    };
+    let (session, parent) = session_and_parent(daemon.0);
+    assert_ne!(session, session_and_parent(app.pid()).0);
+    assert_ne!(parent, app.pid().to_string());
+    session_works(app.socket(), app.pid());
+}
+
+#[test]
+fn a_double_forking_daemon_that_asks_gets_its_manhole() {
+    let (_app, daemon) = daemon("", &["--reinstall-after-fork"]);
+    let path = default_path(daemon.0);
+    wait_for_socket(&path);
+    session_works(&path, daemon.0);
+}
+
+#[test]
 fn a_child_forked_during_a_dump_in_the_parent_says_so_instead_of_waiting_on_its_locks() {
     // The parent's first dump loads the debug info (hundreds of milliseconds in a debug build),
     // so a fork asked for once its banner has started lands inside it; a fork that missed it
@@ -844,7 +928,13 @@ fn a_child_forked_during_a_dump_in_the_parent_says_so_instead_of_waiting_on_its_
         let trigger = dir.join("fork");
         let mut app = bare(
             Some(""),
-            &["--fork", "1", "--fork-when", trigger.to_str().unwrap()],
+            &[
+                "--fork",
+                "1",
+                "--reinstall-after-fork",
+                "--fork-when",
+                trigger.to_str().unwrap(),
+            ],
         );
         let path = default_path(app.pid());
         wait_for_socket(&path);

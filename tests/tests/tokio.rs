@@ -265,3 +265,47 @@ fn tasks_lists_the_named_tasks_with_the_examples_own_frames() {
     );
     assert_eq!(by_name[0]["name"], "periodic-job");
 }
+
+#[test]
+fn a_forked_child_does_not_use_the_parents_runtime() {
+    let mut app = start(None, &["--fork", "--command-timeout-ms", "20000"]);
+    let line = app.wait_for_line("child pid=");
+    let child: u32 = line.trim_start_matches("child pid=").parse().unwrap();
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            // SAFETY: kill has no memory-safety requirements.
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+            let _ = std::fs::remove_file(manhole_e2e::default_path(self.0));
+        }
+    }
+    let _child = Kill(child);
+    let path = manhole_e2e::default_path(child);
+    manhole_e2e::wait_for_socket(&path);
+    let mut client = Client::connect(&path).expect("connect to the child");
+    let greeting = client.skip_greeting();
+    assert!(greeting.contains(&format!("pid {child}")), "{greeting}");
+    assert!(!greeting.contains("Tokio runtime attached"), "{greeting}");
+    // Each answers at once instead of waiting on workers that do not exist in the child.
+    let started = Instant::now();
+    for line in ["runtime", "tasks", "job_status", "get recent_peers"] {
+        let answer = client.command(line);
+        // A stable build's `tasks` says first that it has no task dumps at all.
+        let no_dumps = line == "tasks" && answer.contains("tokio_unstable");
+        assert!(
+            answer.contains("forked child") || no_dumps,
+            "{line}: {answer}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    // What needs no runtime still works.
+    assert!(client.command("get ticks").trim().parse::<u64>().is_ok());
+    // The parent still has its runtime.
+    let (mut parent, greeting) = session(&app);
+    assert!(greeting.contains("Tokio runtime attached"), "{greeting}");
+    assert!(parent.command("job_status").contains("ticks"));
+}

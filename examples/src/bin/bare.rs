@@ -19,8 +19,16 @@
 //!   `child pid=<pid>` and dies with its parent.
 //! - `--fork-when PATH`: do the `--fork` forks only once PATH exists.
 //! - `--fork-exec N`: after `ready`, fork N children that exec `true` at once, reap them, then
-//!   print `fork-exec done n=<N> pids=<pid>,<pid>,...` (and `fork-exec done n=<N>` on stderr,
-//!   after anything the children wrote there).
+//!   print `fork-exec done n=<N> us_each=<mean µs per fork+exec+wait> pids=<pid>,<pid>,...` (and
+//!   `fork-exec done n=<N>` on stderr, after anything the children wrote there).
+//! - `--fork-unshare N`: after `ready`, fork N children that call `unshare(CLONE_NEWUSER)` right
+//!   after `fork` returns (what sandboxes and `pre_exec` closures do) and exit with 0 or the
+//!   errno; reap them and print `fork-unshare done n=<N> ok=<k> errno=<first failure's errno>`.
+//! - `--reinstall-after-fork`: the children of `--fork` and `--daemonize` call
+//!   `manhole::reinstall_after_fork()` first (a failure goes to stderr).
+//! - `--daemonize`: after `ready`, daemonize as the `daemonize` crate does: fork, `setsid`, fork,
+//!   and the middle process exits at once; the grandchild prints `daemon pid=<pid>` and sleeps
+//!   until killed; the original process reaps the middle one and prints `daemonized`.
 //! - `--exit-when PATH`: once PATH exists, call `std::process::exit(3)`.
 //! - `--return-when PATH`: once PATH exists, return from `main` (exit status 0).
 
@@ -51,8 +59,20 @@ fn raw_line(line: &str) {
     let _ = nix::unistd::write(std::io::stdout(), line.as_bytes());
 }
 
+/// In a fork child with `--reinstall-after-fork`: brings the manhole back.
+fn reinstall(on: bool) {
+    if !on {
+        return;
+    }
+    if let Err(e) = manhole::reinstall_after_fork() {
+        // Formatting allocates; glibc's malloc is usable in a fork child.
+        let line = format!("bare: reinstall_after_fork failed: {e}\n");
+        let _ = nix::unistd::write(std::io::stderr(), line.as_bytes());
+    }
+}
+
 /// Forks `n` children that stay alive (until their parent dies) after printing their pid.
-fn fork_children(n: usize) {
+fn fork_children(n: usize, reinstall_after_fork: bool) {
     for _ in 0..n {
         // SAFETY: the child only makes async-signal-safe calls (getpid, prctl, write, pause)
         // before it ends with its parent; the manhole's own fork handlers run as documented.
@@ -67,8 +87,9 @@ fn fork_children(n: usize) {
                     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                     libc::getpid()
                 };
+                reinstall(reinstall_after_fork);
                 let mut buf = [0u8; 32];
-                let line = format_pid_line(&mut buf, pid);
+                let line = format_pid_line(&mut buf, b"child pid=", pid);
                 raw_line(line);
                 loop {
                     // SAFETY: pause has no requirements; the child sleeps until killed.
@@ -80,9 +101,8 @@ fn fork_children(n: usize) {
     }
 }
 
-/// `child pid=<pid>\n` formatted into `buf` without allocating (we are in a fork child).
-fn format_pid_line(buf: &mut [u8; 32], pid: i32) -> &str {
-    let prefix = b"child pid=";
+/// `<prefix><pid>\n` formatted into `buf` without allocating (we are in a fork child).
+fn format_pid_line<'a>(buf: &'a mut [u8; 32], prefix: &[u8], pid: i32) -> &'a str {
     buf[..prefix.len()].copy_from_slice(prefix);
     let mut digits = [0u8; 12];
     let mut n = pid.unsigned_abs();
@@ -101,7 +121,72 @@ fn format_pid_line(buf: &mut [u8; 32], pid: i32) -> &str {
         at += 1;
     }
     buf[at] = b'\n';
-    std::str::from_utf8(&buf[..=at]).unwrap_or("child pid=?\n")
+    std::str::from_utf8(&buf[..=at]).unwrap_or("pid=?\n")
+}
+
+/// fork, `setsid`, fork, and the middle process exits at once (the `daemonize` crate's order).
+fn daemonize(reinstall_after_fork: bool) {
+    // SAFETY: the middle process only calls setsid, fork and _exit; the grandchild only calls
+    // what is safe after fork (getpid, write, pause, and with `--reinstall-after-fork` the
+    // manhole's reinstall, which needs glibc's fork-safe malloc).
+    let middle = unsafe { libc::fork() };
+    if middle == 0 {
+        // SAFETY: see above.
+        unsafe {
+            libc::setsid();
+            if libc::fork() != 0 {
+                libc::_exit(0);
+            }
+        }
+        reinstall(reinstall_after_fork);
+        // SAFETY: getpid has no requirements.
+        let pid = unsafe { libc::getpid() };
+        let mut buf = [0u8; 32];
+        raw_line(format_pid_line(&mut buf, b"daemon pid=", pid));
+        loop {
+            // SAFETY: pause has no requirements; the daemon sleeps until killed.
+            unsafe { libc::pause() };
+        }
+    }
+    if middle < 0 {
+        eprintln!("bare: fork failed: {}", std::io::Error::last_os_error());
+        std::process::exit(1);
+    }
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(middle), None);
+    println!("daemonized");
+}
+
+/// Forks `n` children that call `unshare(CLONE_NEWUSER)` at once and exit with its outcome.
+fn fork_unshare_children(n: usize) {
+    let mut ok = 0;
+    let mut failed_errno = 0;
+    for _ in 0..n {
+        // SAFETY: the child only calls unshare and _exit (async-signal-safe).
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: unshare and _exit have no memory-safety requirements.
+            unsafe {
+                let code = if libc::unshare(libc::CLONE_NEWUSER) == 0 {
+                    0
+                } else {
+                    *libc::__errno_location()
+                };
+                libc::_exit(code);
+            }
+        }
+        if pid < 0 {
+            eprintln!("bare: fork failed: {}", std::io::Error::last_os_error());
+            std::process::exit(1);
+        }
+        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => ok += 1,
+            Ok(nix::sys::wait::WaitStatus::Exited(_, code)) if failed_errno == 0 => {
+                failed_errno = code;
+            }
+            _ => {}
+        }
+    }
+    println!("fork-unshare done n={n} ok={ok} errno={failed_errno}");
 }
 
 /// Forks `n` children that exec `true` at once, and reaps them.
@@ -113,7 +198,9 @@ fn fork_exec_children(n: usize) {
     let program = std::ffi::CString::new(program).expect("no NUL");
     let argv = [program.as_ptr(), std::ptr::null()];
     let mut children = Vec::with_capacity(n);
+    let mut elapsed = Duration::ZERO;
     for _ in 0..n {
+        let started = std::time::Instant::now();
         // SAFETY: the child only calls execv (async-signal-safe) with pointers prepared before
         // the fork, and _exit if that fails.
         match unsafe { libc::fork() } {
@@ -129,16 +216,22 @@ fn fork_exec_children(n: usize) {
                     libc::_exit(127);
                 }
             }
-            pid => children.push(nix::unistd::Pid::from_raw(pid)),
+            pid => {
+                let pid = nix::unistd::Pid::from_raw(pid);
+                let _ = nix::sys::wait::waitpid(pid, None);
+                elapsed += started.elapsed();
+                children.push(pid);
+            }
         }
-    }
-    for &pid in &children {
-        let _ = nix::sys::wait::waitpid(pid, None);
     }
     let pids: Vec<String> = children.iter().map(|p| p.to_string()).collect();
     // Also on stderr, which the children shared: whatever they wrote there comes before it.
     eprintln!("fork-exec done n={n}");
-    println!("fork-exec done n={n} pids={}", pids.join(","));
+    let us_each = elapsed.as_secs_f64() * 1e6 / n.max(1) as f64;
+    println!(
+        "fork-exec done n={n} us_each={us_each:.0} pids={}",
+        pids.join(",")
+    );
 }
 
 fn read_through_signalfd(signal: Signal) {
@@ -179,6 +272,9 @@ fn main() {
     let mut stdout_every = None;
     let mut forks = 0;
     let mut fork_execs = 0;
+    let mut fork_unshares = 0;
+    let mut daemon = false;
+    let mut reinstall_after_fork = false;
     let mut exit_when: Option<PathBuf> = None;
     let mut fork_when: Option<PathBuf> = None;
     let mut return_when: Option<PathBuf> = None;
@@ -206,6 +302,9 @@ fn main() {
             }
             "--fork" => forks = number(args.next(), "--fork"),
             "--fork-exec" => fork_execs = number(args.next(), "--fork-exec"),
+            "--fork-unshare" => fork_unshares = number(args.next(), "--fork-unshare"),
+            "--daemonize" => daemon = true,
+            "--reinstall-after-fork" => reinstall_after_fork = true,
             "--exit-when" => exit_when = args.next().map(PathBuf::from),
             "--fork-when" => fork_when = args.next().map(PathBuf::from),
             "--return-when" => return_when = args.next().map(PathBuf::from),
@@ -273,10 +372,16 @@ fn main() {
         if let Some(path) = &fork_when {
             wait_for_file(path);
         }
-        fork_children(forks);
+        fork_children(forks, reinstall_after_fork);
     }
     if fork_execs > 0 {
         fork_exec_children(fork_execs);
+    }
+    if fork_unshares > 0 {
+        fork_unshare_children(fork_unshares);
+    }
+    if daemon {
+        daemonize(reinstall_after_fork);
     }
     if let Some(path) = exit_when {
         wait_for_file(&path);

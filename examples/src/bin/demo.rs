@@ -14,7 +14,9 @@
 //! in `demo_idle_thread`, for big dumps), `--write-timeout-ms N`, `--idle-timeout-ms N`,
 //! `--max-sessions N` (the manhole options of the same names), `--not-strict` (`strict(false)`:
 //! take over a manhole installed from `MANHOLE`), `--fork N` (after the listening line, fork N
-//! children that keep running until their parent dies; each prints `child pid=<pid>`),
+//! children that keep running until their parent dies; each calls
+//! `manhole::reinstall_after_fork()` and prints `child pid=<pid>`), `--reinstall-at-fork` (the
+//! option of that name: the children do not call it, the fork handler starts their reinstall),
 //! `--handle-oneshot` (`thread(false)`; print `manhole oneshot at <path>`, then serve one-shot
 //! sessions from `main` with `Manhole::handle_oneshot`, printing `oneshot served` after each),
 //! `--own-handler SIG` (before installing, give SIG a plain `sigaction` handler of the
@@ -168,6 +170,7 @@ fn main() {
     let mut options = Options::new();
     let mut extra_threads = 0;
     let mut forks = 0usize;
+    let mut reinstall_at_fork = false;
     let mut handle_oneshot = false;
     let mut own_handler = None;
     let mut hook_after = None;
@@ -190,6 +193,10 @@ fn main() {
             "--not-strict" => options = options.strict(false),
             "--log-to-tracing" => options = options.log_to_tracing(true),
             "--fork" => forks = number(args.next()),
+            "--reinstall-at-fork" => {
+                reinstall_at_fork = true;
+                options = options.reinstall_at_fork(true);
+            }
             "--own-handler" => own_handler = Some(signal_arg(args.next())),
             "--hook-after" => hook_after = Some(signal_arg(args.next())),
             "--activate-on" => {
@@ -285,14 +292,19 @@ fn main() {
     }
     manhole_examples::announce_listening(&manhole);
     for _ in 0..forks {
-        // SAFETY: the child only calls async-signal-safe functions (prctl, getpid, write, pause);
-        // its manhole comes back on a thread of the manhole's fork handler.
+        // SAFETY: the child only calls async-signal-safe functions (prctl, getpid, write, pause)
+        // and the manhole's reinstall, which needs glibc's fork-safe malloc (as the formatting
+        // below does).
         if unsafe { libc::fork() } == 0 {
             // SAFETY: prctl and getpid have no memory-safety requirements.
             let pid = unsafe {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 libc::getpid()
             };
+            if !reinstall_at_fork && let Err(e) = manhole::reinstall_after_fork() {
+                let line = format!("demo: reinstall_after_fork failed: {e}\n");
+                let _ = nix::unistd::write(std::io::stderr(), line.as_bytes());
+            }
             // Formatting allocates; glibc's malloc is usable in a fork child.
             let line = format!("child pid={pid}\n");
             let _ = nix::unistd::write(std::io::stdout(), line.as_bytes());

@@ -15,7 +15,10 @@
 //!
 //! It prints `tcp listening on ADDR` and `manhole listening on PATH` and runs until killed.
 //! Flags: `--socket-path PATH`, `--command-timeout-ms N`, `--task-dumps` (let `tasks` take task
-//! dumps: `Options::task_dumps`), `--workers N` (runtime workers, default 2).
+//! dumps: `Options::task_dumps`), `--workers N` (runtime workers, default 2), `--fork` (after the
+//! listening lines, fork from a task on a worker; the child calls `manhole::reinstall_after_fork`
+//! from there, prints `child pid=<pid>` and then only sleeps: the runtime's other workers do
+//! not exist in it).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -102,9 +105,10 @@ impl Drop for CountDrop {
 }
 
 /// The options, and how many runtime workers to start.
-fn parse_args() -> (Options, usize) {
+fn parse_args() -> (Options, usize, bool) {
     let mut options = Options::new();
     let mut workers = 2;
+    let mut fork = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -119,6 +123,7 @@ fn parse_args() -> (Options, usize) {
                 options = options.command_timeout(Duration::from_millis(ms));
             }
             "--task-dumps" => options = options.task_dumps(true),
+            "--fork" => fork = true,
             "--workers" => {
                 workers = args
                     .next()
@@ -128,26 +133,26 @@ fn parse_args() -> (Options, usize) {
             other => {
                 eprintln!(
                     "tokio_app: unknown argument {other:?} (flags: --socket-path PATH, \
-                     --command-timeout-ms N, --task-dumps, --workers N)"
+                     --command-timeout-ms N, --task-dumps, --workers N, --fork)"
                 );
                 std::process::exit(2);
             }
         }
     }
-    (options, workers)
+    (options, workers, fork)
 }
 
 fn main() {
-    let (options, workers) = parse_args();
+    let (options, workers, fork) = parse_args();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
         .build()
         .expect("build the tokio runtime")
-        .block_on(serve(options));
+        .block_on(serve(options, fork));
 }
 
-async fn serve(options: Options) {
+async fn serve(options: Options, fork: bool) {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind a TCP port on loopback");
@@ -218,5 +223,33 @@ async fn serve(options: Options) {
     let manhole = manhole_examples::install_or_exit("tokio_app", options);
     println!("tcp listening on {address}");
     manhole_examples::announce_listening(&manhole);
+    if fork {
+        tokio::spawn(async { fork_a_child() });
+    }
     std::future::pending::<()>().await;
+}
+
+/// Forks from the calling worker; the child brings its manhole back from inside the (inherited,
+/// workerless) runtime context, prints its pid and sleeps until its parent dies.
+fn fork_a_child() {
+    // SAFETY: the child calls prctl, getpid, write and pause, and the manhole's reinstall, which
+    // needs glibc's fork-safe malloc (as the formatting does).
+    if unsafe { libc::fork() } != 0 {
+        return;
+    }
+    // SAFETY: prctl and getpid have no memory-safety requirements.
+    let pid = unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        libc::getpid()
+    };
+    if let Err(e) = manhole::reinstall_after_fork() {
+        let line = format!("tokio_app: reinstall_after_fork failed: {e}\n");
+        let _ = nix::unistd::write(std::io::stderr(), line.as_bytes());
+    }
+    let line = format!("child pid={pid}\n");
+    let _ = nix::unistd::write(std::io::stdout(), line.as_bytes());
+    loop {
+        // SAFETY: pause has no requirements.
+        unsafe { libc::pause() };
+    }
 }

@@ -296,6 +296,7 @@ fn apply(options: Options, key: &str, value: &Value) -> Result<Options> {
         "redirect_stderr" => options.redirect_stderr(boolean(key, value)?),
         "redirect_stdout" => options.redirect_stdout(boolean(key, value)?),
         "patch_fork" => options.patch_fork(boolean(key, value)?),
+        "reinstall_at_fork" => options.reinstall_at_fork(boolean(key, value)?),
         "cleanup_on_sigterm" => options.cleanup_on_sigterm(boolean(key, value)?),
         "cleanup_on_signals" => options.cleanup_on_signals(boolean(key, value)?),
         "socket_path" if none => options,

@@ -3,31 +3,32 @@
 //! Registered once per process with `pthread_atfork` at the first `install`:
 //!
 //! - **prepare** (in the forking thread, before `fork`) takes the manhole's locks in their one
-//!   order (`lifecycle::STATE`, `registry::TABLE`, `signals::HOOKED`, `tee::TEE`, and the list of
-//!   session connections) and parks the
+//!   order (`lifecycle::STATE`, `lifecycle::PENDING`, `registry::TABLE`, `signals::HOOKED`,
+//!   `tee::TEE`, and the list of session connections) and parks the
 //!   guards in a thread-local. So no other thread can be inside one of them at the instant of
 //!   the fork, and the child never inherits a lock held by a thread that does not exist there.
 //! - **parent** drops the guards.
-//! - **child** (only the forking thread exists) first does async-signal-safe bookkeeping while it
-//!   still holds the locks: forget the sessions count, drop the parent's signal self-pipe and
-//!   pending signals, note whether a parent thread was inside a stack dump (its locks, which
-//!   include the `backtrace` crate's, may then be held forever here: the child refuses dumps
-//!   with a clear error instead of waiting on them), point stderr back at the original if a
-//!   session had it teed, close its copies of the sessions' client connections (so a client
-//!   sees its session end when the parent's session ends, not when the child exits), take the
-//!   parent's installation out of the state and leak it after closing its descriptors (its socket
-//!   file is the parent's and is never removed by the child: `socket.rs` also checks the pid;
-//!   its threads do not exist here). Then it drops the guards: for std's futex mutexes an unlock
-//!   is one atomic store (plus a `futex` wake), with no global table that another thread could
-//!   have held (which is why these four locks are std's, not parking_lot's).
-//! - Finally, with `patch_fork` on, the child starts a `mh-fork` thread that reinstalls from
-//!   the parent's options (see `lifecycle::reinstall_in_child`): the always-on listener at
-//!   `/tmp/manhole-<childpid>` after `reinstall_delay`, so a child that calls `exec` at once
-//!   never creates a socket. Starting a thread in a fork child is outside POSIX's
-//!   async-signal-safe list; glibc supports it (its own locks are reset by its fork), and it is
-//!   what python-manhole does too. With a custom `socket_path` the child does not listen (that
-//!   path is the parent's); with `activate_on`/`oneshot_on` the child re-arms its signal and
-//!   listens at its own pid path when it arrives.
+//! - **child** (only the forking thread exists) does async-signal-safe bookkeeping while it
+//!   still holds the locks, allocating nothing: forget the sessions count, drop the parent's
+//!   signal self-pipe and pending signals, note whether a parent thread was inside a stack dump
+//!   (its locks, which include the `backtrace` crate's, may then be held forever here: the child
+//!   refuses dumps with a clear error instead of waiting on them), point stdout and stderr back
+//!   at the originals if a session had them teed, close its copies of the sessions' client
+//!   connections (so a client sees its session end when the parent's session ends, not when the
+//!   child exits), take the parent's installation out of the state and leak it after closing its
+//!   descriptors (its socket file is the parent's and is never removed by the child: `socket.rs`
+//!   also checks the pid; its threads do not exist here), keeping its options as the child's
+//!   reinstall plan (`patch_fork`; a child of a child that has not reinstalled inherits the plan).
+//!   Then it drops the guards: for std's futex mutexes an unlock is one atomic store (plus a
+//!   `futex` wake), with no global table that another thread could have held (which is why these
+//!   locks are std's, not parking_lot's).
+//! - It starts **no thread**, so the child is single-threaded when `fork` returns (`unshare` of a
+//!   user namespace and `setns` work; an `exec` has nothing to tear down). The child brings its
+//!   manhole back with `manhole::reinstall_after_fork` (`lifecycle::reinstall_after_fork`). Only
+//!   with `reinstall_at_fork` does the handler start a `mh-fork` thread that reinstalls from the
+//!   plan after `reinstall_delay` (`lifecycle::reinstall_in_child`); starting a thread in a fork
+//!   child is outside POSIX's async-signal-safe list, glibc supports it (its own locks are reset
+//!   by its fork), and it is what python-manhole's patched `os.fork` does (after the fork).
 //!
 //! `std::process::Command` uses `posix_spawn` when it can, which runs no fork handlers (and needs
 //! none). A `fork` from inside a signal handler that interrupted a manhole thread holding one of
@@ -119,9 +120,9 @@ extern "C" fn child() {
         crate::sys::close_raw(fd);
     }
     held.sessions.clear();
-    let plan = lifecycle::after_fork_in_child(&mut held.state);
+    let reinstall_now = lifecycle::after_fork_in_child(&mut held.state);
     drop(held);
-    if let Some(plan) = plan {
-        lifecycle::reinstall_in_child(plan);
+    if reinstall_now {
+        lifecycle::reinstall_in_child();
     }
 }

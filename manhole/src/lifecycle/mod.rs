@@ -7,8 +7,8 @@
 //! installation down closes the write end of its stop pipe: the listener, the signal thread, a
 //! one-shot and every session poll the read end, see it hang up and finish on their own.
 //!
-//! Lock order: `STATE`, then `registry::TABLE`, `signals::HOOKED`, `tee::TEE`. All four are std
-//! mutexes held by the fork handlers across `fork` (see `fork.rs`).
+//! Lock order: `STATE`, `PENDING`, then `registry::TABLE`, `signals::HOOKED`, `tee::TEE`. All
+//! are std mutexes held by the fork handlers across `fork` (see `fork.rs`).
 
 pub(crate) mod envvar;
 pub(crate) mod evidence;
@@ -72,15 +72,28 @@ static EXIT_HOOK: AtomicBool = AtomicBool::new(false);
 /// The installed `daemon_connection`: when off, the exit hook waits for sessions.
 static DAEMON_CONNECTION: AtomicBool = AtomicBool::new(false);
 
+/// In a forked child (`patch_fork`), the options of the manhole it may bring back, from the
+/// fork until it reinstalls or installs. Apart from `STATE`, so that a child that forks again
+/// before its reinstall (a daemon's fork, setsid, fork) passes the plan on to its own child.
+static PENDING: Mutex<Option<Arc<Options>>> = Mutex::new(None);
+
 fn state() -> MutexGuard<'static, Option<Installation>> {
     locked(&STATE)
 }
 
-/// `STATE`, held by the fork handlers from `prepare` until `parent`/`child`.
-pub(crate) struct ForkHold(MutexGuard<'static, Option<Installation>>);
+fn pending() -> MutexGuard<'static, Option<Arc<Options>>> {
+    locked(&PENDING)
+}
+
+/// `STATE` and `PENDING`, held by the fork handlers from `prepare` until `parent`/`child`.
+pub(crate) struct ForkHold(
+    MutexGuard<'static, Option<Installation>>,
+    MutexGuard<'static, Option<Arc<Options>>>,
+);
 
 pub(crate) fn fork_hold() -> ForkHold {
-    ForkHold(state())
+    let state = state();
+    ForkHold(state, pending())
 }
 
 /// A handle on the installed manhole. Dropping it does nothing: the manhole stays installed until
@@ -378,6 +391,8 @@ fn install_as(options: Options, quiet_conflict: bool) -> Result<Manhole> {
         socket_path: installation.socket.as_ref().map(|s| s.path().to_path_buf()),
     };
     *state = Some(installation);
+    // Installed: a child forked from now on takes its plan from this installation.
+    pending().take();
     Ok(handle)
 }
 
@@ -402,10 +417,15 @@ fn log_mode(installation: &Installation) {
             "Not patching fork. Using user socket path {}",
             path.display()
         );
-    } else if options.patch_fork {
+    } else if options.patch_fork && options.reinstall_at_fork {
         log_event!(
             "Patched fork: a forked child listens at /tmp/manhole-<childpid> after {:.1} seconds",
             options.reinstall_delay.as_secs_f64()
+        );
+    } else if options.patch_fork {
+        log_event!(
+            "Patched fork: a forked child gets its manhole back when it calls \
+             manhole::reinstall_after_fork"
         );
     }
     if let Some(signal) = roles.dump {
@@ -745,85 +765,153 @@ extern "C" fn at_exit() {
     remove_sockets(Duration::from_millis(100));
 }
 
-/// What a forked child reinstalls from.
-pub(crate) struct ChildPlan(Arc<Options>);
-
-/// In a forked child, with `STATE` held by the fork handlers (async-signal-safe: no allocation,
-/// no lock, only atomics and `close`): forgets the parent's installation without touching its
-/// socket file or threads (they do not exist here), closes its descriptors, and says what to
-/// reinstall.
-pub(crate) fn after_fork_in_child(hold: &mut ForkHold) -> Option<ChildPlan> {
+/// In a forked child, with `STATE` and `PENDING` held by the fork handlers (async-signal-safe:
+/// no allocation, no lock, only atomics, `close` and reference counts): forgets the parent's
+/// installation without touching its socket file or threads (they do not exist here), closes
+/// its descriptors, and keeps its options as this child's plan (`patch_fork`). A parent that was
+/// itself a child that had not reinstalled yet passes its plan on. Says whether to start the
+/// reinstall thread now (`reinstall_at_fork`).
+pub(crate) fn after_fork_in_child(hold: &mut ForkHold) -> bool {
     LIVE_SESSIONS.store(0, Ordering::SeqCst);
     crate::sys::dying::after_fork_in_child();
-    let installation = hold.0.take()?;
-    crate::sys::close_raw(installation.stop.as_raw_fd());
-    if let Some(writer) = &installation.stop_writer {
-        crate::sys::close_raw(writer.as_raw_fd());
+    if let Some(installation) = hold.0.take() {
+        crate::sys::close_raw(installation.stop.as_raw_fd());
+        if let Some(writer) = &installation.stop_writer {
+            crate::sys::close_raw(writer.as_raw_fd());
+        }
+        if let Some(socket) = &installation.socket {
+            crate::sys::close_raw(socket.listener.as_raw_fd());
+        }
+        if let Ok(oneshot) = installation.oneshot.socket.try_lock()
+            && let Some(socket) = oneshot.as_ref()
+        {
+            crate::sys::close_raw(socket.listener.as_raw_fd());
+        }
+        let plan = installation
+            .options
+            .patch_fork
+            .then(|| installation.options.clone());
+        // Never freed here (an installed process has no plan; this only guards the rule).
+        if let Some(old) = std::mem::replace(&mut *hold.1, plan) {
+            std::mem::forget(old);
+        }
+        // Never dropped: dropping would close the descriptors again, detach threads that do not
+        // exist and (were it the same pid) remove the parent's socket.
+        std::mem::forget(installation);
     }
-    if let Some(socket) = &installation.socket {
-        crate::sys::close_raw(socket.listener.as_raw_fd());
-    }
-    if let Ok(oneshot) = installation.oneshot.socket.try_lock()
-        && let Some(socket) = oneshot.as_ref()
-    {
-        crate::sys::close_raw(socket.listener.as_raw_fd());
-    }
-    let plan = installation
-        .options
-        .patch_fork
-        .then(|| ChildPlan(installation.options.clone()));
-    // Never dropped: dropping would close the descriptors again, detach threads that do not exist
-    // and (were it the same pid) remove the parent's socket.
-    std::mem::forget(installation);
-    plan
+    hold.1.as_ref().is_some_and(|plan| plan.reinstall_at_fork)
 }
 
-/// In a forked child, after the fork locks are released: a `mh-fork` thread reinstalls
-/// (after `reinstall_delay` when it will listen at the child's pid path).
-pub(crate) fn reinstall_in_child(plan: ChildPlan) {
-    let spawned = threads::spawn("mh-fork".into(), move || {
-        let mut options = (*plan.0).clone();
-        if stackdump::forked_mid_dump() {
-            log_event!(
-                "Fork detected during a stack dump in the parent: no stack dumps in this process"
-            );
-        }
-        let by_signal = options.activate_on.is_some() || options.oneshot_on.is_some();
-        if by_signal {
-            // Signal activation in the child listens at the child's own pid path.
-            options.socket_path = None;
-            log_event!(
-                "Fork detected. Not listening in the child; activation by signal uses {}",
-                crate::default_socket_path(std::process::id()).display()
-            );
-        } else if !options.thread {
-            log_event!("Fork detected. No listener thread in the child (thread is off)");
-        } else if let Some(path) = options.socket_path.take() {
-            options.thread = false;
-            log_event!(
-                "Fork detected. Not listening in the child: the user socket path {} is the \
-                 parent's",
-                path.display()
-            );
+/// The parent's options adjusted for this child: where it listens (its own pid path, only with
+/// the always-on listener and no `socket_path`), no runtime (the parent's has no workers here).
+/// Logs what the child will do; says whether it will listen (and so waits `reinstall_delay`
+/// when reinstalling on its own).
+fn child_options(parent: &Options) -> (Options, bool) {
+    let mut options = parent.clone();
+    options.runtime = crate::runtime::Attached::in_forked_child();
+    if stackdump::forked_mid_dump() {
+        log_event!(
+            "Fork detected during a stack dump in the parent: no stack dumps in this process"
+        );
+    }
+    let by_signal = options.activate_on.is_some() || options.oneshot_on.is_some();
+    let listens = if by_signal {
+        // Signal activation in the child listens at the child's own pid path.
+        options.socket_path = None;
+        log_event!(
+            "Fork detected. Not listening in the child; activation by signal uses {}",
+            crate::default_socket_path(std::process::id()).display()
+        );
+        false
+    } else if !options.thread {
+        log_event!("Fork detected. No listener thread in the child (thread is off)");
+        false
+    } else if let Some(path) = options.socket_path.take() {
+        options.thread = false;
+        log_event!(
+            "Fork detected. Not listening in the child: the user socket path {} is the parent's",
+            path.display()
+        );
+        false
+    } else {
+        log_event!("Fork detected. Reinstalling Manhole.");
+        true
+    };
+    (options, listens)
+}
+
+fn install_in_child(options: Options) -> Result<Manhole> {
+    let installed = install_as(options, true);
+    if let Err(e) = &installed {
+        if e.kind() == ErrorKind::AlreadyInstalled {
+            log_event!("Not reinstalling in the child: it installed a manhole itself");
         } else {
-            log_event!("Fork detected. Reinstalling Manhole.");
+            log_event!("Cannot reinstall the manhole in the child: {e}");
+        }
+    }
+    installed
+}
+
+/// `reinstall_at_fork`: in a forked child, after the fork locks are released, a `mh-fork`
+/// thread reinstalls from the plan (after `reinstall_delay` when it will listen at the child's
+/// pid path, so a child that calls `exec` at once never creates a socket).
+pub(crate) fn reinstall_in_child() {
+    let spawned = threads::spawn("mh-fork".into(), || {
+        let Some(plan) = pending().clone() else {
+            return;
+        };
+        let (options, listens) = child_options(&plan);
+        if listens {
             log_event!(
                 "Delaying UDS binding {} seconds ...",
                 options.reinstall_delay.as_secs_f64()
             );
             std::thread::sleep(options.reinstall_delay);
         }
-        match install_as(options, true) {
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::AlreadyInstalled => {
-                log_event!("Not reinstalling in the child: it installed a manhole itself");
-            }
-            Err(e) => log_event!("Cannot reinstall the manhole in the child: {e}"),
+        // The child may have reinstalled or installed by itself meanwhile.
+        if pending().is_some() {
+            let _ = install_in_child(options);
         }
     });
     if let Err(e) = spawned {
         log_event!("Cannot reinstall the manhole in the child: {e}");
     }
+}
+
+/// In a forked child that goes on running as itself, brings back the manhole its parent had
+/// (`patch_fork`, on by default): call it from the child's own code once `fork` has returned,
+/// e.g. after a daemon's second fork. It listens at once at `/tmp/manhole-<childpid>` (with the
+/// parent's always-on listener and default path; with a `socket_path` the child does not listen,
+/// with `activate_on`/`oneshot_on` it re-arms the signal), and the parent's registered values
+/// and commands come along. No tokio runtime is attached in the child: the parent's has no
+/// workers there.
+///
+/// Needed unless the parent installed with [`Options::reinstall_at_fork`], which starts the
+/// reinstall from the fork itself (at the price explained there). A child of a child that has
+/// not reinstalled yet inherits the plan.
+///
+/// Errors: [`ErrorKind::NotInstalled`] when there is nothing to bring back (not a forked child
+/// of a process with a manhole, `patch_fork` was off, or the child has reinstalled or installed
+/// already), and `install`'s errors.
+///
+/// ```no_run
+/// // SAFETY: the child only runs code that is safe after fork (glibc's malloc is).
+/// if unsafe { libc::fork() } == 0 {
+///     manhole::reinstall_after_fork()?;
+///     // ... the child's work ...
+/// }
+/// # Ok::<(), manhole::Error>(())
+/// ```
+pub fn reinstall_after_fork() -> Result<Manhole> {
+    let plan = pending().clone().ok_or_else(|| {
+        Error::new(
+            ErrorKind::NotInstalled,
+            "no manhole to bring back: this process is not a forked child of a process with a \
+             manhole (or patch_fork was off, or it has reinstalled already)",
+        )
+    })?;
+    let (options, _) = child_options(&plan);
+    install_in_child(options)
 }
 
 #[cfg(test)]

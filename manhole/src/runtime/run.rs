@@ -35,8 +35,8 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// Why an async command or value read gave no answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Unanswered {
-    /// Neither the registration nor the installation has a runtime to run it on.
-    NoRuntime,
+    /// Neither the registration nor the installation has a runtime to run it on (why).
+    NoRuntime(&'static str),
     /// It ran out of time and its future was dropped.
     Cancelled(Duration),
     /// It ran out of time and was aborted, but the runtime has not dropped it yet: it is inside
@@ -51,7 +51,7 @@ pub(crate) enum Unanswered {
 impl fmt::Display for Unanswered {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Unanswered::NoRuntime => f.write_str(super::NO_RUNTIME),
+            Unanswered::NoRuntime(why) => f.write_str(why),
             Unanswered::Cancelled(t) => write!(
                 f,
                 "timed out after {:.1} s and was cancelled (its future was dropped)",
@@ -121,10 +121,11 @@ where
 }
 
 /// The runtime a registration runs on: the one it was registered from, else the installation's.
-fn pick<'a>(home: &'a Option<Handle>, attached: &'a Attached) -> Result<&'a Handle, Unanswered> {
-    home.as_ref()
+/// Neither is used in a forked child of the process they belong to.
+fn pick<'a>(home: &'a Attached, attached: &'a Attached) -> Result<&'a Handle, Unanswered> {
+    home.handle()
         .or(attached.handle())
-        .ok_or(Unanswered::NoRuntime)
+        .ok_or(Unanswered::NoRuntime(attached.missing()))
 }
 
 /// The body of an async registered command.
@@ -133,7 +134,7 @@ pub(crate) struct AsyncCommand {
     #[allow(clippy::type_complexity)]
     make: Arc<dyn Fn(Vec<String>) -> BoxFuture<Result<String, String>> + Send + Sync>,
     /// The runtime current where it was registered, if any.
-    home: Option<Handle>,
+    home: Attached,
 }
 
 impl AsyncCommand {
@@ -144,7 +145,7 @@ impl AsyncCommand {
     {
         AsyncCommand {
             make: Arc::new(move |args| Box::pin(run(args))),
-            home: Handle::try_current().ok(),
+            home: Attached::current(),
         }
     }
 
@@ -165,7 +166,7 @@ impl AsyncCommand {
 #[derive(Clone)]
 pub(crate) struct AsyncRead {
     make: Arc<dyn Fn() -> BoxFuture<String> + Send + Sync>,
-    home: Option<Handle>,
+    home: Attached,
 }
 
 impl AsyncRead {
@@ -226,7 +227,7 @@ impl Local {
         };
         let reader = AsyncRead {
             make: Arc::new(make),
-            home: Handle::try_current().ok(),
+            home: Attached::current(),
         };
         Local::new(
             AsyncSlot {
@@ -363,7 +364,7 @@ mod tests {
         let unattached = AsyncCommand::new(|_| async { Ok(String::new()) });
         assert_eq!(
             unattached.run(Vec::new(), &Attached::default(), Duration::from_secs(1)),
-            Err(Unanswered::NoRuntime)
+            Err(Unanswered::NoRuntime(crate::runtime::NO_RUNTIME))
         );
     }
 

@@ -31,7 +31,7 @@ pub(super) fn dump(
     timeout: Duration,
     enabled: bool,
 ) -> Result<(String, Value), String> {
-    let handle = attached.handle().ok_or(super::NO_RUNTIME)?;
+    let handle = attached.handle().ok_or(attached.missing())?;
     if !enabled {
         return Err(imp::TASK_DUMPS_OFF.to_string());
     }
