@@ -667,7 +667,13 @@ fn the_activation_file_lives_as_long_as_the_manhole() {
     let exit_when = dir.join("exit-now");
     let mut app = App::start(
         "bare",
-        &["--fork", "1", "--exit-when", exit_when.to_str().unwrap()],
+        &[
+            "--fork",
+            "1",
+            "--reinstall-after-fork",
+            "--exit-when",
+            exit_when.to_str().unwrap(),
+        ],
         &[("MANHOLE", "activate_on=USR2")],
     );
     app.wait_for_line("ready pid=");

@@ -200,7 +200,7 @@ fn bad_arguments_are_one_line_errors() {
 #[test]
 fn a_fork_during_a_profile_leaves_the_child_clean() {
     let dir = TempDir::new();
-    // The default socket path: the child listens at /tmp/manhole-<childpid> (patch_fork).
+    // The default socket path: the child listens at /tmp/manhole-<childpid> (reinstall_at_fork).
     let mut app = App::start("split", &["--fork-child"], &[]);
     let line = app.wait_for_line("manhole listening on ");
     let socket = std::path::PathBuf::from(line.trim_start_matches("manhole listening on "));

@@ -13,8 +13,8 @@
 //! Flags: `--socket-path PATH` (default `/tmp/manhole-<pid>`), `--sleepers N`, `--busy N`
 //! (busy threads, default 1, named `busy`, `busy-1`, ...), `--profile-hz HZ`,
 //! `--fork-child`: a registered command `fork` forks a child that lives until its parent exits
-//! and answers `child pid=<pid>`; the child gets its own manhole back (`patch_fork`, with the
-//! default socket path).
+//! and answers `child pid=<pid>`; the child gets its own manhole back on its own
+//! (`reinstall_at_fork`, with the default socket path).
 //! It prints `manhole listening on PATH`, then runs until killed.
 
 use std::hint::black_box;
@@ -119,7 +119,7 @@ fn main() {
     let rounds = Arc::new(AtomicU64::new(0));
     options = options.local("rounds", Local::atomic(rounds.clone()));
     if fork_child {
-        options = options.command(
+        options = options.reinstall_at_fork(true).command(
             "fork",
             "fork a child that lives until its parent exits",
             |_| {
