@@ -76,8 +76,10 @@
 //!   and activation file (paths prepared beforehand) and re-raises the signal with `SIG_DFL`; when
 //!   a later handler chains to it, it does nothing.
 //! - `fork`: `pthread_atfork` hooks. No manhole lock is held across `fork`; in the child the
-//!   inherited installation is forgotten (never its parent's socket) and, for the default pid
-//!   path, the manhole comes back at `/tmp/manhole-<childpid>` after `reinstall_delay`.
+//!   inherited installation is forgotten (never its parent's socket), no thread is started and
+//!   nothing allocated; the child brings the manhole back with [`reinstall_after_fork`] (at
+//!   `/tmp/manhole-<childpid>` for the default pid path), or on its own after `reinstall_delay`
+//!   with `Options::reinstall_at_fork`.
 //! - `tee`: `redirect_stderr` and `redirect_stdout`, a tee of fd 2 and fd 1 into the open
 //!   sessions while any is open.
 //! - `envvar`: the `MANHOLE` environment variable, parsed (never evaluated) and installed before
@@ -203,7 +205,7 @@ pub mod stackdump;
 mod sys;
 
 // Short paths (`crate::session`, `crate::log`, ...) to the modules inside the layers.
-use lifecycle::{envvar, fork, signals};
+use lifecycle::{envvar, signals};
 use registry::local;
 use server::{commands, credentials, listener, session, socket, tee};
 use sys::{log, threads, wait};

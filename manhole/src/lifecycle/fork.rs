@@ -35,44 +35,26 @@
 //! these locks would deadlock in prepare, as glibc's own `malloc` fork handler would.
 
 use std::cell::RefCell;
-use std::os::fd::RawFd;
-use std::sync::{Mutex, MutexGuard, Once, PoisonError};
+use std::sync::{Once, OnceLock};
 
 use crate::log::log_event;
-use crate::{lifecycle, registry, signals, stackdump, tee};
+use crate::{registry, session, signals, stackdump, tee};
+
+/// The installation's part of the handlers, given by `lifecycle` (which sits above this module
+/// and calls it, so this module never calls back up): `prepare` takes its locks (`STATE`,
+/// `PENDING`) first, `parent` releases them last, `child` does its bookkeeping last, releases
+/// them and starts the reinstall thread if there is to be one. Each runs in a fork handler.
+pub(crate) struct StateHandlers {
+    pub(crate) prepare: fn(),
+    pub(crate) parent: fn(),
+    pub(crate) child: fn(),
+}
 
 struct Held {
-    state: lifecycle::ForkHold,
     _table: registry::ForkHold,
     _hooked: signals::ForkHold,
     tee: tee::ForkHold,
-    sessions: MutexGuard<'static, Vec<RawFd>>,
-}
-
-/// The client connections of the open sessions: a child closes its copies, or a client would
-/// never see its session end while the child lives. Taken last, after `tee::TEE`.
-static SESSION_FDS: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
-
-fn session_fds() -> MutexGuard<'static, Vec<RawFd>> {
-    SESSION_FDS.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Keeps a session's connection on the list of descriptors a forked child closes.
-pub(crate) struct CloseInChildren(RawFd);
-
-/// Puts `fd` on the list until the returned guard is dropped.
-pub(crate) fn close_in_children(fd: RawFd) -> CloseInChildren {
-    session_fds().push(fd);
-    CloseInChildren(fd)
-}
-
-impl Drop for CloseInChildren {
-    fn drop(&mut self) {
-        let mut fds = session_fds();
-        if let Some(at) = fds.iter().position(|&fd| fd == self.0) {
-            fds.swap_remove(at);
-        }
-    }
+    sessions: session::ForkHold,
 }
 
 thread_local! {
@@ -82,10 +64,13 @@ thread_local! {
 }
 
 static HOOKS: Once = Once::new();
+/// Set once, before the handlers are registered; read (one atomic load) in each handler.
+static STATE: OnceLock<StateHandlers> = OnceLock::new();
 
-/// Registers the fork handlers (once per process).
-pub(crate) fn ensure_hooks() {
+/// Registers the fork handlers (once per process), with the installation's part.
+pub(crate) fn ensure_hooks(state: StateHandlers) {
     HOOKS.call_once(|| {
+        let _ = STATE.set(state);
         if let Err(e) = crate::sys::at_fork(prepare, parent, child) {
             log_event!("Cannot register the fork handlers: {e}");
         }
@@ -93,36 +78,36 @@ pub(crate) fn ensure_hooks() {
 }
 
 extern "C" fn prepare() {
-    // Lock order: STATE, TABLE, HOOKED, TEE (the order everything else takes them in).
+    // Lock order: STATE, PENDING, TABLE, HOOKED, TEE, sessions (the order everything else takes
+    // them in).
+    if let Some(state) = STATE.get() {
+        (state.prepare)();
+    }
     let held = Held {
-        state: lifecycle::fork_hold(),
         _table: registry::fork_hold(),
         _hooked: signals::fork_hold(),
         tee: tee::fork_hold(),
-        sessions: session_fds(),
+        sessions: session::fork_hold(),
     };
     HELD.with(|slot| *slot.borrow_mut() = Some(held));
 }
 
 extern "C" fn parent() {
     drop(HELD.with(|slot| slot.borrow_mut().take()));
+    if let Some(state) = STATE.get() {
+        (state.parent)();
+    }
 }
 
 extern "C" fn child() {
-    let Some(mut held) = HELD.with(|slot| slot.borrow_mut().take()) else {
-        return;
-    };
-    signals::after_fork_in_child();
-    stackdump::after_fork_in_child();
-    crate::profile::after_fork_in_child();
-    tee::after_fork_in_child(&mut held.tee);
-    for &fd in held.sessions.iter() {
-        crate::sys::close_raw(fd);
+    if let Some(mut held) = HELD.with(|slot| slot.borrow_mut().take()) {
+        signals::after_fork_in_child();
+        stackdump::after_fork_in_child();
+        crate::profile::after_fork_in_child();
+        tee::after_fork_in_child(&mut held.tee);
+        session::after_fork_in_child(&mut held.sessions);
     }
-    held.sessions.clear();
-    let reinstall_now = lifecycle::after_fork_in_child(&mut held.state);
-    drop(held);
-    if reinstall_now {
-        lifecycle::reinstall_in_child();
+    if let Some(state) = STATE.get() {
+        (state.child)();
     }
 }

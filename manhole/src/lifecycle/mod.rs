@@ -86,15 +86,37 @@ fn pending() -> MutexGuard<'static, Option<Arc<Options>>> {
 }
 
 /// `STATE` and `PENDING`, held by the fork handlers from `prepare` until `parent`/`child`.
-pub(crate) struct ForkHold(
+struct ForkHold(
     MutexGuard<'static, Option<Installation>>,
     MutexGuard<'static, Option<Arc<Options>>>,
 );
 
-pub(crate) fn fork_hold() -> ForkHold {
-    let state = state();
-    ForkHold(state, pending())
+thread_local! {
+    /// [`ForkHold`] between the fork handlers (same thread: the child continues the forking
+    /// thread).
+    static FORK_HELD: std::cell::RefCell<Option<ForkHold>> =
+        const { std::cell::RefCell::new(None) };
 }
+
+/// The installation's part of the fork handlers (see `fork.rs`).
+const FORK_HANDLERS: fork::StateHandlers = fork::StateHandlers {
+    prepare: || {
+        let state = state();
+        let hold = ForkHold(state, pending());
+        FORK_HELD.with(|slot| *slot.borrow_mut() = Some(hold));
+    },
+    parent: || drop(FORK_HELD.with(|slot| slot.borrow_mut().take())),
+    child: || {
+        let Some(mut hold) = FORK_HELD.with(|slot| slot.borrow_mut().take()) else {
+            return;
+        };
+        let reinstall_now = after_fork_in_child(&mut hold);
+        drop(hold);
+        if reinstall_now {
+            reinstall_in_child();
+        }
+    },
+};
 
 /// A handle on the installed manhole. Dropping it does nothing: the manhole stays installed until
 /// [`Manhole::uninstall`] or process exit.
@@ -301,7 +323,7 @@ fn install_as(options: Options, quiet_conflict: bool) -> Result<Manhole> {
     stackdump::install_handler(resolved.dump_signal)?;
     threads::set_dump_signal(resolved.dump_signal);
     threads::set_sigmask(resolved.sigmask);
-    crate::fork::ensure_hooks();
+    fork::ensure_hooks(FORK_HANDLERS);
     crate::tee::prepare(crate::tee::Shown {
         stdout: options.redirect_stdout,
         stderr: options.redirect_stderr,
@@ -771,7 +793,7 @@ extern "C" fn at_exit() {
 /// its descriptors, and keeps its options as this child's plan (`patch_fork`). A parent that was
 /// itself a child that had not reinstalled yet passes its plan on. Says whether to start the
 /// reinstall thread now (`reinstall_at_fork`).
-pub(crate) fn after_fork_in_child(hold: &mut ForkHold) -> bool {
+fn after_fork_in_child(hold: &mut ForkHold) -> bool {
     LIVE_SESSIONS.store(0, Ordering::SeqCst);
     crate::sys::dying::after_fork_in_child();
     if let Some(installation) = hold.0.take() {
@@ -855,7 +877,7 @@ fn install_in_child(options: Options) -> Result<Manhole> {
 /// `reinstall_at_fork`: in a forked child, after the fork locks are released, a `mh-fork`
 /// thread reinstalls from the plan (after `reinstall_delay` when it will listen at the child's
 /// pid path, so a child that calls `exec` at once never creates a socket).
-pub(crate) fn reinstall_in_child() {
+fn reinstall_in_child() {
     let spawned = threads::spawn("mh-fork".into(), || {
         let Some(plan) = pending().clone() else {
             return;

@@ -162,7 +162,7 @@ pub(crate) fn hook(signal: i32) -> Result<()> {
     match hooked.get_mut(&signal) {
         None => {
             let before = sys::get_action(signal).map_err(cannot)?;
-            sys::hook_signal(signal).map_err(cannot)?;
+            sys::hook_signal(signal, on_signal).map_err(cannot)?;
             let after = sys::get_action(signal).map_err(cannot)?;
             hooked.insert(
                 signal,

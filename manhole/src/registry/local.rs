@@ -423,7 +423,7 @@ where
             Err(e) => {
                 return Some(Err(format!(
                     "cannot parse {:?} as {}: {e}",
-                    crate::commands::shorten(text),
+                    crate::registry::shorten(text),
                     short_type_name::<L::Target>()
                 )));
             }
@@ -461,7 +461,7 @@ macro_rules! impl_atomic {
                 let value: $int = text.trim().parse().map_err(|e| {
                     format!(
                         "cannot parse {:?} as {}: {e}",
-                        crate::commands::shorten(text),
+                        crate::registry::shorten(text),
                         stringify!($int)
                     )
                 })?;

@@ -83,7 +83,7 @@ impl Local {
                 let level: log::LevelFilter = text.trim().parse().map_err(|_| {
                     format!(
                         "invalid level {:?}: expected off, error, warn, info, debug or trace",
-                        crate::commands::shorten(text.trim())
+                        crate::registry::shorten(text.trim())
                     )
                 })?;
                 log::set_max_level(level);

@@ -80,6 +80,15 @@ impl Drop for Registration {
     }
 }
 
+/// Client-typed words quoted back in an error are cut short, so an error stays one short line.
+pub(crate) fn shorten(word: &str) -> String {
+    const MAX: usize = 60;
+    match word.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{}...", &word[..end]),
+        None => word.to_string(),
+    }
+}
+
 pub(crate) fn insert(name: String, entry: Entry) -> Registration {
     let is_command = matches!(entry, Entry::Command { .. });
     if let Some(reason) = crate::commands::unusable_name(&name, is_command) {

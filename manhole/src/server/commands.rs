@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::credentials::PeerCred;
 use crate::local::Access;
 use crate::log::log_event;
-use crate::registry::{self, Entry};
+use crate::registry::{self, Entry, shorten};
 use crate::runtime;
 use crate::session::Settings;
 use crate::stackdump::{self, JsonEscaped, StackDump, write_json_str};
@@ -553,15 +553,6 @@ fn access(settings: &Settings) -> Access {
 
 fn no_such(name: &str) -> String {
     format!("no local named {:?} (try \"locals\")", shorten(name))
-}
-
-/// Client-typed words quoted back in an error are cut short, so an error stays one short line.
-pub(crate) fn shorten(word: &str) -> String {
-    const MAX: usize = 60;
-    match word.char_indices().nth(MAX) {
-        Some((end, _)) => format!("{}...", &word[..end]),
-        None => word.to_string(),
-    }
 }
 
 /// The one-line answer to `set` or a state-changing command in a read-only manhole.

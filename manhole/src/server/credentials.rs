@@ -17,7 +17,7 @@
 use std::fmt;
 use std::os::unix::net::UnixStream;
 
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use nix::sys::socket::{MsgFlags, getsockopt, send, sockopt::PeerCredentials};
 
 use crate::log::log_event;
 
@@ -140,7 +140,7 @@ pub(crate) fn admit(stream: &UnixStream, policy: &Policy) -> Option<(PeerCred, A
                     ", nor in the allowed uids or gids"
                 }
             );
-            crate::listener::refuse(
+            refuse(
                 stream,
                 &format!(
                     "manhole: access denied: peer uid {} is not allowed ({peer})\n",
@@ -150,6 +150,15 @@ pub(crate) fn admit(stream: &UnixStream, policy: &Policy) -> Option<(PeerCred, A
             None
         }
     }
+}
+
+/// Writes one refusal line without blocking; the caller then drops the connection.
+pub(crate) fn refuse(stream: &UnixStream, line: &str) {
+    let _ = send(
+        std::os::fd::AsRawFd::as_raw_fd(stream),
+        line.as_bytes(),
+        MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+    );
 }
 
 #[cfg(test)]

@@ -11,8 +11,6 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use nix::sys::socket::{MsgFlags, send};
-
 use crate::credentials::{self, PeerCred};
 use crate::log::log_event;
 use crate::session::{Session, Settings};
@@ -62,15 +60,6 @@ fn is_transient(e: &io::Error) -> bool {
     )
 }
 
-/// Writes one refusal line without blocking and drops the connection.
-pub(crate) fn refuse(stream: &UnixStream, line: &str) {
-    let _ = send(
-        std::os::fd::AsRawFd::as_raw_fd(stream),
-        line.as_bytes(),
-        MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
-    );
-}
-
 fn accept(stream: UnixStream, shared: &Shared) {
     let Some((peer, why)) = credentials::admit(&stream, &shared.settings.policy) else {
         return;
@@ -79,7 +68,7 @@ fn accept(stream: UnixStream, shared: &Shared) {
     if open >= shared.max_sessions {
         shared.open_sessions.fetch_sub(1, Ordering::SeqCst);
         log_event!("Refused {peer}: {open} sessions already open");
-        refuse(
+        credentials::refuse(
             &stream,
             &format!("manhole: too many sessions ({open} open), try again later\n"),
         );

@@ -11,10 +11,10 @@
 
 use std::fmt::{self, Write as _};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -217,6 +217,49 @@ pub(crate) struct Session {
     feed: Option<tee::Feed>,
 }
 
+/// The client connections of the open sessions: a forked child closes its copies, or a client
+/// would never see its session end while the child lives. Held across `fork` (see `fork.rs`),
+/// taken last, after `tee::TEE`.
+static SESSION_FDS: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
+
+fn session_fds() -> MutexGuard<'static, Vec<RawFd>> {
+    SESSION_FDS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Keeps a session's connection on the list of descriptors a forked child closes.
+struct CloseInChildren(RawFd);
+
+/// Puts `fd` on the list until the returned guard is dropped.
+fn close_in_children(fd: RawFd) -> CloseInChildren {
+    session_fds().push(fd);
+    CloseInChildren(fd)
+}
+
+impl Drop for CloseInChildren {
+    fn drop(&mut self) {
+        let mut fds = session_fds();
+        if let Some(at) = fds.iter().position(|&fd| fd == self.0) {
+            fds.swap_remove(at);
+        }
+    }
+}
+
+/// `SESSION_FDS`, held by the fork handlers from `prepare` until `parent`/`child`.
+pub(crate) struct ForkHold(MutexGuard<'static, Vec<RawFd>>);
+
+pub(crate) fn fork_hold() -> ForkHold {
+    ForkHold(session_fds())
+}
+
+/// In a forked child (async-signal-safe, with the list held): closes the child's copies of the
+/// sessions' connections; `clear` frees nothing.
+pub(crate) fn after_fork_in_child(hold: &mut ForkHold) {
+    for &fd in hold.0.iter() {
+        crate::sys::close_raw(fd);
+    }
+    hold.0.clear();
+}
+
 /// Sessions running right now, in any installation: a normal exit waits for them unless
 /// `daemon_connection` is on.
 pub(crate) static LIVE_SESSIONS: AtomicUsize = AtomicUsize::new(0);
@@ -251,7 +294,7 @@ impl Session {
         }
         LIVE_SESSIONS.fetch_add(1, Ordering::SeqCst);
         let _live = Live;
-        let _not_in_children = crate::fork::close_in_children(self.stream.as_raw_fd());
+        let _not_in_children = close_in_children(self.stream.as_raw_fd());
         let why = match self.serve() {
             Ok(why) => why,
             Err(e) => format!("connection error: {e}"),

@@ -120,15 +120,20 @@ pub(crate) fn set_action(signal: i32, action: &SavedAction) -> std::io::Result<(
     }
 }
 
-/// Chains an action for `signal` through signal-hook's registry: the handler the application
-/// had (if any) keeps running first, then [`crate::signals::on_signal`] notes the signal and
-/// writes one byte to the wake pipe. The action is never unregistered (it checks whether the
-/// signal is still wanted), so it stays valid for the life of the process.
-pub(crate) fn hook_signal(signal: i32) -> std::io::Result<signal_hook_registry::SigId> {
-    // SAFETY: the action only does what is async-signal-safe: `on_signal` loads and updates
-    // lock-free atomics and calls `write(2)` on a non-blocking pipe. It never allocates, locks or
-    // panics. Callers have checked `signal` against `signal_hook_registry::FORBIDDEN`.
-    unsafe { signal_hook_registry::register(signal, move || crate::signals::on_signal(signal)) }
+/// Chains `action(signal)` for `signal` through signal-hook's registry: the handler the
+/// application had (if any) keeps running first. The action is never unregistered, so it stays
+/// valid for the life of the process.
+///
+/// `action` runs in a signal handler: it must be async-signal-safe (no allocation, lock or
+/// panic). The one caller's (`signals::on_signal`) loads and updates lock-free atomics and
+/// writes one byte to a non-blocking pipe.
+pub(crate) fn hook_signal(
+    signal: i32,
+    action: fn(i32),
+) -> std::io::Result<signal_hook_registry::SigId> {
+    // SAFETY: `action` is async-signal-safe, as the caller promises above. Callers have checked
+    // `signal` against `signal_hook_registry::FORBIDDEN`.
+    unsafe { signal_hook_registry::register(signal, move || action(signal)) }
 }
 
 /// Sends `signal` to the whole process with its default action in force, e.g. to die "killed by
