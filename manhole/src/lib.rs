@@ -74,7 +74,8 @@
 //!   `mh-signal` thread does the work.
 //! - `sys::dying`: SIGTERM, SIGINT and SIGHUP at `SIG_DFL` get a handler that unlinks our socket
 //!   and activation file (paths prepared beforehand) and re-raises the signal with `SIG_DFL`; when
-//!   a later handler chains to it, it does nothing.
+//!   a later handler chains to it, it does nothing. Once a session has teed stdout/stderr, the
+//!   fatal signals get a chained handler that lets the tee's pumps copy the last output first.
 //! - `fork`: `pthread_atfork` hooks. No manhole lock is held across `fork`; in the child the
 //!   inherited installation is forgotten (never its parent's socket), no thread is started and
 //!   nothing allocated; the child brings the manhole back with [`reinstall_after_fork`] (at

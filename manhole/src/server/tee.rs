@@ -16,7 +16,7 @@
 //! the original descriptors. The manhole's own log lines go straight to the original stderr
 //! while the tee is on, so they never echo into sessions.
 
-use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::{Duration, Instant};
@@ -108,7 +108,11 @@ static TEE: Mutex<TeeState> = Mutex::new(TeeState {
 });
 /// The stream's fd points at our pipe.
 static ACTIVE: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
-/// Bytes the stream's pump has read and not yet written to the original.
+/// The read end of the stream's pump pipe while it is active (-1: none), for [`at_crash`],
+/// which cannot take the lock.
+static PIPE: [AtomicI32; 2] = [AtomicI32::new(-1), AtomicI32::new(-1)];
+/// Bytes the stream's pump has taken (or is about to take) from its pipe and not yet written to
+/// the original.
 static IN_FLIGHT: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
 /// A duplicate of the original descriptor, made at install (see [`prepare`]) and kept for the
 /// life of the process (refreshed in place with `dup2` at each activation), so no writer ever
@@ -219,7 +223,10 @@ fn activate(state: &mut TeeState, stream: Stream) -> std::io::Result<()> {
         pipe,
         done: Some(done_rx),
     };
+    PIPE[stream.index()].store(pipe, Ordering::Release);
     ACTIVE[stream.index()].store(true, Ordering::Release);
+    // From the first session on, a crash gives the pumps a moment to copy the last words.
+    sys::dying::arm_fatal(at_crash);
     if stream == Stream::Stderr {
         crate::log::set_original_stderr(self::saved(stream));
     }
@@ -282,6 +289,7 @@ fn deactivate(state: &mut TeeState, stream: Stream) {
         return;
     }
     ACTIVE[stream.index()].store(false, Ordering::Release);
+    PIPE[stream.index()].store(-1, Ordering::Release);
     if stream == Stream::Stderr {
         crate::log::set_original_stderr(-1);
     }
@@ -294,13 +302,31 @@ fn pump(stream: Stream, reader: OwnedFd) {
     let mut buf = [0u8; 16 * 1024];
     let in_flight = &IN_FLIGHT[stream.index()];
     loop {
-        let n = match nix::unistd::read(&reader, &mut buf) {
-            Ok(0) => return,
-            Ok(n) => n,
+        // Marked in flight before the bytes leave the pipe (only this thread reads it, so after
+        // `poll` the read does not block): whoever sees the pipe empty and nothing in flight
+        // knows the original has everything.
+        let mut fds = [nix::poll::PollFd::new(
+            reader.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
+            Ok(_) => {}
             Err(Errno::EINTR) => continue,
             Err(_) => return,
-        };
+        }
         in_flight.store(true, Ordering::Release);
+        let n = match nix::unistd::read(&reader, &mut buf) {
+            Ok(0) => {
+                in_flight.store(false, Ordering::Release);
+                return;
+            }
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(_) => {
+                in_flight.store(false, Ordering::Release);
+                return;
+            }
+        };
         let chunk = &buf[..n];
         write_all_without_sigpipe(saved(stream), chunk);
         in_flight.store(false, Ordering::Release);
@@ -340,6 +366,29 @@ pub(crate) fn at_exit() {
     }
 }
 
+/// How long a crash waits for the pumps to copy what is in their pipes to the originals.
+const CRASH_PATIENCE: Duration = Duration::from_millis(500);
+
+/// Runs in the handler of a fatal signal (SIGABRT, SIGSEGV, ...; async-signal-safe: atomics,
+/// `ioctl`, `clock_gettime`, `nanosleep`, `dup2`), before the process dies of it: gives each
+/// active pump up to [`CRASH_PATIENCE`] to copy what the process wrote last (the line before an
+/// `abort`, a panic's message) to the original, and mirror it to the sessions, then points fd 1
+/// and fd 2 back at the originals, so what is written while dying goes straight there.
+fn at_crash() {
+    let deadline = Instant::now() + CRASH_PATIENCE;
+    for stream in Stream::BOTH {
+        if active(stream) {
+            let pipe = PIPE[stream.index()].load(Ordering::Acquire);
+            wait_until_drained(
+                stream,
+                pipe,
+                deadline.saturating_duration_since(Instant::now()),
+            );
+            let _ = sys::dup2_raw(saved(stream), stream.fd());
+        }
+    }
+}
+
 /// In a forked child (async-signal-safe, with `TEE` held by the fork handlers): the child has
 /// no pumps and no sessions, so both fds go straight back to the originals.
 pub(crate) fn after_fork_in_child(hold: &mut ForkHold) {
@@ -348,6 +397,7 @@ pub(crate) fn after_fork_in_child(hold: &mut ForkHold) {
             let _ = sys::dup2_raw(saved(stream), stream.fd());
             ACTIVE[stream.index()].store(false, Ordering::Release);
         }
+        PIPE[stream.index()].store(-1, Ordering::Release);
         IN_FLIGHT[stream.index()].store(false, Ordering::Release);
         let pump = &mut hold.0.pumps[stream.index()];
         pump.pipe = -1;

@@ -1,6 +1,8 @@
-//! What runs as the process dies of a signal: SIGTERM, SIGINT and SIGHUP, while they have their
-//! default action, remove the manhole's files (the socket, the activation file) and then kill the
-//! process with the same signal, so it still dies of it with the same wait status.
+//! What runs as the process dies of a signal.
+//!
+//! SIGTERM, SIGINT and SIGHUP, while they have their default action, remove the manhole's files
+//! (the socket, the activation file) and then kill the process with the same signal, so it still
+//! dies of it with the same wait status.
 //!
 //! Only a signal at `SIG_DFL` gets our handler ([`arm`]); one the application handles or ignores
 //! is never touched. A handler installed after ours that chains to it (signal-hook calls the
@@ -11,13 +13,20 @@
 //! an atomic pointer, [`set_files`]), `lstat`s and `unlink`s each one that is still the file we
 //! made, in the process that made it, then puts `SIG_DFL` back and `raise`s the signal, which is
 //! delivered with its default action when the handler returns. No allocation, lock or panic.
+//!
+//! A crash (SIGABRT, SIGSEGV, SIGBUS, SIGILL, SIGFPE) runs a hook first ([`arm_fatal`]: the
+//! stderr/stdout tee lets its pumps copy what the process wrote last and points the fds back at
+//! the originals), then passes the signal on to the handler that was there before ours, or, if
+//! that was `SIG_DFL`, dies of it with the default action. Nothing is taken from the
+//! application: its handler, installed before, runs after ours; one installed after replaces
+//! ours.
 
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// The signals whose default action is to terminate and that people send to stop a process.
@@ -165,6 +174,98 @@ extern "C" fn on_terminating_signal(signal: libc::c_int) {
         libc::sigemptyset(&mut default.sa_mask);
         libc::sigaction(signal, &default, std::ptr::null_mut());
         libc::raise(signal);
+        *libc::__errno_location() = errno;
+    }
+}
+
+/// The signals a crash dies of.
+pub(crate) const FATAL: [i32; 5] = [
+    libc::SIGABRT,
+    libc::SIGSEGV,
+    libc::SIGBUS,
+    libc::SIGILL,
+    libc::SIGFPE,
+];
+
+/// What a fatal signal's handler runs before passing the signal on: an async-signal-safe `fn()`.
+static CRASH_HOOK: AtomicPtr<()> = AtomicPtr::new(std::ptr::null_mut());
+static FATAL_ARMED: AtomicBool = AtomicBool::new(false);
+/// The handler (`sa_sigaction`) and flags each of [`FATAL`] had before ours.
+static PREVIOUS: [AtomicUsize; 5] = [const { AtomicUsize::new(libc::SIG_DFL) }; 5];
+static PREVIOUS_FLAGS: [AtomicI32; 5] = [const { AtomicI32::new(0) }; 5];
+
+/// Has `hook` run first when the process gets a fatal signal (once per process; a later call
+/// only replaces the hook). The disposition each signal had is kept and passed the signal
+/// after the hook.
+pub(crate) fn arm_fatal(hook: fn()) {
+    CRASH_HOOK.store(hook as *mut (), Ordering::SeqCst);
+    if FATAL_ARMED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    for (i, &signal) in FATAL.iter().enumerate() {
+        // SAFETY: zeroed `sigaction`s are valid out-parameters and starting values; ours is a
+        // plain `extern "C"` handler with the SA_SIGINFO signature that lives as long as the
+        // process. The old disposition is stored before ours is in place, so the handler always
+        // finds it.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(signal, std::ptr::null(), &mut old) != 0 {
+                continue;
+            }
+            PREVIOUS[i].store(old.sa_sigaction, Ordering::SeqCst);
+            PREVIOUS_FLAGS[i].store(old.sa_flags, Ordering::SeqCst);
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_fatal_signal as *const () as libc::sighandler_t;
+            libc::sigemptyset(&mut action.sa_mask);
+            // On the alternate stack, if the thread has one: a stack overflow must still reach
+            // Rust's own handler (chained below), which says so.
+            action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
+    }
+}
+
+extern "C" fn on_fatal_signal(
+    signal: libc::c_int,
+    info: *mut libc::siginfo_t,
+    context: *mut libc::c_void,
+) {
+    // SAFETY: the hook is an async-signal-safe `fn()` stored by `arm_fatal`; the previous
+    // handler is called with the signature its flags say it has, with our own arguments; the
+    // rest is `sigaction` and `raise`, async-signal-safe.
+    unsafe {
+        let errno = *libc::__errno_location();
+        let hook = CRASH_HOOK.load(Ordering::SeqCst);
+        if !hook.is_null() {
+            let hook = std::mem::transmute::<*mut (), fn()>(hook);
+            hook();
+        }
+        let Some(i) = FATAL.iter().position(|&s| s == signal) else {
+            return;
+        };
+        let previous = PREVIOUS[i].load(Ordering::SeqCst);
+        let flags = PREVIOUS_FLAGS[i].load(Ordering::SeqCst);
+        // A fault the kernel raised (si_code > 0) cannot be ignored: it forces the default.
+        let from_kernel = !info.is_null() && (*info).si_code > 0;
+        if previous == libc::SIG_DFL || (previous == libc::SIG_IGN && from_kernel) {
+            // Blocked while we run: delivered with the default action when we return.
+            let mut default: libc::sigaction = std::mem::zeroed();
+            default.sa_sigaction = libc::SIG_DFL;
+            libc::sigemptyset(&mut default.sa_mask);
+            libc::sigaction(signal, &default, std::ptr::null_mut());
+            libc::raise(signal);
+        } else if previous == libc::SIG_IGN {
+            // Sent, and ignored before we came: still ignored.
+        } else if flags & libc::SA_SIGINFO != 0 {
+            let handler = std::mem::transmute::<
+                usize,
+                extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void),
+            >(previous);
+            handler(signal, info, context);
+        } else {
+            let handler = std::mem::transmute::<usize, extern "C" fn(libc::c_int)>(previous);
+            handler(signal);
+        }
         *libc::__errno_location() = errno;
     }
 }
