@@ -15,7 +15,7 @@ use crate::log::log_event;
 use crate::registry::{self, Entry, shorten};
 use crate::runtime;
 use crate::session::Settings;
-use crate::stackdump::{self, JsonEscaped, StackDump, write_json_str};
+use crate::stackdump::{self, JsonEscaped, StackDump, TextLayout, write_json_str};
 use crate::threads::run_bounded;
 
 /// What the session does after sending a reply.
@@ -71,7 +71,7 @@ pub(crate) enum Answer {
     /// A stack dump, written out only as the session sends it: the text and JSON of a big
     /// process are megabytes, and building them whole would leave that much in the session
     /// thread's malloc arena (glibc's `malloc_trim` does not shrink a thread arena's top).
-    Dump(StackDump),
+    Dump(StackDump, TextLayout),
 }
 
 impl Answer {
@@ -79,7 +79,7 @@ impl Answer {
     fn write_text<W: fmt::Write>(&self, out: &mut W) -> fmt::Result {
         match self {
             Answer::Built { text, .. } => out.write_str(text),
-            Answer::Dump(dump) => dump.write_text(out),
+            Answer::Dump(dump, layout) => dump.write_text(*layout, out),
         }
     }
 
@@ -87,7 +87,7 @@ impl Answer {
     fn write_data<W: fmt::Write>(&self, out: &mut W) -> fmt::Result {
         match self {
             Answer::Built { data, .. } => write!(out, "{data}"),
-            Answer::Dump(dump) => dump.write_json(out),
+            Answer::Dump(dump, _) => dump.write_json(out),
         }
     }
 }
@@ -173,7 +173,7 @@ impl Reply {
                 Ok(())
             }
             // Always ends with a newline.
-            Ok(answer @ Answer::Dump(_)) => answer.write_text(out),
+            Ok(answer @ Answer::Dump(..)) => answer.write_text(out),
             Err(message) => writeln!(out, "error: {message}"),
         }
     }
@@ -184,8 +184,8 @@ pub(crate) const BUILTINS: &[(&str, &str, &str)] = &[
     ("help", "help", "list the commands and registered commands"),
     (
         "threads",
-        "threads [TID|NAME]",
-        "backtrace of every thread (alias: bt), or of the matching ones",
+        "threads [--all|--full] [TID|NAME]",
+        "backtraces (alias: bt), identical stacks grouped; --all: each thread, --full: every frame",
     ),
     (
         "locals",
@@ -460,11 +460,20 @@ fn help() -> Reply {
 }
 
 fn threads(word: &str, args: &[&str], settings: &Settings) -> Reply {
-    let filter = match args {
-        [] => None,
-        [filter] => Some(*filter),
-        _ => return Reply::err(word, "usage: threads [TID|NAME]"),
-    };
+    const USAGE: &str = "usage: threads [--all] [--full] [TID|NAME]";
+    let mut layout = TextLayout::short();
+    let mut filter = None;
+    for &arg in args {
+        match arg {
+            "--all" => layout = layout.every_thread(true),
+            "--full" => layout = TextLayout::full(),
+            flag if flag.starts_with("--") => {
+                return Reply::err(word, format!("unknown flag {:?}; {USAGE}", shorten(flag)));
+            }
+            name if filter.is_none() => filter = Some(name),
+            _ => return Reply::err(word, USAGE),
+        }
+    }
     match stackdump::capture(&settings.dump) {
         Ok(dump) => {
             let dump = match filter {
@@ -474,7 +483,7 @@ fn threads(word: &str, args: &[&str], settings: &Settings) -> Reply {
                         return Reply::err(
                             word,
                             format!(
-                                "no thread has tid {0:?} or a name containing it ({1} threads; \"{word}\" lists them all)",
+                                "no thread has tid {0:?} or a name equal to or containing it ({1} threads; \"{word}\" lists them all)",
                                 shorten(filter),
                                 dump.threads().len()
                             ),
@@ -486,7 +495,7 @@ fn threads(word: &str, args: &[&str], settings: &Settings) -> Reply {
             };
             Reply {
                 command: word.to_string(),
-                result: Ok(Answer::Dump(dump)),
+                result: Ok(Answer::Dump(dump, layout)),
                 action: Action::Continue,
             }
         }
@@ -673,7 +682,7 @@ mod tests {
         let dump = crate::stackdump::tests::sample_named("tab\t \"quoted\" back\\ bell\u{7}");
         Reply {
             command: "threads".into(),
-            result: Ok(Answer::Dump(dump)),
+            result: Ok(Answer::Dump(dump, TextLayout::short())),
             action: Action::Continue,
         }
     }
@@ -681,7 +690,7 @@ mod tests {
     #[test]
     fn a_dump_frame_in_every_form_is_one_line_of_json_with_the_repl_text() {
         let reply = dump_reply();
-        let Ok(Answer::Dump(dump)) = &reply.result else {
+        let Ok(Answer::Dump(dump, _)) = &reply.result else {
             unreachable!()
         };
         let mut repl = String::new();

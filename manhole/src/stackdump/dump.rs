@@ -1,12 +1,10 @@
 //! The result of a dump, [`StackDump`] and the types inside it ([`ThreadStack`], [`Frame`],
-//! [`FrameSymbol`], [`CaptureMethod`]), and their two forms: the text a session prints and the
-//! JSON of `format json` and the exec protocol, both streamed into any `fmt::Write`.
+//! [`FrameSymbol`], [`CaptureMethod`]), with their accessors and the `threads NAME` filter. Their
+//! text and JSON forms are in `format`, the grouping of identical stacks in `group`.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use serde_json::{Value, json};
+use std::time::{Duration, SystemTime};
 
 use crate::procfs::{SyscallState, ThreadState};
 
@@ -119,95 +117,24 @@ impl StackDump {
         counts
     }
 
-    /// The dump as text, as the REPL shows it (see [docs/protocol.md](https://docs.rs/crate/manhole/latest/source/docs/protocol.md)).
-    ///
-    /// The header's "without answer" counts every thread with no captured stack that was not
-    /// blocked, exited ones included; [`DumpCounts`] and the JSON tell them apart.
-    pub fn to_text(&self) -> String {
-        let mut text = String::new();
-        let _ = self.write_text(&mut text);
-        text
-    }
-
-    /// Writes [`to_text`](StackDump::to_text) into `out` piece by piece (a session streams a
-    /// big dump to its client instead of building megabytes of text first). It always ends with
-    /// a newline.
-    pub(crate) fn write_text<W: fmt::Write>(&self, out: &mut W) -> fmt::Result {
-        let counts = self.counts();
-        writeln!(
-            out,
-            "Threads: {} ({} captured, {} blocked, {} without answer) in {} capture + {} symbolize",
-            counts.threads,
-            counts.captured,
-            counts.blocked,
-            counts.no_answer + counts.exited,
-            HumanDuration(self.capture_time),
-            HumanDuration(self.symbolize_time),
-        )?;
-        for thread in &self.threads {
-            out.write_char('\n')?;
-            thread.write_text(out);
-        }
-        Ok(())
-    }
-
-    /// The dump as JSON (see [docs/protocol.md](https://docs.rs/crate/manhole/latest/source/docs/protocol.md), "The stack dump as data"); the same document as
-    /// [`to_json_string`](StackDump::to_json_string), parsed.
-    pub fn to_json(&self) -> Value {
-        serde_json::from_str(&self.to_json_string()).unwrap_or(Value::Null)
-    }
-
-    /// The dump as one line of JSON text (see [docs/protocol.md](https://docs.rs/crate/manhole/latest/source/docs/protocol.md), "The stack dump as data").
-    ///
-    /// Written straight into one string: a `serde_json::Value` of a big dump (a map per frame
-    /// and per symbol) costs more to build, serialize and drop than the capture itself.
-    pub fn to_json_string(&self) -> String {
-        let mut out = String::with_capacity(256 + self.threads.len() * 2048);
-        let _ = self.write_json(&mut out);
-        out
-    }
-
-    /// Writes [`to_json_string`](StackDump::to_json_string) into `out` piece by piece.
-    pub(crate) fn write_json<W: fmt::Write>(&self, out: &mut W) -> fmt::Result {
-        let counts = self.counts();
-        let taken_at_ms = self
-            .taken_at
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        write!(
-            out,
-            "{{\"pid\":{},\"taken_at_unix_ms\":{taken_at_ms},\"signal\":{},\"capture_micros\":{},\"symbolize_micros\":{},\"counts\":{{\"threads\":{},\"captured\":{},\"blocked\":{},\"no_answer\":{},\"exited\":{}}},\"threads\":[",
-            self.pid,
-            self.signal,
-            self.capture_time.as_micros() as u64,
-            self.symbolize_time.as_micros() as u64,
-            counts.threads,
-            counts.captured,
-            counts.blocked,
-            counts.no_answer,
-            counts.exited,
-        )?;
-        for (i, thread) in self.threads.iter().enumerate() {
-            if i > 0 {
-                out.write_char(',')?;
-            }
-            thread.write_json(out);
-        }
-        out.write_str("]}")
-    }
-
-    /// Only the threads whose tid equals `filter` or whose name contains it. The counts follow
-    /// the threads kept; the times stay those of the whole dump.
+    /// Only the threads `filter` names: those whose tid or whole name equals it, or, when no
+    /// thread does, those whose name contains it (so `sleeper-99` is one thread, not
+    /// `sleeper-990` to `sleeper-999` as well). The counts follow the threads kept; the times
+    /// stay those of the whole dump.
     pub fn filtered(&self, filter: &str) -> StackDump {
         let tid = filter.trim().parse::<i32>().ok();
-        StackDump {
-            threads: self
+        let exact = |t: &&ThreadStack| Some(t.tid) == tid || t.name == filter;
+        let mut threads: Vec<ThreadStack> = self.threads.iter().filter(exact).cloned().collect();
+        if threads.is_empty() {
+            threads = self
                 .threads
                 .iter()
-                .filter(|t| Some(t.tid) == tid || t.name.contains(filter))
+                .filter(|t| t.name.contains(filter))
                 .cloned()
-                .collect(),
+                .collect();
+        }
+        StackDump {
+            threads,
             ..self.clone_without_threads()
         }
     }
@@ -222,12 +149,6 @@ impl StackDump {
             ignored_signals: self.ignored_signals,
             threads: Vec::new(),
         }
-    }
-}
-
-impl fmt::Display for StackDump {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_text())
     }
 }
 
@@ -277,6 +198,31 @@ pub struct ThreadStack {
     /// For a thread captured by the signal: bytes of stack the handler copied, and bytes of
     /// stack the kernel's signal frame and the handler used below the interrupted stack pointer.
     pub(super) stack_copy: Option<(usize, usize)>,
+    /// The futex word the thread sleeps on, and the static it lies in, if it is in one.
+    pub(super) futex: Option<FutexWait>,
+    /// One of the manhole's own threads (listener, sessions, workers, signal thread).
+    pub(super) manhole: bool,
+}
+
+/// Where a thread sleeps in a `futex` wait (a lock, a condition variable, a parked thread), from
+/// `/proc/self/task/<tid>/syscall` read after the thread's stack was captured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FutexWait {
+    pub(super) address: usize,
+    pub(super) static_name: Option<Arc<str>>,
+}
+
+impl FutexWait {
+    /// The address of the futex word (the first argument of the system call).
+    pub fn address(&self) -> usize {
+        self.address
+    }
+
+    /// The static the word lies in (e.g. `app::SHARED_LOCK` for a `static Mutex`); `None` for a
+    /// lock on the heap or on a stack, and, in this version, always (not looked up yet).
+    pub fn static_name(&self) -> Option<&str> {
+        self.static_name.as_deref()
+    }
 }
 
 impl ThreadStack {
@@ -339,180 +285,21 @@ impl ThreadStack {
         self.stack_copy.map(|(copied, _)| copied)
     }
 
+    /// Whether this is one of the manhole's own threads (`mh-listener`, `mh-session-<n>`, ...).
+    pub fn is_manhole_thread(&self) -> bool {
+        self.manhole
+    }
+
+    /// For a thread captured by the signal that sleeps in a `futex` wait: the word it waits on.
+    pub fn futex_wait(&self) -> Option<&FutexWait> {
+        self.futex.as_ref()
+    }
+
     /// For a thread captured by the signal: how many bytes below the interrupted stack pointer
     /// the kernel's signal frame and the dump handler used.
     pub fn handler_stack_bytes(&self) -> Option<usize> {
         self.stack_copy.map(|(_, below)| below)
     }
-
-    pub(super) fn write_text<W: fmt::Write>(&self, out: &mut W) {
-        let _ = writeln!(
-            out,
-            "Thread {} \"{}\" ({} {}) [{}]",
-            self.tid,
-            self.name,
-            self.state.letter(),
-            self.state.name(),
-            self.method
-        );
-        if let Some(note) = &self.note {
-            let _ = writeln!(out, "  note: {note}");
-        }
-        match self.syscall {
-            Some(SyscallState::InSyscall { nr, .. }) => {
-                let _ = writeln!(
-                    out,
-                    "  in system call {nr}{}",
-                    wchan_suffix(self.wchan.as_deref())
-                );
-            }
-            Some(SyscallState::Blocked { .. }) => {
-                let _ = writeln!(
-                    out,
-                    "  blocked outside a system call{}",
-                    wchan_suffix(self.wchan.as_deref())
-                );
-            }
-            Some(SyscallState::Running) => {
-                let _ = writeln!(out, "  running on a CPU (no registers available)");
-            }
-            None => {}
-        }
-        for (index, frame) in self.frames.iter().enumerate() {
-            frame.write_text(index, out);
-        }
-        if self.truncated {
-            let _ = writeln!(out, "  [truncated after {} frames]", self.frames.len());
-        }
-    }
-
-    pub(super) fn write_json<W: fmt::Write>(&self, out: &mut W) {
-        let _ = write!(out, "{{\"tid\":{},\"name\":", self.tid);
-        push_json_str(out, &self.name);
-        let _ = write!(
-            out,
-            ",\"state\":\"{}\",\"state_name\":\"{}\",\"method\":\"{}\",\"note\":",
-            self.state.letter(),
-            self.state.name(),
-            self.method.as_str()
-        );
-        push_json_opt(out, self.note.as_deref());
-        let _ = write!(out, ",\"truncated\":{},\"wchan\":", self.truncated);
-        push_json_opt(out, self.wchan.as_deref());
-        let _ = out.write_str(",\"syscall\":");
-        match self.syscall {
-            Some(state) => {
-                let _ = out.write_str(&syscall_json(state).to_string());
-            }
-            None => {
-                let _ = out.write_str("null");
-            }
-        }
-        match self.handler_time {
-            Some(time) => {
-                let _ = write!(out, ",\"handler_nanos\":{}", time.as_nanos() as u64);
-            }
-            None => {
-                let _ = out.write_str(",\"handler_nanos\":null");
-            }
-        }
-        match self.stack_copy {
-            Some((copied, below)) => {
-                let _ = write!(
-                    out,
-                    ",\"stack_copy_bytes\":{copied},\"handler_stack_bytes\":{below}"
-                );
-            }
-            None => {
-                let _ = out.write_str(",\"stack_copy_bytes\":null,\"handler_stack_bytes\":null");
-            }
-        }
-        let _ = out.write_str(",\"frames\":[");
-        for (i, frame) in self.frames.iter().enumerate() {
-            if i > 0 {
-                let _ = out.write_char(',');
-            }
-            frame.write_json(out);
-        }
-        let _ = out.write_str("]}");
-    }
-}
-
-/// Appends `text` as a JSON string literal.
-pub(super) fn push_json_str<W: fmt::Write>(out: &mut W, text: &str) {
-    let _ = write_json_str(out, text);
-}
-
-/// Writes `text` as a JSON string literal.
-pub(crate) fn write_json_str<W: fmt::Write>(out: &mut W, text: &str) -> fmt::Result {
-    out.write_char('"')?;
-    JsonEscaped(out).write_str(text)?;
-    out.write_char('"')
-}
-
-/// Writes what it is given escaped for the inside of a JSON string literal (the quotes are the
-/// caller's), so text can be streamed into a JSON document without being built first.
-pub(crate) struct JsonEscaped<'a, W: fmt::Write>(pub &'a mut W);
-
-impl<W: fmt::Write> fmt::Write for JsonEscaped<'_, W> {
-    fn write_str(&mut self, text: &str) -> fmt::Result {
-        let mut plain = 0;
-        for (at, byte) in text.bytes().enumerate() {
-            let escaped = match byte {
-                b'"' => "\\\"",
-                b'\\' => "\\\\",
-                b'\n' => "\\n",
-                b'\r' => "\\r",
-                b'\t' => "\\t",
-                0..=0x1f => "",
-                _ => continue,
-            };
-            self.0.write_str(&text[plain..at])?;
-            if escaped.is_empty() {
-                write!(self.0, "\\u{byte:04x}")?;
-            } else {
-                self.0.write_str(escaped)?;
-            }
-            plain = at + 1;
-        }
-        self.0.write_str(&text[plain..])
-    }
-}
-
-/// Appends `text` as a JSON string literal, or `null`.
-pub(super) fn push_json_opt<W: fmt::Write>(out: &mut W, text: Option<&str>) {
-    match text {
-        Some(text) => push_json_str(out, text),
-        None => {
-            let _ = out.write_str("null");
-        }
-    }
-}
-
-pub(super) fn wchan_suffix(wchan: Option<&str>) -> String {
-    wchan.map(|w| format!(" (wchan {w})")).unwrap_or_default()
-}
-
-pub(super) fn syscall_json(state: SyscallState) -> Value {
-    match state {
-        SyscallState::Running => {
-            json!({"running": true, "nr": null, "args": null, "sp": null, "pc": null})
-        }
-        SyscallState::Blocked { sp, pc } => {
-            json!({"running": false, "nr": null, "args": null, "sp": hex(sp as usize), "pc": hex(pc as usize)})
-        }
-        SyscallState::InSyscall { nr, args, sp, pc } => json!({
-            "running": false,
-            "nr": nr,
-            "args": args.iter().map(|&a| hex(a as usize)).collect::<Vec<_>>(),
-            "sp": hex(sp as usize),
-            "pc": hex(pc as usize),
-        }),
-    }
-}
-
-pub(super) fn hex(value: usize) -> String {
-    format!("{value:#x}")
 }
 
 /// One stack frame: an address, where it lies, and what it resolves to.
@@ -547,103 +334,6 @@ impl Frame {
     pub fn symbols(&self) -> &[FrameSymbol] {
         &self.symbols
     }
-
-    pub(super) fn write_text<W: fmt::Write>(&self, index: usize, out: &mut W) {
-        // Formatted straight into `out`: a dump of 1,000 threads has tens of thousands of frames.
-        let number = FrameNumber(index);
-        let location = Location(self);
-        if self.symbols.is_empty() {
-            let _ = writeln!(out, "  {number:<3} {:#018x} {location}", self.ip);
-            return;
-        }
-        let last = self.symbols.len() - 1;
-        for (i, symbol) in self.symbols.iter().enumerate() {
-            let name = symbol.name.as_deref().unwrap_or("??");
-            let place = Place(symbol, location);
-            let inlined = if i < last { " (inlined)" } else { "" };
-            if i == 0 {
-                let _ = writeln!(
-                    out,
-                    "  {number:<3} {:#018x} {name} ({place}){inlined}",
-                    self.ip
-                );
-            } else {
-                let _ = writeln!(out, "  {:<3} {:18} {name} ({place}){inlined}", "", "");
-            }
-        }
-    }
-
-    pub(super) fn write_json<W: fmt::Write>(&self, out: &mut W) {
-        let _ = write!(out, "{{\"ip\":\"{:#x}\",\"module\":", self.ip);
-        push_json_opt(out, self.module.as_deref());
-        match self.module_offset {
-            Some(offset) => {
-                let _ = write!(out, ",\"module_offset\":\"{offset:#x}\"");
-            }
-            None => {
-                let _ = out.write_str(",\"module_offset\":null");
-            }
-        }
-        let _ = out.write_str(",\"symbols\":[");
-        for (i, symbol) in self.symbols.iter().enumerate() {
-            if i > 0 {
-                let _ = out.write_char(',');
-            }
-            let _ = out.write_str("{\"name\":");
-            push_json_opt(out, symbol.name.as_deref());
-            let _ = out.write_str(",\"file\":");
-            push_json_opt(out, symbol.file.as_deref());
-            match symbol.line {
-                Some(line) => {
-                    let _ = write!(out, ",\"line\":{line}}}");
-                }
-                None => {
-                    let _ = out.write_str(",\"line\":null}");
-                }
-            }
-        }
-        let _ = out.write_str("]}");
-    }
-}
-
-/// `#N`, padded to the width asked for (`{:<3}`) without building a string.
-pub(super) struct FrameNumber(usize);
-
-impl fmt::Display for FrameNumber {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "#{}", self.0)?;
-        let digits = self.0.checked_ilog10().unwrap_or(0) as usize + 1;
-        for _ in 1 + digits..f.width().unwrap_or(0) {
-            f.write_char(' ')?;
-        }
-        Ok(())
-    }
-}
-
-/// `module+0xoffset`, or `??`.
-#[derive(Clone, Copy)]
-pub(super) struct Location<'a>(&'a Frame);
-
-impl fmt::Display for Location<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.0.module, self.0.module_offset) {
-            (Some(module), Some(offset)) => write!(f, "{module}+{offset:#x}"),
-            _ => f.write_str("??"),
-        }
-    }
-}
-
-/// `file:line`, `file`, or the frame's [`Location`].
-pub(super) struct Place<'a>(&'a FrameSymbol, Location<'a>);
-
-impl fmt::Display for Place<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.0.file, self.0.line) {
-            (Some(file), Some(line)) => write!(f, "{file}:{line}"),
-            (Some(file), None) => f.write_str(file),
-            _ => self.1.fmt(f),
-        }
-    }
 }
 
 /// A function a [`Frame`] resolves to.
@@ -668,21 +358,5 @@ impl FrameSymbol {
     /// The source line.
     pub fn line(&self) -> Option<u32> {
         self.line
-    }
-}
-
-/// `812 µs`, `1.2 ms`, `1.23 s`.
-pub(super) struct HumanDuration(Duration);
-
-impl fmt::Display for HumanDuration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let micros = self.0.as_micros();
-        if micros < 1000 {
-            write!(f, "{micros} µs")
-        } else if micros < 1_000_000 {
-            write!(f, "{:.1} ms", micros as f64 / 1000.0)
-        } else {
-            write!(f, "{:.2} s", self.0.as_secs_f64())
-        }
     }
 }

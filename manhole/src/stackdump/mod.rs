@@ -31,16 +31,23 @@
 //!   code that does not retry on `EINTR` may see one.
 
 mod dump;
+mod format;
+mod group;
 mod handler;
 pub(crate) mod symbolize;
 mod unwind;
+mod waits;
 
 /// A framehop module for one loaded object (the profiler builds its unwinder from these too).
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) use self::unwind::module_for as unwind_module;
 
-pub use self::dump::{CaptureMethod, DumpCounts, Frame, FrameSymbol, StackDump, ThreadStack};
-pub(crate) use self::dump::{JsonEscaped, write_json_str};
+pub use self::dump::{
+    CaptureMethod, DumpCounts, Frame, FrameSymbol, FutexWait, StackDump, ThreadStack,
+};
+pub(crate) use self::format::{JsonEscaped, write_json_str};
+pub use self::format::{MAX_LINE, TextLayout};
+pub use self::group::ThreadGroup;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -285,10 +292,11 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
 
     let symbolizing = Instant::now();
     let mut symbolizer = Symbolizer::new();
-    let threads = threads
+    let mut threads: Vec<ThreadStack> = threads
         .into_iter()
         .map(|t| t.finish(&mut symbolizer, max_frames))
         .collect();
+    waits::annotate(&mut threads);
     Ok(StackDump {
         pid: std::process::id(),
         signal,
@@ -718,6 +726,8 @@ impl Pending {
             syscall: self.syscall,
             handler_time: self.handler_time,
             stack_copy: self.stack_copy,
+            futex: None,
+            manhole: false,
         }
     }
 }
@@ -776,6 +786,8 @@ pub(crate) mod tests {
             syscall: None,
             handler_time: Some(Duration::from_nanos(5300)),
             stack_copy: Some((2048, 3200)),
+            futex: None,
+            manhole: false,
         };
         StackDump {
             pid: 4242,
@@ -792,8 +804,8 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn text_matches_the_protocol_shape() {
-        let text = sample().to_text();
+    fn full_text_matches_the_protocol_shape() {
+        let text = sample().to_text_with(TextLayout::full());
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
@@ -824,7 +836,7 @@ pub(crate) mod tests {
         };
         frames.resize(10, frames[1].clone());
         frames.push(nameless);
-        let text = dump.to_text();
+        let text = dump.to_text_with(TextLayout::full());
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[13], "  #9  0x00007f0000001000 /lib/libc.so.6+0x1000");
         assert_eq!(
@@ -875,5 +887,207 @@ pub(crate) mod tests {
         assert_eq!(dump.filtered("work").threads()[0].tid(), 4243);
         assert_eq!(dump.filtered("de").counts().threads(), 1);
         assert!(dump.filtered("nothing").threads().is_empty());
+    }
+
+    #[test]
+    fn a_whole_name_wins_over_substrings() {
+        let mut dump = sample();
+        let worker = dump.threads[1].clone();
+        dump.threads = [9, 99, 990, 999]
+            .iter()
+            .map(|&i| ThreadStack {
+                tid: 5000 + i,
+                name: format!("sleeper-{i}"),
+                ..worker.clone()
+            })
+            .collect();
+        let names = |filter: &str| -> Vec<String> {
+            let kept = dump.filtered(filter);
+            kept.threads()
+                .iter()
+                .map(|t| t.name().to_string())
+                .collect()
+        };
+        assert_eq!(names("sleeper-99"), ["sleeper-99"]);
+        assert_eq!(names("sleeper-9"), ["sleeper-9"]);
+        assert_eq!(names("sleeper-99 "), Vec::<String>::new());
+        assert_eq!(
+            names("per-99"),
+            ["sleeper-99", "sleeper-990", "sleeper-999"]
+        );
+        assert_eq!(names("5099"), ["sleeper-99"]);
+    }
+
+    fn symbol(name: &str, file: &str) -> FrameSymbol {
+        FrameSymbol {
+            name: Some(name.into()),
+            file: Some(file.into()),
+            line: Some(1),
+        }
+    }
+
+    fn frame(ip: usize, symbols: Vec<FrameSymbol>) -> Frame {
+        Frame {
+            ip,
+            module: Some("/usr/bin/demo".into()),
+            module_offset: Some(ip - 0x1000),
+            symbols: symbols.into(),
+        }
+    }
+
+    /// Three workers with one stack (their loop, then std's and libc's start-up), one alone on
+    /// another, and a manhole thread.
+    fn grouped_sample() -> StackDump {
+        let mut dump = sample();
+        let template = dump.threads[0].clone();
+        let stack = vec![
+            frame(0x2000, vec![symbol("demo::worker_loop", "src/demo.rs")]),
+            frame(
+                0x3000,
+                vec![symbol(
+                    "std::sys::backtrace::__rust_begin_short_backtrace<demo::main::{closure_env#0}, ()>",
+                    "library/std/src/sys/backtrace.rs",
+                )],
+            ),
+            frame(
+                0x4000,
+                vec![
+                    symbol(
+                        "catch_unwind<(), core::panic::unwind_safe::AssertUnwindSafe<std::thread::lifecycle::spawn_unchecked::{closure#1}::{closure_env#0}<demo::main::{closure_env#0}, ()>>>",
+                        "library/std/src/panicking.rs",
+                    ),
+                    symbol(
+                        "{closure#1}<demo::main::{closure_env#0}, ()>",
+                        "library/std/src/thread/lifecycle.rs",
+                    ),
+                ],
+            ),
+            frame(
+                0x5000,
+                vec![symbol("start_thread", "./nptl/pthread_create.c")],
+            ),
+            frame(0x6000, vec![symbol("clone3", "./misc/clone3.S")]),
+        ];
+        let thread = |tid: i32, name: &str, frames: Vec<Frame>, manhole: bool| ThreadStack {
+            tid,
+            name: name.into(),
+            frames,
+            manhole,
+            ..template.clone()
+        };
+        dump.threads = vec![
+            thread(10, "worker-1", stack.clone(), false),
+            thread(11, "worker-2", stack.clone(), false),
+            thread(12, "other", stack[1..].to_vec(), false),
+            thread(13, "worker-3", stack.clone(), false),
+            thread(14, "mh-listener", stack.clone(), true),
+        ];
+        dump
+    }
+
+    #[test]
+    fn short_text_groups_identical_stacks_and_folds_the_start_up() {
+        let dump = grouped_sample();
+        let groups = dump.groups();
+        assert_eq!(
+            groups.iter().map(|g| g.tids().to_vec()).collect::<Vec<_>>(),
+            [vec![10, 11, 13], vec![12], vec![14]]
+        );
+        let text = dump.to_text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[1],
+            "3 distinct stacks; \"threads --all\" lists each thread, \"threads --full\" shows every frame"
+        );
+        assert_eq!(
+            lines[3],
+            "3 threads \"worker-1..3\" (S sleeping) [signal], tids 10..11, 13"
+        );
+        assert_eq!(
+            lines[4],
+            "  #0  0x0000000000002000 demo::worker_loop (src/demo.rs:1)"
+        );
+        assert_eq!(
+            lines[5],
+            "  ... 4 start-up frames hidden (std runtime, libc)"
+        );
+        // A stack of start-up frames only keeps its innermost frame.
+        assert_eq!(lines[7], "Thread 12 \"other\" (S sleeping) [signal]");
+        assert!(
+            lines[8].starts_with(
+                "  #0  0x0000000000003000 std::sys::backtrace::__rust_begin_short_backtrace<…> ("
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            lines[9],
+            "  ... 3 start-up frames hidden (std runtime, libc)"
+        );
+        assert_eq!(
+            lines[11],
+            "Thread 14 \"mh-listener\" (S sleeping) [signal]: the manhole's own thread, 5 frames hidden"
+        );
+        assert_eq!(lines.len(), 12, "{text}");
+
+        // Each thread on its own, still short.
+        let each = dump.to_text_with(TextLayout::short().every_thread(true));
+        assert_eq!(each.matches("\nThread ").count(), 5, "{each}");
+        assert_eq!(each.matches("start-up frames hidden").count(), 4, "{each}");
+        // Everything: every frame and the full names.
+        let full = dump.to_text_with(TextLayout::full());
+        assert!(!full.contains("hidden"), "{full}");
+        assert!(full.contains("catch_unwind<(), core::panic"), "{full}");
+        assert_eq!(full.matches(" clone3 (").count(), 5, "{full}");
+    }
+
+    #[test]
+    fn json_keeps_every_thread_and_adds_the_groups() {
+        let dump = grouped_sample();
+        let json = dump.to_json();
+        assert_eq!(json["threads"].as_array().unwrap().len(), 5);
+        assert_eq!(json["threads"][4]["manhole"], true);
+        assert_eq!(json["threads"][0]["futex"], Value::Null);
+        let groups = json["groups"].as_array().unwrap();
+        assert_eq!(groups.len(), 3);
+        assert_eq!(
+            groups[0],
+            json!({"count": 3, "tids": [10, 11, 13], "names": "worker-1..3", "state": "S",
+                   "method": "signal", "manhole": false, "frames": 5, "startup_frames": 4,
+                   "futex": null})
+        );
+        assert_eq!(groups[2]["manhole"], true);
+    }
+
+    #[test]
+    fn threads_waiting_on_one_futex_are_grouped_by_it() {
+        let mut dump = grouped_sample();
+        let lock = |address, static_name: Option<&str>| {
+            Some(FutexWait {
+                address,
+                static_name: static_name.map(Into::into),
+            })
+        };
+        dump.threads[0].futex = lock(0x1234, Some("app::SHARED_LOCK"));
+        dump.threads[1].futex = lock(0x1234, Some("app::SHARED_LOCK"));
+        // Alone on its word (a parked thread's own): grouped by its stack only.
+        dump.threads[3].futex = lock(0x9999, None);
+        let groups = dump.groups();
+        assert_eq!(groups[0].tids(), [10, 11]);
+        assert_eq!(groups[2].tids(), [13]);
+        let text = dump.to_text();
+        assert!(
+            text.contains("2 threads \"worker-1..2\" (S sleeping) [signal], tids 10..11\n  2 waiting on app::SHARED_LOCK (futex 0x1234, in a static)\n"),
+            "{text}"
+        );
+        assert!(text.contains("\n  waiting on futex 0x9999\n"), "{text}");
+        let json = dump.to_json();
+        assert_eq!(
+            json["groups"][0]["futex"],
+            json!({"address": "0x1234", "static": "app::SHARED_LOCK"})
+        );
+        assert_eq!(
+            json["threads"][3]["futex"],
+            json!({"address": "0x9999", "static": null})
+        );
     }
 }
