@@ -6,6 +6,7 @@
 //! - [`Client`] talks to a socket the way an operator's tool would, with generous timeouts:
 //!   every wait is for a condition (some text arriving, the peer closing), never a fixed sleep.
 //! - [`TempDir`] gives each test its own directory, so tests run in parallel.
+//! - [`dump_sections`] splits a stack dump's text into its threads and groups of threads.
 
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -560,6 +561,16 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Starts `bare` with `MANHOLE` set to `manhole` (or unset for `None`) and waits for `ready`.
+/// The App guard removes `/tmp/manhole-<pid>`.
+pub fn bare(manhole: Option<&str>, args: &[&str]) -> App {
+    let env: Vec<(&str, &str)> = manhole.map(|m| ("MANHOLE", m)).into_iter().collect();
+    let mut app = App::start("bare", args, &env);
+    app.wait_for_line("ready pid=");
+    app.socket = Some(default_path(app.pid()));
+    app
+}
+
 /// The default socket path of process `pid`.
 pub fn default_path(pid: u32) -> PathBuf {
     PathBuf::from(format!("/tmp/manhole-{pid}"))
@@ -575,4 +586,39 @@ pub fn is_socket(path: &Path) -> bool {
 pub fn wait_for_socket(path: &Path) {
     wait_until(|| is_socket(path).then_some(()))
         .unwrap_or_else(|| panic!("{} never appeared", path.display()));
+}
+
+/// One thread (`Thread TID "NAME" ...`) or group of threads (`N threads "NAMES" ...`) of a stack
+/// dump's text: its header line, how many threads it stands for, and its lines up to the next.
+#[derive(Debug)]
+pub struct DumpSection {
+    pub header: String,
+    pub count: usize,
+    pub body: String,
+}
+
+/// The threads and groups of a stack dump's text, in order (see docs/protocol.md).
+pub fn dump_sections(text: &str) -> Vec<DumpSection> {
+    let mut sections: Vec<DumpSection> = Vec::new();
+    for line in text.lines() {
+        let count = if line.starts_with("Thread ") {
+            Some(1)
+        } else {
+            line.split_once(" threads \"")
+                .and_then(|(count, _)| count.parse().ok())
+        };
+        match (count, sections.last_mut()) {
+            (Some(count), _) => sections.push(DumpSection {
+                header: line.to_string(),
+                count,
+                body: String::new(),
+            }),
+            (None, Some(section)) if !line.is_empty() && !line.starts_with(">>>") => {
+                section.body.push_str(line);
+                section.body.push('\n');
+            }
+            _ => {}
+        }
+    }
+    sections
 }

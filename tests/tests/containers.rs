@@ -266,7 +266,7 @@ fn a_demo_in_a_container_is_reached_by_its_host_pid() {
         requests.trim().parse::<u64>().is_ok(),
         "requests is a number: {requests:?}"
     );
-    let threads = cli_ok(&[&pid, "threads"]);
+    let threads = cli_ok(&[&pid, "threads", "--all"]);
     for needle in ["worker-0", "worker-3", "demo_worker_loop"] {
         assert!(threads.contains(needle), "{needle} missing: {threads}");
     }

@@ -8,20 +8,12 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use manhole_e2e::{App, Client, TempDir, default_path, is_socket, wait_for_socket, wait_until};
+use manhole_e2e::{
+    App, Client, TempDir, bare, default_path, is_socket, wait_for_socket, wait_until,
+};
 
 const SIGUSR1: i32 = libc::SIGUSR1;
 const SIGUSR2: i32 = libc::SIGUSR2;
-
-/// Starts `bare` with `MANHOLE` set to `manhole` (or unset for `None`) and waits for `ready`.
-/// The App guard removes `/tmp/manhole-<pid>`.
-fn bare(manhole: Option<&str>, args: &[&str]) -> App {
-    let env: Vec<(&str, &str)> = manhole.map(|m| ("MANHOLE", m)).into_iter().collect();
-    let mut app = App::start("bare", args, &env);
-    app.wait_for_line("ready pid=");
-    app.socket = Some(default_path(app.pid()));
-    app
-}
 
 fn wait_for_no_socket(path: &Path) {
     wait_until(|| (!is_socket(path)).then_some(()))

@@ -386,7 +386,7 @@ fn a_c_program_gets_a_manhole_and_behaves_as_without_it() {
     host.wait_ready();
     host.wait_socket();
     let pid = host.pid().to_string();
-    let threads = cli_ok(&[&pid, "threads"]);
+    let threads = cli_ok(&[&pid, "threads", "--all"]);
     for needle in [
         "c-worker-0",
         "c-worker-1",
@@ -458,7 +458,7 @@ fn a_cpp_program_gets_a_manhole_and_behaves_as_without_it() {
     let pid = host.pid().to_string();
     // Dumps while the workers throw and catch: each must come back whole.
     for _ in 0..5 {
-        let threads = cli_ok(&[&pid, "threads"]);
+        let threads = cli_ok(&[&pid, "threads", "--all"]);
         let workers = threads
             .split("\n\nThread ")
             .filter(|thread| thread.contains("cpp_worker_loop"))
@@ -498,7 +498,7 @@ fn python_gets_a_manhole_and_behaves_as_without_it() {
     // The interpreter's frames in the main thread and the three workers.
     assert!(text.contains("_PyEval_EvalFrameDefault"), "{dump}");
     assert!(text.contains("start_thread"), "{dump}");
-    let threads = cli_ok(&[&pid, "threads"]);
+    let threads = cli_ok(&[&pid, "threads", "--all"]);
     let evaluating = threads
         .split("\n\nThread ")
         .filter(|thread| thread.contains("_PyEval_EvalFrameDefault"))

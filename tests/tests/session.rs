@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
-use manhole_e2e::{App, Client, TempDir};
+use manhole_e2e::{App, Client, DumpSection, TempDir, dump_sections};
 use serde_json::Value;
 
 fn session(app: &App) -> (Client, String) {
@@ -19,23 +19,41 @@ fn greeting_names_the_process_and_dumps_every_worker() {
         app.socket(),
         std::path::Path::new(&format!("/tmp/manhole-{}", app.pid()))
     );
-    let (_client, greeting) = session(&app);
+    let (mut client, greeting) = session(&app);
     let first = greeting.lines().next().unwrap();
     assert!(first.starts_with("Manhole "), "{first}");
     assert!(first.contains(&format!("pid {}", app.pid())), "{first}");
     assert!(first.contains("demo"), "{first}");
-    for i in 0..4 {
-        let header = format!("\"worker-{i}\"");
-        let at = greeting
-            .find(&header)
-            .unwrap_or_else(|| panic!("no {header} in {greeting}"));
-        let section = &greeting[at..];
-        let section = &section[..section[1..]
-            .find("\nThread ")
-            .map_or(section.len(), |e| e + 1)];
+    // The workers share one stack, so they are one group (two if one was caught running):
+    // every worker is counted, and each group shows the workers' loop.
+    let sections = dump_sections(&greeting);
+    let workers: Vec<&DumpSection> = sections
+        .iter()
+        .filter(|s| s.header.contains("\"worker-"))
+        .collect();
+    assert_eq!(
+        workers.iter().map(|s| s.count).sum::<usize>(),
+        4,
+        "{greeting}"
+    );
+    assert!(workers.len() < 4, "the workers are grouped:\n{greeting}");
+    for section in &workers {
         assert!(
-            section.contains("demo_worker_loop"),
-            "worker-{i} has no demo_worker_loop frame:\n{section}"
+            section.body.contains("demo_worker_loop"),
+            "a worker group without its demo_worker_loop frame:\n{greeting}"
+        );
+    }
+    // Each thread on its own, on request.
+    let each = client.command("threads --all");
+    for i in 0..4 {
+        let section = dump_sections(&each)
+            .into_iter()
+            .find(|s| s.header.contains(&format!("\"worker-{i}\"")))
+            .unwrap_or_else(|| panic!("no worker-{i} in {each}"));
+        assert_eq!(section.count, 1);
+        assert!(
+            section.body.contains("demo_worker_loop"),
+            "worker-{i} has no demo_worker_loop frame:\n{each}"
         );
     }
     // Manhole thread names fit the kernel's 15 bytes, so the dump shows them whole.

@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use manhole_e2e::{App, Client, TIMEOUT, wait_until};
+use manhole_e2e::{App, Client, TIMEOUT, dump_sections, wait_until};
 use serde_json::Value;
 
 /// The environment variable naming a `tokio_app` built with `--cfg tokio_unstable`.
@@ -53,10 +53,12 @@ fn the_greeting_names_the_runtime_the_banner_and_the_worker_threads() {
         greeting.contains("tokio_app: a TCP server and a periodic job"),
         "the application's banner follows the built-in one:\n{greeting}"
     );
-    let workers = greeting
-        .lines()
-        .filter(|l| l.starts_with("Thread ") && l.contains("\"tokio-rt-worker\""))
-        .count();
+    // Workers with one stack are one group: count the threads the headers stand for.
+    let workers: usize = dump_sections(&greeting)
+        .iter()
+        .filter(|s| s.header.contains("\"tokio-rt-worker"))
+        .map(|s| s.count)
+        .sum();
     assert!(
         workers >= 2,
         "two tokio worker threads in the dump:\n{greeting}"

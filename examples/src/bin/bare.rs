@@ -31,9 +31,12 @@
 //!   until killed; the original process reaps the middle one and prints `daemonized`.
 //! - `--exit-when PATH`: once PATH exists, call `std::process::exit(3)`.
 //! - `--return-when PATH`: once PATH exists, return from `main` (exit status 0).
+//! - `--lock-waiters N`: a thread `lock-holder` locks the `static SHARED_LOCK: Mutex<u64>` and a
+//!   `Mutex` on the heap and sleeps holding both; N threads `lock-waiter-<i>` block locking
+//!   `SHARED_LOCK`, and two threads `heap-waiter-<i>` the heap one (for the dump's wait view).
 
 use std::path::PathBuf;
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::{SigSet, Signal};
@@ -43,6 +46,42 @@ use nix::sys::signalfd::SignalFd;
 fn bare_sleeper_loop() -> ! {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// The lock `--lock-waiters` threads wait on.
+static SHARED_LOCK: Mutex<u64> = Mutex::new(0);
+
+/// Holds `SHARED_LOCK` and `heap` for ever, once `held` is passed; `n` threads then wait on the
+/// first and two on the second.
+fn start_lock_waiters(n: usize) {
+    let heap = Arc::new(Mutex::new(0u64));
+    let held = Arc::new(Barrier::new(2));
+    {
+        let (heap, held) = (heap.clone(), held.clone());
+        std::thread::Builder::new()
+            .name("lock-holder".into())
+            .spawn(move || {
+                let _shared = SHARED_LOCK.lock().expect("not poisoned");
+                let _heap = heap.lock().expect("not poisoned");
+                held.wait();
+                bare_sleeper_loop()
+            })
+            .expect("spawn the lock holder");
+    }
+    held.wait();
+    for i in 0..n {
+        std::thread::Builder::new()
+            .name(format!("lock-waiter-{i}"))
+            .spawn(|| *SHARED_LOCK.lock().expect("not poisoned") += 1)
+            .expect("spawn a lock waiter");
+    }
+    for i in 0..2 {
+        let heap = heap.clone();
+        std::thread::Builder::new()
+            .name(format!("heap-waiter-{i}"))
+            .spawn(move || *heap.lock().expect("not poisoned") += 1)
+            .expect("spawn a heap lock waiter");
     }
 }
 
@@ -278,6 +317,7 @@ fn main() {
     let mut exit_when: Option<PathBuf> = None;
     let mut fork_when: Option<PathBuf> = None;
     let mut return_when: Option<PathBuf> = None;
+    let mut lock_waiters = 0;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -308,6 +348,7 @@ fn main() {
             "--exit-when" => exit_when = args.next().map(PathBuf::from),
             "--fork-when" => fork_when = args.next().map(PathBuf::from),
             "--return-when" => return_when = args.next().map(PathBuf::from),
+            "--lock-waiters" => lock_waiters = number(args.next(), "--lock-waiters"),
             other => {
                 eprintln!("bare: unknown argument {other:?} (see the flags in the source's docs)");
                 std::process::exit(2);
@@ -339,6 +380,9 @@ fn main() {
             .expect("spawn a sleeper");
     }
     started.wait();
+    if lock_waiters > 0 {
+        start_lock_waiters(lock_waiters);
+    }
     if let Some(signal) = signalfd {
         std::thread::Builder::new()
             .name("signalfd-reader".into())
