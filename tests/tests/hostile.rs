@@ -111,15 +111,19 @@ fn clients_vanishing_in_the_middle_of_a_big_dump_do_not_hurt_the_process() {
     let mut app = App::demo(&["--extra-threads", "300", "--sigpipe-default"]);
     assert_eq!(ignored_signals(&app) & SIGPIPE_BIT, 0);
     survives(&mut app, |app| {
+        // The greeting groups the 300 idle threads into a few lines: the big dump is
+        // `threads --full`, and each client leaves while it is being written.
         for _ in 0..20 {
             let mut c = Client::connect(app.socket()).unwrap();
+            c.skip_greeting();
+            c.send("threads --full");
             c.read_until("Thread ");
             drop(c);
         }
         // And one that asks for a dump and leaves before reading it.
         let mut c = Client::connect(app.socket()).unwrap();
         c.skip_greeting();
-        c.send("threads");
+        c.send("threads --full");
         drop(c);
     });
 }
@@ -167,9 +171,10 @@ fn log_time(stderr: &str, needle: &str) -> f64 {
 
 #[test]
 fn a_client_that_stops_reading_a_big_dump_is_dropped_after_one_write_timeout_not_two() {
-    // The greeting's dump of 300 more threads is far bigger than the socket buffer. A blocking
-    // send with SO_SNDTIMEO used to wait the timeout twice: once in the send that filled the
-    // buffer (which then returned what it had copied), once more in the next send.
+    // The full dump of 300 more threads (`threads --full`; the greeting groups them into a few
+    // lines) is far bigger than the socket buffer. A blocking send with SO_SNDTIMEO used to wait
+    // the timeout twice: once in the send that filled the buffer (which then returned what it
+    // had copied), once more in the next send.
     let mut app = App::demo(&["--write-timeout-ms", "2000", "--extra-threads", "300"]);
     survives(&mut app, |app| {
         // A first session reads its whole greeting, so the symbolizer is warm and the stuck
@@ -178,7 +183,8 @@ fn a_client_that_stops_reading_a_big_dump_is_dropped_after_one_write_timeout_not
         let mut warm = Client::connect(app.socket()).unwrap();
         warm.skip_greeting();
         drop(warm);
-        let stuck = UnixStream::connect(app.socket()).unwrap();
+        let mut stuck = UnixStream::connect(app.socket()).unwrap();
+        stuck.write_all(b"threads --full\n").unwrap();
         let stderr = app.wait_for_stderr("the client stopped reading");
         let waited = log_time(&stderr, "the client stopped reading")
             - log_time(&stderr, "Accepted session 2 ");
