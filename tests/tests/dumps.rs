@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use manhole_e2e::{App, Client, bare, dump_sections, run_cli, wait_until};
+use manhole_e2e::{App, Client, dump_sections, run_cli, wait_for_socket, wait_until};
 use serde_json::Value;
 
 /// The longest line the short layout may print.
@@ -27,6 +27,37 @@ const SCAFFOLDING: &[&str] = &[
     "call_once",
     " _start (",
 ];
+
+/// `bare` with `args` and a manhole from `MANHOLE`, once its socket is there and its sleepers
+/// all sleep in `clock_nanosleep` (`ready` comes when they pass a barrier, not when they sleep:
+/// a dump at once would catch some on their way, in other frames or running).
+fn bare(args: &[&str]) -> App {
+    let app = manhole_e2e::bare(Some(""), args);
+    wait_for_socket(app.socket());
+    let sleepers = args
+        .windows(2)
+        .find(|w| w[0] == "--threads")
+        .map_or(4, |w| w[1].parse().unwrap());
+    wait_until(|| (asleep(app.pid(), "sleeper-") == sleepers).then_some(()))
+        .expect("the sleepers fall asleep");
+    app
+}
+
+/// How many threads of `pid` whose name starts with `prefix` are in `clock_nanosleep`.
+fn asleep(pid: u32, prefix: &str) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter(|task| {
+            let read = |file| std::fs::read_to_string(task.path().join(file)).unwrap_or_default();
+            read("comm").starts_with(prefix)
+                && read("syscall").split(' ').next()
+                    == Some(libc::SYS_clock_nanosleep.to_string().as_str())
+        })
+        .count()
+}
 
 fn greeting(app: &App) -> (Client, String) {
     let mut client = Client::connect(app.socket()).expect("connect");
@@ -87,7 +118,7 @@ fn groups_account_for_every_thread(dump: &Value) -> &Vec<Value> {
 
 #[test]
 fn a_thousand_identical_threads_greet_in_150_lines_and_every_one_is_counted() {
-    let app = bare(Some(""), &["--threads", "1000"]);
+    let app = bare(&["--threads", "1000"]);
     let (_client, greeting) = greeting(&app);
     let lines = greeting.lines().count();
     println!(
@@ -133,7 +164,7 @@ fn a_thousand_identical_threads_greet_in_150_lines_and_every_one_is_counted() {
 
 #[test]
 fn the_json_keeps_every_thread_and_full_names_and_adds_the_groups() {
-    let app = bare(Some(""), &["--threads", "1000"]);
+    let app = bare(&["--threads", "1000"]);
     let dump = dump_json(&app, &[]);
     let groups = groups_account_for_every_thread(&dump);
     let sleepers = groups
@@ -248,7 +279,7 @@ fn std_start_up_frames_are_folded_in_the_demo_greeting() {
 
 #[test]
 fn threads_waiting_on_a_static_lock_are_one_group_that_names_it() {
-    let app = bare(Some(""), &["--threads", "1", "--lock-waiters", "8"]);
+    let app = bare(&["--threads", "1", "--lock-waiters", "8"]);
     // The waiters block on the lock some time after `ready`: dump until all eight wait.
     let dump = wait_until(|| {
         let dump = dump_json(&app, &[]);
@@ -310,7 +341,7 @@ fn threads_waiting_on_a_static_lock_are_one_group_that_names_it() {
 
 #[test]
 fn a_whole_thread_name_is_matched_before_substrings() {
-    let app = bare(Some(""), &["--threads", "1000"]);
+    let app = bare(&["--threads", "1000"]);
     let pid = app.pid().to_string();
     let (code, one, _) = run_cli(&[&pid, "threads", "sleeper-99"]);
     assert_eq!(code, 0);

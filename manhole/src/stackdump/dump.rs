@@ -337,7 +337,7 @@ impl Frame {
 }
 
 /// A function a [`Frame`] resolves to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FrameSymbol {
     pub(super) name: Option<String>,
     pub(super) file: Option<String>,

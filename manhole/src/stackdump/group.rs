@@ -4,13 +4,14 @@
 
 use std::collections::HashMap;
 
-use super::dump::{StackDump, ThreadStack};
+use super::dump::{FrameSymbol, StackDump, ThreadStack};
 use crate::procfs::SyscallState;
 
 /// Threads of a [`StackDump`] with identical stacks, in the same state, waiting on the same
 /// thing.
 ///
-/// Two threads are in one group when they have the same frames (by address), scheduler state,
+/// Two threads are in one group when they have the same frames (the same functions, files and
+/// lines, or the same address for a frame without symbols), scheduler state,
 /// manhole-or-application ownership,
 /// capture method, note and truncation, and, for threads without a captured stack, the same
 /// system call. Threads asleep in a `futex` wait on one address that other threads wait on too
@@ -49,6 +50,16 @@ impl ThreadGroup {
     }
 }
 
+/// A frame as a person reads it: its functions, files and lines, or its address when it has no
+/// symbols. Two threads asleep in one system call can be stopped at addresses two bytes apart
+/// (before or after the `syscall` instruction, as the kernel restarts it or not), and are still
+/// in the same place.
+#[derive(PartialEq, Eq, Hash)]
+enum FrameId<'a> {
+    Symbols(&'a [FrameSymbol]),
+    Address(usize),
+}
+
 /// What makes two threads one group.
 #[derive(PartialEq, Eq, Hash)]
 struct Key<'a> {
@@ -57,7 +68,7 @@ struct Key<'a> {
     method: super::CaptureMethod,
     note: Option<&'a str>,
     truncated: bool,
-    ips: Vec<usize>,
+    frames: Vec<FrameId<'a>>,
     syscall: Option<i64>,
     futex: Option<usize>,
 }
@@ -92,7 +103,17 @@ fn key<'a>(thread: &'a ThreadStack, waiters: &HashMap<usize, usize>) -> Key<'a> 
         method: thread.method,
         note: thread.note.as_deref(),
         truncated: thread.truncated,
-        ips: thread.frames.iter().map(|f| f.ip).collect(),
+        frames: thread
+            .frames
+            .iter()
+            .map(|f| {
+                if f.symbols.is_empty() {
+                    FrameId::Address(f.ip)
+                } else {
+                    FrameId::Symbols(&f.symbols)
+                }
+            })
+            .collect(),
         syscall: match thread.syscall {
             Some(SyscallState::InSyscall { nr, .. }) => Some(nr),
             Some(SyscallState::Blocked { .. }) => Some(-1),

@@ -935,6 +935,12 @@ pub(crate) mod tests {
         }
     }
 
+    fn moved_by_two(stack: &[Frame]) -> Vec<Frame> {
+        let mut moved = stack.to_vec();
+        moved[0].ip += 2;
+        moved
+    }
+
     /// Three workers with one stack (their loop, then std's and libc's start-up), one alone on
     /// another, and a manhole thread.
     fn grouped_sample() -> StackDump {
@@ -979,7 +985,8 @@ pub(crate) mod tests {
             thread(10, "worker-1", stack.clone(), false),
             thread(11, "worker-2", stack.clone(), false),
             thread(12, "other", stack[1..].to_vec(), false),
-            thread(13, "worker-3", stack.clone(), false),
+            // Stopped two bytes further on, at the same line: the same place.
+            thread(13, "worker-3", moved_by_two(&stack), false),
             thread(14, "mh-listener", stack.clone(), true),
         ];
         dump
