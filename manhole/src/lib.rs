@@ -68,7 +68,9 @@
 //! - [`stackdump`]: every thread's backtrace. Capture is a real-time signal sent to each thread at
 //!   once; its handler only copies its registers and up to 64 KiB of its stack into memory
 //!   allocated beforehand (`process_vm_readv` on our own pid, which cannot fault). Unwinding
-//!   (framehop) and symbolization happen afterwards on the session thread, with a cache.
+//!   (framehop) and symbolization happen afterwards on the session thread, with a cache. The text
+//!   groups threads with identical stacks and folds std's start-up frames; threads asleep on one
+//!   futex word are grouped by it (the JSON keeps every thread and adds the groups).
 //! - `signals`: `activate_on`, `oneshot_on`, `dump_on` and the opt-in SIGTERM cleanup. Handlers
 //!   are chained through signal-hook and only set a bit and write a byte to a self-pipe; the
 //!   `mh-signal` thread does the work.

@@ -296,13 +296,16 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
         .into_iter()
         .map(|t| t.finish(&mut symbolizer, max_frames))
         .collect();
+    let symbolize_time = symbolizing.elapsed();
+    // Reading the futex words is `/proc` work: it counts as capture, not as symbolizing.
+    let annotating = Instant::now();
     waits::annotate(&mut threads);
     Ok(StackDump {
         pid: std::process::id(),
         signal,
         taken_at,
-        capture_time,
-        symbolize_time: symbolizing.elapsed(),
+        capture_time: capture_time + annotating.elapsed(),
+        symbolize_time,
         ignored_signals: handler::ignored_signals(),
         threads,
     })
