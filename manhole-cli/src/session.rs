@@ -1030,6 +1030,13 @@ pub fn candidates(vocabulary: &Vocabulary, line: &str, pos: usize) -> (usize, Ve
         ["get" | "set"] => vocabulary.values.clone(),
         ["format"] => fixed(&["json", "text"]),
         ["exec"] => fixed(&["text", "data"]),
+        ["threads" | "bt", flags @ ..] if flags.iter().all(|w| w.starts_with("--")) => {
+            ["--all", "--full"]
+                .iter()
+                .filter(|flag| !flags.contains(flag))
+                .map(|flag| flag.to_string())
+                .collect()
+        }
         _ => Vec::new(),
     };
     let mut found: Vec<String> = pool
@@ -1594,6 +1601,18 @@ mod tests {
         assert_eq!(
             candidates(&vocabulary, "format j", 8),
             (7, vec!["json".to_owned()])
+        );
+        assert_eq!(
+            candidates(&vocabulary, "threads -", 9),
+            (8, vec!["--all".to_owned(), "--full".to_owned()])
+        );
+        assert_eq!(
+            candidates(&vocabulary, "bt --full --", 12),
+            (10, vec!["--all".to_owned()])
+        );
+        assert_eq!(
+            candidates(&vocabulary, "threads sleeper-1 ", 18).1,
+            Vec::<String>::new()
         );
         assert_eq!(
             candidates(&vocabulary, "echo a b", 8).1,
