@@ -27,8 +27,8 @@ pub const MAX_LINE: usize = 200;
 /// Generic argument lists longer than this are shown as `<…>` in the short layouts.
 const MAX_GENERICS: usize = 30;
 /// How many characters of names and of tids a group's header shows.
-const HEADER_NAMES: usize = 100;
-const HEADER_TIDS: usize = 48;
+const HEADER_NAMES: usize = 80;
+const HEADER_TIDS: usize = 40;
 
 /// How the text of a [`StackDump`] is laid out (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -138,23 +138,21 @@ impl StackDump {
     ) -> fmt::Result {
         let first = &self.threads[group.members()[0]];
         let state = first.state;
-        if group.len() == 1 {
-            write!(
-                out,
+        let mut header = if group.len() == 1 {
+            format!(
                 "Thread {} \"{}\" ({} {}) [{}]",
                 first.tid,
                 first.name,
                 state.letter(),
                 state.name(),
                 first.method
-            )?;
+            )
         } else {
             let names = compress_names(group.members().iter().map(|&i| &*self.threads[i].name));
             let mut tids: Vec<u64> = group.tids().iter().map(|&t| t as u64).collect();
             tids.sort_unstable();
             let tids: Vec<String> = ranges(&tids).split(',').map(str::to_string).collect();
-            write!(
-                out,
+            format!(
                 "{} threads \"{}\" ({} {}) [{}], tids {}",
                 group.len(),
                 join_limited(&names, HEADER_NAMES, "names"),
@@ -162,17 +160,25 @@ impl StackDump {
                 state.name(),
                 first.method,
                 join_limited(&tids, HEADER_TIDS, "ranges")
-            )?;
-        }
-        if first.manhole && !layout.every_frame {
+            )
+        };
+        let own_line = first.manhole && !layout.every_frame;
+        if own_line {
             let own = if group.len() == 1 {
                 "the manhole's own thread"
             } else {
                 "the manhole's own threads"
             };
-            return writeln!(out, ": {own}, {} frames hidden", first.frames.len());
+            header.push_str(&format!(": {own}, {} frames hidden", first.frames.len()));
         }
-        out.write_char('\n')?;
+        if !layout.every_frame && header.chars().count() > MAX_LINE {
+            header = header.chars().take(MAX_LINE - 1).collect();
+            header.push('…');
+        }
+        writeln!(out, "{header}")?;
+        if own_line {
+            return Ok(());
+        }
         first.write_details(out)?;
         if let Some(futex) = common_futex(self, group) {
             let count = if group.len() > 1 {
@@ -545,8 +551,8 @@ impl Frame {
         let number = FrameNumber(index);
         let location = Location(self);
         if self.symbols.is_empty() {
-            let line = format!("  {number:<3} {:#018x} {location}", self.ip);
-            push_line(out, &line, "", "");
+            let lead = format!("  {number:<3} {:#018x} ", self.ip);
+            push_line(out, &lead, &location.to_string(), "");
             return;
         }
         let last = self.symbols.len() - 1;
@@ -779,5 +785,18 @@ mod tests {
         let line = out.trim_end();
         assert_eq!(line.chars().count(), MAX_LINE, "{line}");
         assert!(line.ends_with("x::the_function (src/main.rs:3)"), "{line}");
+
+        // A frame without symbols in a deeply nested module keeps the end: the offset.
+        let frame = Frame {
+            ip: 0x1000,
+            module: Some(format!("/nix/store/{}/lib/libx.so", "a".repeat(300)).into()),
+            module_offset: Some(0x123),
+            symbols: std::sync::Arc::from([]),
+        };
+        let mut out = String::new();
+        frame.write_short_text(0, &mut out);
+        let line = out.trim_end();
+        assert_eq!(line.chars().count(), MAX_LINE, "{line}");
+        assert!(line.ends_with("aaa/lib/libx.so+0x123"), "{line}");
     }
 }

@@ -198,10 +198,18 @@ pub(crate) fn ranges(sorted: &[u64]) -> String {
     out
 }
 
-/// `entries` joined with `, `, cut after about `limit` characters with a count of the rest.
+/// `entries` joined with `, `, cut after about `limit` characters with a count of the rest (an
+/// entry longer than `limit` by itself is cut, marked `…`).
 pub(crate) fn join_limited(entries: &[String], limit: usize, what: &str) -> String {
     let mut out = String::new();
     for (shown, entry) in entries.iter().enumerate() {
+        let cut;
+        let entry = if entry.chars().count() > limit {
+            cut = entry.chars().take(limit).chain(['…']).collect::<String>();
+            &cut
+        } else {
+            entry
+        };
         let sep = if shown == 0 { "" } else { ", " };
         if shown > 0 && out.chars().count() + sep.len() + entry.chars().count() > limit {
             out.push_str(&format!(", … ({} more {what})", entries.len() - shown));
@@ -239,5 +247,15 @@ mod tests {
         assert!(joined.chars().count() < 70, "{joined}");
         assert!(joined.ends_with("(46 more names)"), "{joined}");
         assert_eq!(join_limited(&entries[..2], 40, "names"), "name-00, name-01");
+        let long = [format!(
+            "w-{}",
+            ranges(&(0..500).map(|i| i * 2).collect::<Vec<_>>())
+        )];
+        let joined = join_limited(&long, 40, "names");
+        assert_eq!(joined.chars().count(), 41, "{joined}");
+        assert!(
+            joined.starts_with("w-0,2,4,") && joined.ends_with('…'),
+            "{joined}"
+        );
     }
 }

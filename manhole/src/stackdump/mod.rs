@@ -1051,6 +1051,36 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_group_of_scattered_names_and_tids_fits_in_a_line() {
+        let mut dump = grouped_sample();
+        let template = dump.threads[0].clone();
+        dump.threads = (0..600)
+            .map(|i| ThreadStack {
+                tid: 10 + 3 * i,
+                name: format!("a-rather-long-name-{}", 2 * i),
+                ..template.clone()
+            })
+            .chain([ThreadStack {
+                name: "mh-worker-1".into(),
+                manhole: true,
+                ..template.clone()
+            }])
+            .collect();
+        let text = dump.to_text();
+        let header = text.lines().nth(3).unwrap();
+        assert!(
+            header.starts_with("600 threads \"a-rather-long-name-0,2,4,"),
+            "{header}"
+        );
+        assert!(
+            text.lines().all(|l| l.chars().count() <= MAX_LINE),
+            "{text}"
+        );
+        let json = dump.to_json();
+        assert_eq!(json["groups"][0]["tids"].as_array().unwrap().len(), 600);
+    }
+
+    #[test]
     fn json_keeps_every_thread_and_adds_the_groups() {
         let dump = grouped_sample();
         let json = dump.to_json();
