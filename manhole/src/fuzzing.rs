@@ -42,12 +42,12 @@ fn settings() -> Settings {
         write_timeout: Duration::from_secs(1),
         idle_timeout: None,
         dump: DumpOptions {
-            signal: libc::SIGRTMIN() + crate::Options::DEFAULT_DUMP_SIGNAL_OFFSET,
+            signal: crate::Options::DEFAULT_DUMP_SIGNAL,
             timeout: Duration::from_millis(100),
             max_frames: 16,
         },
         profile: crate::profile::ProfileOptions {
-            signal: libc::SIGRTMIN() + crate::Options::DEFAULT_DUMP_SIGNAL_OFFSET,
+            signal: crate::Options::DEFAULT_DUMP_SIGNAL,
             hz: crate::Options::DEFAULT_PROFILE_HZ,
         },
         redirect_stderr: false,

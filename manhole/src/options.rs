@@ -209,8 +209,9 @@ impl Options {
     pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
     /// How long a session may sit without input before it is closed.
     pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-    /// The offset from `SIGRTMIN()` of the default dump signal.
-    pub const DEFAULT_DUMP_SIGNAL_OFFSET: i32 = 7;
+    /// The default dump signal: `SIGURG`, whose default action is to ignore it (see
+    /// [`Options::dump_signal`]).
+    pub const DEFAULT_DUMP_SIGNAL: i32 = libc::SIGURG;
     /// How long a forked child waits before listening at its own `/tmp/manhole-<pid>`.
     pub const DEFAULT_REINSTALL_DELAY: Duration = Duration::from_millis(500);
     /// Longest socket path: `sun_path` holds 108 bytes including the terminating NUL.
@@ -372,9 +373,14 @@ impl Options {
         self
     }
 
-    /// The real-time signal used to ask each thread for its stack. It must have no handler
-    /// when the manhole is installed.
-    /// Defaults to `SIGRTMIN() + 7`, computed at run time.
+    /// The signal used to ask each thread for its stack. It must have no handler when the
+    /// manhole is installed, and its default action must be to ignore it, so that a request
+    /// that arrives late (queued across `exec`, after `SA_RESETHAND`, or after the application
+    /// reset it to `SIG_DFL`) can never kill or stop the process: `install` accepts only
+    /// `SIGURG` and `SIGWINCH` and refuses any other signal (real-time signals, `SIGTERM`,
+    /// `SIGCHLD`, `SIGPIPE`, `SIGTSTP`, ...) with [`ErrorKind::Signal`](crate::ErrorKind).
+    /// Defaults to [`Options::DEFAULT_DUMP_SIGNAL`] (`SIGURG`, as Go's runtime uses for
+    /// preemption).
     pub fn dump_signal(mut self, signal: i32) -> Options {
         self.dump_signal = Some(signal);
         self

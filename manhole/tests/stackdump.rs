@@ -91,6 +91,10 @@ const SCENARIOS: &[Scenario] = &[
         "dumps_while_threads_unwind_with_registered_frames_never_hang",
         dumps_while_threads_unwind_with_registered_frames_never_hang,
     ),
+    (
+        "install_refuses_dump_signals_that_could_kill_or_stop",
+        install_refuses_dump_signals_that_could_kill_or_stop,
+    ),
 ];
 
 fn main() -> ExitCode {
@@ -154,7 +158,7 @@ fn run_child(name: &str) -> ExitCode {
 // Helpers
 
 fn dump_signal() -> i32 {
-    libc::SIGRTMIN() + 7
+    libc::SIGURG
 }
 
 fn install(timeout: Duration, max_frames: usize) -> Result<manhole::Manhole, String> {
@@ -877,6 +881,55 @@ fn install_refuses_a_signal_with_a_handler() -> Outcome {
         "install changed the disposition it refused".into()
     })?;
     println!("{error}");
+    Ok(())
+}
+
+fn install_refuses_dump_signals_that_could_kill_or_stop() -> Outcome {
+    let refused = [
+        (libc::SIGRTMIN() + 7, "terminates"),
+        (libc::SIGTERM, "terminates"),
+        (libc::SIGCHLD, "child exits"),
+        (libc::SIGPIPE, "closed pipe"),
+        (libc::SIGTSTP, "stops the process"),
+        (libc::SIGSEGV, "faults"),
+    ];
+    for (signal, why) in refused {
+        let error = manhole::install(
+            manhole::Options::new()
+                .thread(false)
+                .verbose(false)
+                .dump_signal(signal),
+        )
+        .err()
+        .ok_or_else(|| format!("install accepted signal {signal}"))?;
+        ensure(error.kind() == manhole::ErrorKind::Signal, || {
+            format!("signal {signal}: {error:?}")
+        })?;
+        let message = error.to_string();
+        ensure(
+            message.contains("cannot be the dump signal")
+                && message.contains(why)
+                && message.contains("SIGURG")
+                && !message.contains('\n'),
+            || format!("signal {signal}: {message}"),
+        )?;
+        // SAFETY: SIG_DFL is a valid disposition; setting it back reports the current one.
+        let current = unsafe { libc::signal(signal, libc::SIG_DFL) };
+        ensure(current == libc::SIG_DFL, || {
+            format!("the refused install changed the disposition of signal {signal}")
+        })?;
+        println!("{message}");
+    }
+    // The default is SIGURG, and it is ours once installed.
+    let _manhole = manhole::install(manhole::Options::new().thread(false).verbose(false))
+        .map_err(|e| format!("default install: {e}"))?;
+    let dump = dump()?;
+    ensure(dump.signal() == libc::SIGURG, || {
+        format!("default dump signal {}", dump.signal())
+    })?;
+    ensure(dump.counts().captured() == dump.counts().threads(), || {
+        format!("{:?}", dump.counts())
+    })?;
     Ok(())
 }
 

@@ -309,3 +309,22 @@ fn forks_during_dumps_leave_the_children_and_the_dumps_consistent() {
     assert!(dumps >= 1);
     still_serving(&mut app);
 }
+
+#[test]
+fn a_registered_command_that_overflows_its_stack_gets_rusts_own_report() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut app = App::listening("faults", &[]);
+    let mut c = Client::connect(app.socket()).expect("connect");
+    c.skip_greeting();
+    c.send("overflow");
+    let status = app.wait_exit();
+    let stderr = app.stderr();
+    // SIGSEGV reached Rust's guard-page handler on the worker's alternate stack, which printed
+    // its report and aborted; with SIGSEGV blocked the kernel would have killed the process with
+    // a bare SIGSEGV instead.
+    assert!(
+        stderr.contains("thread 'mh-worker-1' has overflowed its stack"),
+        "{status:?}; stderr {stderr:?}"
+    );
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}; stderr {stderr:?}");
+}

@@ -733,18 +733,31 @@ fn blocked_in(pid: u32, name: &str) -> u64 {
 #[test]
 fn sigmask_sets_exactly_what_manhole_threads_block() {
     let bit = |s: i32| 1u64 << (s - 1);
-    let dump_signal = libc::SIGRTMIN() + 7;
+    let dump_signal = libc::SIGURG;
+    let faults = [
+        libc::SIGSEGV,
+        libc::SIGBUS,
+        libc::SIGILL,
+        libc::SIGFPE,
+        libc::SIGTRAP,
+        libc::SIGSYS,
+    ];
     let app = bare(Some(""), &[]);
     wait_for_socket(&default_path(app.pid()));
     let all = blocked_in(app.pid(), "mh-listener");
     for s in [SIGUSR1, SIGUSR2, libc::SIGTERM, libc::SIGINT, libc::SIGCHLD] {
         assert_ne!(all & bit(s), 0, "signal {s} not blocked: {all:x}");
     }
-    assert_eq!(all & bit(dump_signal), 0, "the dump signal stays unblocked");
+    assert_ne!(all & bit(dump_signal), 0, "the dump signal is blocked too: {all:x}");
+    for s in faults {
+        assert_eq!(all & bit(s), 0, "fault signal {s} blocked: {all:x}");
+    }
     drop(app);
-    let app = bare(Some("sigmask=[USR1]"), &[]);
+    // An explicit list, even an empty one: that list, plus the dump signal, never a fault.
+    let app = bare(Some("sigmask=[USR1, SEGV, ILL]"), &[]);
     wait_for_socket(&default_path(app.pid()));
-    assert_eq!(blocked_in(app.pid(), "mh-listener"), bit(SIGUSR1));
+    let expected = bit(SIGUSR1) | bit(dump_signal);
+    assert_eq!(blocked_in(app.pid(), "mh-listener"), expected);
     // Session threads get it too. (Read until it settles: right after the prompt the session
     // thread is still attaching to the stdout/stderr tee, and a mask read then saw more bits
     // blocked, once, under load.)
@@ -752,9 +765,9 @@ fn sigmask_sets_exactly_what_manhole_threads_block() {
     client.skip_greeting();
     let settled = wait_until(|| {
         let mask = blocked_in(app.pid(), "mh-session-1");
-        (mask == bit(SIGUSR1)).then_some(mask)
+        (mask == expected).then_some(mask)
     });
-    assert_eq!(settled, Some(bit(SIGUSR1)));
+    assert_eq!(settled, Some(expected));
 }
 
 #[test]

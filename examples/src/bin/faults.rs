@@ -8,6 +8,8 @@
 //!   returns once the lock is held;
 //! - `panic`: panics while holding `guarded`'s lock (so the lock ends up poisoned);
 //! - `hang`: never returns;
+//! - `overflow`: recurses until its worker thread overflows its stack (the process then dies of
+//!   Rust's own "has overflowed its stack" abort, which needs SIGSEGV unblocked in the worker);
 //! - `bump`: adds one to `counter` (a command that changes state);
 //! - `peek`: a query (read-only command) that shows `counter`;
 //! - `spawn N`: starts N more threads `parked-<i>` and returns once they run;
@@ -67,6 +69,13 @@ fn faults_churn_loop() -> ! {
         }
         n += 1;
     }
+}
+
+/// Recurses for ever, a page of stack per call (the stack overflows long before `depth` wraps).
+#[inline(never)]
+fn faults_recurse(depth: u64) -> u64 {
+    let page = std::hint::black_box([depth as u8; 4096]);
+    faults_recurse(depth.wrapping_add(1)).wrapping_add(u64::from(page[0]))
 }
 
 #[inline(never)]
@@ -274,6 +283,9 @@ fn main() {
             loop {
                 std::thread::park();
             }
+        })
+        .command("overflow", "recurse until the stack overflows (kills the process)", |_| {
+            Ok(faults_recurse(0).to_string())
         })
         .command("bump", "add one to counter", {
             let counter = counter.clone();

@@ -228,7 +228,8 @@ struct Resolved {
 fn resolve(options: &Options) -> Result<Resolved> {
     let dump_signal = options
         .dump_signal
-        .unwrap_or_else(|| libc::SIGRTMIN() + Options::DEFAULT_DUMP_SIGNAL_OFFSET);
+        .unwrap_or(Options::DEFAULT_DUMP_SIGNAL);
+    stackdump::check_dump_signal(dump_signal)?;
     let one = |spec: &Option<crate::SignalSpec>| spec.as_ref().map(|s| s.resolve()).transpose();
     let roles = Roles {
         activate: one(&options.activate_on)?,
@@ -953,7 +954,7 @@ mod tests {
         assert_eq!(dump.kind(), ErrorKind::Configuration);
         let term = resolve(&Options::new().dump_on("TERM").cleanup_on_sigterm(true)).unwrap_err();
         assert_eq!(term.kind(), ErrorKind::Configuration);
-        let rt = resolve(&Options::new().dump_on("RTMIN+7")).unwrap_err();
+        let rt = resolve(&Options::new().dump_on("URG")).unwrap_err();
         assert!(rt.message().contains("dump signal"), "{rt}");
         let unknown = resolve(&Options::new().activate_on("USR3")).unwrap_err();
         assert_eq!(unknown.kind(), ErrorKind::Signal);

@@ -697,7 +697,7 @@ fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
 pub(super) enum Disposition {
     /// Our dump handler.
     Ours,
-    /// `SIG_DFL` (for real-time signals: terminate the process).
+    /// `SIG_DFL` (for the dump signals we accept: ignore it).
     Default,
     /// `SIG_IGN`.
     Ignored,
@@ -709,7 +709,7 @@ impl Disposition {
     pub(super) fn describe(self) -> &'static str {
         match self {
             Disposition::Ours => "the manhole dump handler",
-            Disposition::Default => "the default action (SIG_DFL, which terminates the process)",
+            Disposition::Default => "the default action (SIG_DFL)",
             Disposition::Ignored => "SIG_IGN",
             Disposition::Other => "another handler",
         }
@@ -740,30 +740,44 @@ fn classify(action: &libc::sigaction) -> Disposition {
     }
 }
 
-/// Checks that `signal` can carry dump requests at all.
-fn check_signal(signal: c_int) -> Result<()> {
-    let forbidden = [
-        libc::SIGKILL,
-        libc::SIGSTOP,
-        libc::SIGSEGV,
-        libc::SIGBUS,
-        libc::SIGILL,
-        libc::SIGFPE,
-        libc::SIGTRAP,
-        libc::SIGABRT,
-    ];
-    let reserved = signal > 31 && signal < libc::SIGRTMIN();
-    if signal < 1 || signal > libc::SIGRTMAX() || reserved || forbidden.contains(&signal) {
-        return Err(Error::new(
-            ErrorKind::Signal,
-            format!(
-                "signal {signal} cannot be the dump signal (use a real-time signal in {}..={}, e.g. SIGRTMIN+7)",
-                libc::SIGRTMIN(),
-                libc::SIGRTMAX()
-            ),
-        ));
+/// The signals that may carry dump requests: those whose default action is to ignore them and
+/// that neither the kernel nor the C library gives a meaning of their own. A request that arrives
+/// late, after `SA_RESETHAND` or a reset to `SIG_DFL`, or that stays queued across `exec`, then
+/// meets "ignore" and can never kill or stop the process. `SIGURG` is the default, as in Go's
+/// runtime (its preemption signal, chosen for the same reason); `SIGWINCH` is the alternative.
+pub(crate) const SAFE_DUMP_SIGNALS: [c_int; 2] = [libc::SIGURG, libc::SIGWINCH];
+
+/// Checks that `signal` can carry dump requests without ever harming the process.
+pub(crate) fn check_signal(signal: c_int) -> Result<()> {
+    if SAFE_DUMP_SIGNALS.contains(&signal) {
+        return Ok(());
     }
-    Ok(())
+    Err(Error::new(
+        ErrorKind::Signal,
+        format!(
+            "signal {signal} cannot be the dump signal: {}; use SIGURG (the default) or SIGWINCH, whose default action is to ignore them",
+            why_unsafe(signal)
+        ),
+    ))
+}
+
+/// Why `signal` would harm the process as the dump signal, for [`check_signal`]'s error.
+fn why_unsafe(signal: c_int) -> &'static str {
+    match signal {
+        libc::SIGKILL | libc::SIGSTOP => "it cannot be caught",
+        libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP | libc::SIGSYS => {
+            "it reports faults, and its handler belongs to the application and the Rust runtime"
+        }
+        libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU => {
+            "its default action stops the process, so a late or stray delivery would stop it"
+        }
+        libc::SIGCHLD => "the kernel sends it when a child exits, and waiting for children depends on its disposition",
+        libc::SIGCONT => "its default action resumes a stopped process, and the kernel sends it",
+        libc::SIGPIPE => "its default action terminates the process, and the kernel sends it on every write to a closed pipe",
+        n if n > 31 && n < libc::SIGRTMIN() => "the C library reserves it",
+        n if n < 1 || n > libc::SIGRTMAX() => "there is no such signal",
+        _ => "its default action terminates the process, so a late delivery (after exec, SA_RESETHAND or a reset to SIG_DFL) would kill it",
+    }
 }
 
 /// Installs the dump handler for `signal`. Idempotent while our handler is in place; refuses when

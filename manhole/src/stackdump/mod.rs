@@ -143,6 +143,12 @@ pub(crate) struct DumpOptions {
     pub max_frames: usize,
 }
 
+/// Checks that `signal` may be the dump signal: its default action must be to ignore it, so no
+/// request can ever kill or stop the process (see `handler::SAFE_DUMP_SIGNALS`).
+pub(crate) fn check_dump_signal(signal: libc::c_int) -> Result<()> {
+    handler::check_signal(signal)
+}
+
 /// Installs the capture handler for `signal` (idempotent for the same signal) and warms the unwinder up.
 ///
 /// Fails with [`ErrorKind::Signal`] when the signal cannot be used or already has a handler
@@ -495,6 +501,12 @@ fn plan(
         thread.note = Some(format!("exited ({})", status.state.name()));
     } else if let Some(refusal) = refusal {
         thread.note = Some(refusal.to_string());
+    } else if status.blocks(signal) && crate::threads::is_manhole_thread(tid, &status.name) {
+        thread.outcome = Outcome::Blocked;
+        thread.note = Some(format!(
+            "signal blocked: a manhole thread keeps signal {signal} blocked, so it never takes \
+             the application's instances of it; listed from /proc"
+        ));
     } else if status.blocks(signal) {
         thread.outcome = Outcome::Blocked;
         thread.note = Some(format!(

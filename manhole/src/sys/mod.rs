@@ -75,6 +75,27 @@ pub(crate) fn block_signal_set(set: u64) -> std::io::Result<SavedMask> {
     }
 }
 
+/// Unblocks the signals whose bits are set in `set` (bit `n - 1` for signal `n`) in the calling
+/// thread.
+pub(crate) fn unblock_signal_set(set: u64) -> std::io::Result<()> {
+    // SAFETY: as in `block_signal_set`: a zeroed, then emptied `sigset_t`, filled with the
+    // numbers `sigaddset` accepts, passed by pointer to a live local; no old mask is asked for.
+    unsafe {
+        let mut unblock: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut unblock);
+        for signal in 1..=64 {
+            if set & (1u64 << (signal - 1)) != 0 {
+                libc::sigaddset(&mut unblock, signal);
+            }
+        }
+        let rc = libc::pthread_sigmask(libc::SIG_UNBLOCK, &unblock, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+    }
+    Ok(())
+}
+
 /// A signal's disposition as `sigaction` reports it.
 #[derive(Clone, Copy)]
 pub(crate) struct SavedAction(libc::sigaction);

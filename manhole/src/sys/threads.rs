@@ -1,9 +1,18 @@
 //! The manhole's own threads: spawning them with signals blocked, and running application code
 //! (registered commands and value reads) on bounded worker threads.
 //!
-//! Every manhole thread blocks the `sigmask` signals (default: all) except the dump signal, so a
-//! signal meant for the application (say a `sigwait`/`signalfd` user's) is never taken by one of
-//! ours (python-manhole does the same). Application callbacks never run on a session thread: a callback that hangs
+//! Every manhole thread blocks the `sigmask` signals (default: all), so a signal meant for the
+//! application (say a `sigwait`/`signalfd` user's) is never taken by one of ours (python-manhole
+//! does the same). Two exceptions, whatever `sigmask` says:
+//!
+//! * the dump signal is always blocked: a process-directed instance of its number (a `kill()` by
+//!   someone else) then goes to an application thread or stays pending for the application's
+//!   `signalfd`, never to our handler on one of our threads, which would drop it. Manhole
+//!   threads are therefore listed in dumps from `/proc` (the dumping thread copies its own stack);
+//! * the fault signals (SEGV, BUS, ILL, FPE, TRAP, SYS) are never blocked: a fault in a registered
+//!   command must reach the Rust runtime's handler ("has overflowed its stack") or the
+//!   application's, and a blocked synchronous fault is undefined behaviour in POSIX.
+//! Application callbacks never run on a session thread: a callback that hangs
 //! or panics costs a worker, not the session; after `command_timeout` the session reports it as
 //! still running and goes on.
 
@@ -16,7 +25,7 @@ use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-/// The dump signal, kept unblocked in manhole threads so they can be dumped too (0: none yet).
+/// The dump signal, always blocked in manhole threads (0: none yet).
 static DUMP_SIGNAL: AtomicI32 = AtomicI32::new(0);
 /// The signals manhole threads block (bit `n - 1` for signal `n`); all by default, 0 for none.
 static SIGMASK: AtomicU64 = AtomicU64::new(u64::MAX);
@@ -67,20 +76,38 @@ impl Drop for Listed {
     }
 }
 
-/// Spawns a named manhole thread with the `sigmask` signals blocked, except the dump signal.
+/// The signals no manhole thread ever blocks: synchronous faults (bit `n - 1` for signal `n`).
+pub(crate) const FAULT_SIGNALS: u64 = (1 << (libc::SIGSEGV - 1))
+    | (1 << (libc::SIGBUS - 1))
+    | (1 << (libc::SIGILL - 1))
+    | (1 << (libc::SIGFPE - 1))
+    | (1 << (libc::SIGTRAP - 1))
+    | (1 << (libc::SIGSYS - 1));
+
+/// The signals a manhole thread spawned now blocks: `sigmask` and the dump signal, never a
+/// fault signal.
+pub(crate) fn blocked_set() -> u64 {
+    let dump_signal = DUMP_SIGNAL.load(Ordering::Relaxed);
+    let mut set = SIGMASK.load(Ordering::Relaxed);
+    if (1..=64).contains(&dump_signal) {
+        set |= 1u64 << (dump_signal - 1);
+    }
+    set & !FAULT_SIGNALS
+}
+
+/// Spawns a named manhole thread with [`blocked_set`] blocked (on top of the spawning thread's
+/// mask, which it inherits).
 pub(crate) fn spawn<F>(name: String, body: F) -> io::Result<JoinHandle<()>>
 where
     F: FnOnce() + Send + 'static,
 {
     let body = move || {
         let _listed = Listed::enter();
+        // The spawning thread's mask is inherited: should it block a fault signal, ours must not.
+        let _ = crate::sys::unblock_signal_set(FAULT_SIGNALS);
         body()
     };
-    let dump_signal = DUMP_SIGNAL.load(Ordering::Relaxed);
-    let mut set = SIGMASK.load(Ordering::Relaxed);
-    if (1..=64).contains(&dump_signal) {
-        set &= !(1u64 << (dump_signal - 1));
-    }
+    let set = blocked_set();
     if set == 0 {
         return thread::Builder::new().name(name).spawn(body);
     }
@@ -185,6 +212,7 @@ mod tests {
             let blocked = status.lines().find(|l| l.starts_with("SigBlk:")).unwrap();
             let mask = u64::from_str_radix(blocked.split_whitespace().nth(1).unwrap(), 16).unwrap();
             assert_ne!(mask & (1 << (libc::SIGUSR1 - 1)), 0, "{blocked}");
+            assert_eq!(mask & FAULT_SIGNALS, 0, "{blocked}");
         })
         .unwrap();
         handle.join().unwrap();
