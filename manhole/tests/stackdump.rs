@@ -884,6 +884,16 @@ fn install_refuses_a_signal_with_a_handler() -> Outcome {
     Ok(())
 }
 
+/// The handler address and flags `signal` has now.
+fn disposition_of(signal: i32) -> (usize, i32) {
+    // SAFETY: a zeroed sigaction is valid for the kernel to overwrite; a null `act` only reads.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut action);
+        (action.sa_sigaction, action.sa_flags)
+    }
+}
+
 fn install_refuses_dump_signals_that_could_kill_or_stop() -> Outcome {
     let refused = [
         (libc::SIGRTMIN() + 7, "terminates"),
@@ -894,6 +904,7 @@ fn install_refuses_dump_signals_that_could_kill_or_stop() -> Outcome {
         (libc::SIGSEGV, "faults"),
     ];
     for (signal, why) in refused {
+        let before = disposition_of(signal);
         let error = manhole::install(
             manhole::Options::new()
                 .thread(false)
@@ -913,9 +924,7 @@ fn install_refuses_dump_signals_that_could_kill_or_stop() -> Outcome {
                 && !message.contains('\n'),
             || format!("signal {signal}: {message}"),
         )?;
-        // SAFETY: SIG_DFL is a valid disposition; setting it back reports the current one.
-        let current = unsafe { libc::signal(signal, libc::SIG_DFL) };
-        ensure(current == libc::SIG_DFL, || {
+        ensure(disposition_of(signal) == before, || {
             format!("the refused install changed the disposition of signal {signal}")
         })?;
         println!("{message}");

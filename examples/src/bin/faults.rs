@@ -75,7 +75,10 @@ fn faults_churn_loop() -> ! {
 #[inline(never)]
 fn faults_recurse(depth: u64) -> u64 {
     let page = std::hint::black_box([depth as u8; 4096]);
-    faults_recurse(depth.wrapping_add(1)).wrapping_add(u64::from(page[0]))
+    if std::hint::black_box(depth) == u64::MAX {
+        return 0;
+    }
+    faults_recurse(depth + 1).wrapping_add(u64::from(page[0]))
 }
 
 #[inline(never)]
