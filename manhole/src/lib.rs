@@ -65,8 +65,8 @@
 //!   and `log`) makes the application's log filter one of those values.
 //! - `threads`: manhole threads block the application's signals; application callbacks run on
 //!   bounded `mh-worker-<n>` threads, never on a session thread.
-//! - [`stackdump`]: every thread's backtrace. Capture is a real-time signal sent to each thread at
-//!   once; its handler only copies its registers and up to 64 KiB of its stack into memory
+//! - [`stackdump`]: every thread's backtrace. Capture is the dump signal (`SIGURG`) sent to each
+//!   thread; its handler only copies its registers and up to 64 KiB of its stack into memory
 //!   allocated beforehand (`process_vm_readv` on our own pid, which cannot fault). Unwinding
 //!   (framehop) and symbolization happen afterwards on the session thread, with a cache. The text
 //!   groups threads with identical stacks and folds std's start-up frames; threads asleep on one
@@ -110,13 +110,38 @@
 //!   every registered command run are logged with the peer's pid, uid and gid; `read_only(true)`
 //!   refuses `set` and commands not registered as queries. See [docs/security.md].
 //! - No SIGPIPE death (every write uses `MSG_NOSIGNAL`), no signals stolen (manhole threads block
-//!   the application's signals), no lock or allocation in a signal handler, no panic across FFI.
+//!   the application's signals and the dump signal), no lock or allocation in a signal handler,
+//!   no panic across FFI, no fault signal ever blocked (a stack overflow in a registered command
+//!   gets Rust's own "has overflowed its stack" report).
 //! - A slow, silent or hostile client costs one session, never the listener or the process:
 //!   lines are capped at 64 KiB, writes time out, idle sessions are closed, sessions are capped.
 //! - Application code (value reads, registered commands) runs on a worker thread with a timeout;
 //!   a panic is reported to the client and the process goes on. Reading a value behind a lock
 //!   gives up after `lock_timeout` instead of hanging.
 //! - Nothing is deleted that the manhole did not create.
+//!
+//! # The dump signal
+//!
+//! A dump asks each thread for its stack with a signal, `SIGURG` by default. It was chosen, as
+//! Go's runtime chose it for preemption, because its default action is to ignore it: a request
+//! that reaches a thread late (still queued across `exec`, after a library added `SA_RESETHAND`,
+//! after the application reset the signal to `SIG_DFL`) can never kill or stop the process.
+//! Real-time signals, the previous default, terminate the process by default, and did, in those
+//! cases. [`install`] therefore accepts only `SIGURG` and `SIGWINCH` as `dump_signal`, and
+//! refuses every other signal with a one-line [`ErrorKind::Signal`] error: real-time signals,
+//! `SIGTERM`, `SIGUSR1`, `SIGPIPE` (terminate), `SIGTSTP`, `SIGTTIN`, `SIGTTOU` (stop),
+//! `SIGCHLD`, `SIGCONT` (sent by the kernel, with meanings of their own), the fault signals.
+//! The signals `activate_on`, `oneshot_on` and `dump_on` are not limited this way: they are sent
+//! on purpose by an operator, their handlers stay for the life of the process, and python-manhole
+//! uses `SIGUSR1`/`SIGUSR2` for them.
+//!
+//! The manhole's own threads always block the dump signal, so a process-directed `SIGURG` sent
+//! by someone else goes to an application thread, as it would without the manhole, or stays
+//! pending for an application that reads it through a `signalfd`. They are listed in dumps from
+//! `/proc`; the thread that runs the dump copies its own stack. The handler tells its own
+//! requests (`SI_QUEUE` from our pid, carrying the current dump's generation) from anybody
+//! else's and does nothing with the others: `SIGURG`'s default action is to ignore it, so that
+//! is what the application would have seen.
 //!
 //! # Stack dump accuracy
 //!
@@ -140,8 +165,8 @@
 //!   the threads are signalled together, so the picture spans microseconds, not one instant.
 //! - **Side effects on the application are possible but small**: a blocking system call that is
 //!   not restarted after a signal handler (`epoll_wait`, `nanosleep`, `poll`...) returns `EINTR`,
-//!   which correct code already retries. Under a debugger, tell it to pass the dump signal
-//!   (`handle SIG41 nostop noprint pass` in gdb for the default signal on glibc).
+//!   which correct code already retries. Under a debugger, the dump signal must be passed to the
+//!   program: gdb does so for `SIGURG` by default (`nostop noprint pass`).
 //! - **Platform**: Linux, x86_64 tested (aarch64 has the code, untested), glibc. No unwinder runs
 //!   in the signal handler, so the dump does not depend on the glibc or libgcc version. A stack
 //!   deeper than the 64 KiB copy is shown up to where the copy ends.
@@ -163,9 +188,11 @@
 //!
 //! # Limitations
 //!
-//! - Linux only (`/proc`, `SO_PEERCRED`, real-time signals).
+//! - Linux only (`/proc`, `SO_PEERCRED`, `rt_tgsigqueueinfo`).
 //! - One manhole per process; a second [`install`] fails unless `strict(false)`.
-//! - The dump signal (default `SIGRTMIN()+7`) must be free: install fails if it has a handler.
+//! - The dump signal (default `SIGURG`; `SIGWINCH` is the only alternative) must be free: install
+//!   fails if it has a handler, and refuses every signal whose default action can kill or stop
+//!   the process (see "The dump signal" above).
 //!
 //! [docs/options.md]: https://docs.rs/crate/manhole/latest/source/docs/options.md
 //! [docs/protocol.md]: https://docs.rs/crate/manhole/latest/source/docs/protocol.md

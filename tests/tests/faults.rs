@@ -323,7 +323,7 @@ fn a_registered_command_that_overflows_its_stack_gets_rusts_own_report() {
     // its report and aborted; with SIGSEGV blocked the kernel would have killed the process with
     // a bare SIGSEGV instead.
     assert!(
-        stderr.contains("thread 'mh-worker-1' has overflowed its stack"),
+        stderr.contains("thread 'mh-worker-1' (") && stderr.contains("has overflowed its stack"),
         "{status:?}; stderr {stderr:?}"
     );
     assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}; stderr {stderr:?}");

@@ -5,8 +5,8 @@
 //! stack in a signal handler (see the private `capture` module, the only `unsafe` code here).
 //! One dump goes:
 //!
-//! 1. check that our handler still owns the dump signal (if not, no signal is sent: a real-time
-//!    signal's default action would kill the process);
+//! 1. check that our handler still owns the dump signal (if not, no signal is sent: the
+//!    application chose another disposition for it);
 //! 2. list `/proc/self/task` and read each thread's name, state and signal masks; never signal a
 //!    thread that blocks the signal or already has it pending, nor a zombie; signal every other
 //!    thread right after reading its status (its handler runs while the next are read);
@@ -135,7 +135,7 @@ pub(crate) fn release_dump_memory() {
 /// Options for one capture.
 #[derive(Debug, Clone)]
 pub(crate) struct DumpOptions {
-    /// The real-time signal used to ask each thread for its stack (already resolved to a number).
+    /// The signal used to ask each thread for its stack (already resolved to a number).
     pub signal: libc::c_int,
     /// How long to wait for all threads to answer after the last signal was sent.
     pub timeout: Duration,
