@@ -326,5 +326,9 @@ fn a_registered_command_that_overflows_its_stack_gets_rusts_own_report() {
         stderr.contains("thread 'mh-worker-1' (") && stderr.contains("has overflowed its stack"),
         "{status:?}; stderr {stderr:?}"
     );
-    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}; stderr {stderr:?}");
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGABRT),
+        "{status:?}; stderr {stderr:?}"
+    );
 }

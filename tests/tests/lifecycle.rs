@@ -748,7 +748,11 @@ fn sigmask_sets_exactly_what_manhole_threads_block() {
     for s in [SIGUSR1, SIGUSR2, libc::SIGTERM, libc::SIGINT, libc::SIGCHLD] {
         assert_ne!(all & bit(s), 0, "signal {s} not blocked: {all:x}");
     }
-    assert_ne!(all & bit(dump_signal), 0, "the dump signal is blocked too: {all:x}");
+    assert_ne!(
+        all & bit(dump_signal),
+        0,
+        "the dump signal is blocked too: {all:x}"
+    );
     for s in faults {
         assert_eq!(all & bit(s), 0, "fault signal {s} blocked: {all:x}");
     }

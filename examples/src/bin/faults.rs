@@ -287,9 +287,11 @@ fn main() {
                 std::thread::park();
             }
         })
-        .command("overflow", "recurse until the stack overflows (kills the process)", |_| {
-            Ok(faults_recurse(0).to_string())
-        })
+        .command(
+            "overflow",
+            "recurse until the stack overflows (kills the process)",
+            |_| Ok(faults_recurse(0).to_string()),
+        )
         .command("bump", "add one to counter", {
             let counter = counter.clone();
             move |_| Ok((counter.fetch_add(1, Ordering::SeqCst) + 1).to_string())

@@ -226,9 +226,7 @@ struct Resolved {
 }
 
 fn resolve(options: &Options) -> Result<Resolved> {
-    let dump_signal = options
-        .dump_signal
-        .unwrap_or(Options::DEFAULT_DUMP_SIGNAL);
+    let dump_signal = options.dump_signal.unwrap_or(Options::DEFAULT_DUMP_SIGNAL);
     stackdump::check_dump_signal(dump_signal)?;
     let one = |spec: &Option<crate::SignalSpec>| spec.as_ref().map(|s| s.resolve()).transpose();
     let roles = Roles {

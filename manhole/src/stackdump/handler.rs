@@ -765,18 +765,29 @@ pub(crate) fn check_signal(signal: c_int) -> Result<()> {
 fn why_unsafe(signal: c_int) -> &'static str {
     match signal {
         libc::SIGKILL | libc::SIGSTOP => "it cannot be caught",
-        libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP | libc::SIGSYS => {
+        libc::SIGSEGV
+        | libc::SIGBUS
+        | libc::SIGILL
+        | libc::SIGFPE
+        | libc::SIGTRAP
+        | libc::SIGSYS => {
             "it reports faults, and its handler belongs to the application and the Rust runtime"
         }
         libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU => {
             "its default action stops the process, so a late or stray delivery would stop it"
         }
-        libc::SIGCHLD => "the kernel sends it when a child exits, and waiting for children depends on its disposition",
+        libc::SIGCHLD => {
+            "the kernel sends it when a child exits, and waiting for children depends on its disposition"
+        }
         libc::SIGCONT => "its default action resumes a stopped process, and the kernel sends it",
-        libc::SIGPIPE => "its default action terminates the process, and the kernel sends it on every write to a closed pipe",
+        libc::SIGPIPE => {
+            "its default action terminates the process, and the kernel sends it on every write to a closed pipe"
+        }
         n if n > 31 && n < libc::SIGRTMIN() => "the C library reserves it",
         n if n < 1 || n > libc::SIGRTMAX() => "there is no such signal",
-        _ => "its default action terminates the process, so a late delivery (after exec, SA_RESETHAND or a reset to SIG_DFL) would kill it",
+        _ => {
+            "its default action terminates the process, so a late delivery (after exec, SA_RESETHAND or a reset to SIG_DFL) would kill it"
+        }
     }
 }
 

@@ -12,9 +12,10 @@
 //! * the fault signals (SEGV, BUS, ILL, FPE, TRAP, SYS) are never blocked: a fault in a registered
 //!   command must reach the Rust runtime's handler ("has overflowed its stack") or the
 //!   application's, and a blocked synchronous fault is undefined behaviour in POSIX.
-//! Application callbacks never run on a session thread: a callback that hangs
-//! or panics costs a worker, not the session; after `command_timeout` the session reports it as
-//! still running and goes on.
+//!
+//! Application callbacks never run on a session thread: a callback that hangs or panics costs a
+//! worker, not the session; after `command_timeout` the session reports it as still running and
+//! goes on.
 
 #![deny(unsafe_code)]
 
