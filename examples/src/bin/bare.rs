@@ -19,7 +19,8 @@
 //!   `child pid=<pid>` and dies with its parent.
 //! - `--fork-when PATH`: do the `--fork` forks only once PATH exists.
 //! - `--fork-exec N`: after `ready`, fork N children that exec `true` at once, reap them, then
-//!   print `fork-exec done n=<N> us_each=<mean µs per fork+exec+wait> pids=<pid>,<pid>,...` (and
+//!   print `fork-exec done n=<N> us_each=<mean wall µs per fork+exec+wait> cpu_us_each=<mean CPU
+//!   µs, this process's and its children's, per fork+exec+wait> pids=<pid>,<pid>,...` (and
 //!   `fork-exec done n=<N>` on stderr, after anything the children wrote there).
 //! - `--fork-unshare N`: after `ready`, fork N children that call `unshare(CLONE_NEWUSER)` right
 //!   after `fork` returns (what sandboxes and `pre_exec` closures do) and exit with 0 or the
@@ -228,6 +229,21 @@ fn fork_unshare_children(n: usize) {
     println!("fork-unshare done n={n} ok={ok} errno={failed_errno}");
 }
 
+/// CPU time (user + system) of this process and of its reaped children so far.
+fn cpu_time() -> Duration {
+    let of = |who| {
+        // SAFETY: getrusage fills the zeroed `rusage` it is given a pointer to.
+        let usage = unsafe {
+            let mut usage: libc::rusage = std::mem::zeroed();
+            libc::getrusage(who, &mut usage);
+            usage
+        };
+        let t = |tv: libc::timeval| Duration::new(tv.tv_sec as u64, tv.tv_usec as u32 * 1000);
+        t(usage.ru_utime) + t(usage.ru_stime)
+    };
+    of(libc::RUSAGE_SELF) + of(libc::RUSAGE_CHILDREN)
+}
+
 /// Forks `n` children that exec `true` at once, and reaps them.
 fn fork_exec_children(n: usize) {
     let program = ["/bin/true", "/usr/bin/true"]
@@ -238,6 +254,7 @@ fn fork_exec_children(n: usize) {
     let argv = [program.as_ptr(), std::ptr::null()];
     let mut children = Vec::with_capacity(n);
     let mut elapsed = Duration::ZERO;
+    let cpu_before = cpu_time();
     for _ in 0..n {
         let started = std::time::Instant::now();
         // SAFETY: the child only calls execv (async-signal-safe) with pointers prepared before
@@ -266,9 +283,11 @@ fn fork_exec_children(n: usize) {
     let pids: Vec<String> = children.iter().map(|p| p.to_string()).collect();
     // Also on stderr, which the children shared: whatever they wrote there comes before it.
     eprintln!("fork-exec done n={n}");
-    let us_each = elapsed.as_secs_f64() * 1e6 / n.max(1) as f64;
+    let per_fork = |d: Duration| d.as_secs_f64() * 1e6 / n.max(1) as f64;
     println!(
-        "fork-exec done n={n} us_each={us_each:.0} pids={}",
+        "fork-exec done n={n} us_each={:.0} cpu_us_each={:.0} pids={}",
+        per_fork(elapsed),
+        per_fork(cpu_time().saturating_sub(cpu_before)),
         pids.join(",")
     );
 }
