@@ -292,26 +292,10 @@ fn main() {
     }
     manhole_examples::announce_listening(&manhole);
     for _ in 0..forks {
-        // SAFETY: the child only calls async-signal-safe functions (prctl, getpid, write, pause)
-        // and the manhole's reinstall, which needs glibc's fork-safe malloc (as the formatting
-        // below does).
+        // SAFETY: the child runs `forked_child_life`: prctl, getpid, write, pause and the
+        // manhole's reinstall, which needs glibc's fork-safe malloc (as its formatting does).
         if unsafe { libc::fork() } == 0 {
-            // SAFETY: prctl and getpid have no memory-safety requirements.
-            let pid = unsafe {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                libc::getpid()
-            };
-            if !reinstall_at_fork && let Err(e) = manhole::reinstall_after_fork() {
-                let line = format!("demo: reinstall_after_fork failed: {e}\n");
-                let _ = nix::unistd::write(std::io::stderr(), line.as_bytes());
-            }
-            // Formatting allocates; glibc's malloc is usable in a fork child.
-            let line = format!("child pid={pid}\n");
-            let _ = nix::unistd::write(std::io::stdout(), line.as_bytes());
-            loop {
-                // SAFETY: pause has no requirements.
-                unsafe { libc::pause() };
-            }
+            manhole_examples::forked_child_life("demo", !reinstall_at_fork);
         }
     }
     loop {

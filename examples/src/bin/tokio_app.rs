@@ -232,24 +232,9 @@ async fn serve(options: Options, fork: bool) {
 /// Forks from the calling worker; the child brings its manhole back from inside the (inherited,
 /// workerless) runtime context, prints its pid and sleeps until its parent dies.
 fn fork_a_child() {
-    // SAFETY: the child calls prctl, getpid, write and pause, and the manhole's reinstall, which
-    // needs glibc's fork-safe malloc (as the formatting does).
-    if unsafe { libc::fork() } != 0 {
-        return;
-    }
-    // SAFETY: prctl and getpid have no memory-safety requirements.
-    let pid = unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        libc::getpid()
-    };
-    if let Err(e) = manhole::reinstall_after_fork() {
-        let line = format!("tokio_app: reinstall_after_fork failed: {e}\n");
-        let _ = nix::unistd::write(std::io::stderr(), line.as_bytes());
-    }
-    let line = format!("child pid={pid}\n");
-    let _ = nix::unistd::write(std::io::stdout(), line.as_bytes());
-    loop {
-        // SAFETY: pause has no requirements.
-        unsafe { libc::pause() };
+    // SAFETY: the child runs `forked_child_life`: prctl, getpid, write, pause and the manhole's
+    // reinstall, which needs glibc's fork-safe malloc (as its formatting does).
+    if unsafe { libc::fork() } == 0 {
+        manhole_examples::forked_child_life("tokio_app", true);
     }
 }
