@@ -153,6 +153,33 @@
 //!   program counter from `/proc/self/task/<tid>/syscall`, and a note saying why.
 //! - **Threads that cannot run a handler in time** (stopped, traced, in an uninterruptible
 //!   sleep) are listed the same way after the dump timeout (1 s by default; a dump waits only as long as the slowest thread).
+//! - **What is copied.** The dump handler copies only the interrupted registers (from the
+//!   `ucontext`) and a window of at most 64 KiB of the thread's stack, from its stack pointer up,
+//!   with `process_vm_readv` on its own process (a guard page ends the copy, it never faults).
+//!   No unwinder runs in the handler; the dumping thread unwinds the copies afterwards with
+//!   framehop over the unwind tables of every loaded object, the vDSO included, so a thread
+//!   interrupted in `clock_gettime` unwinds through it. The kernel's signal frame and the dump
+//!   handler's own frames are never part of a stack; a thread that was inside a signal handler of
+//!   the application shows that handler, then the signal trampoline, then the interrupted code,
+//!   as long as that is inside the window.
+//! - **Stacks deeper than the window are truncated**: the frames beyond the 64 KiB copied are
+//!   missing, and the thread says so in a note (`stack deeper than the 64 KiB copied: outer
+//!   frames are missing`) and is marked truncated. In the example applications (`demo`, `bare`,
+//!   `tokio_app`, `faults`) no stack reached the window: see docs/benchmarks.md, section 6.
+//! - **Threads with too little stack are not signalled.** Delivering the dump signal needs, below
+//!   the interrupted stack pointer, the kernel's signal frame (`AT_MINSIGSTKSZ`, 3,376 bytes on an
+//!   x86_64 CPU with AVX-512, plus the 128-byte red zone) and 2 KiB for the handler (measured:
+//!   520 bytes in a release build, 1,337 in a debug build; the kernel's frame took 3,032 to
+//!   3,080 bytes); [`stackdump::signal_stack_needed`] gives the sum on this machine. A thread
+//!   blocked in the kernel with less room below its stack pointer (its pointer is in
+//!   `/proc/self/task/<tid>/syscall`; a guard page or the end of a known alternate signal stack
+//!   ends the room) is listed from `/proc` with its state and PC and a note instead. A *running*
+//!   thread cannot be checked from outside (`/proc` has no stack pointer for it): it is signalled.
+//!   The handler's first act is to ask `sigaltstack` whether it runs on the alternate signal
+//!   stack; with less than 2 KiB left there it copies the registers only (a note says so). What
+//!   stays unchecked: a thread first seen while already deep in an `SA_ONSTACK` handler, with
+//!   room for the kernel's frame but not for the handler's first frame; the alternate stacks the
+//!   dumps learn make the next dump check it.
 //! - **The unwinder needs unwind tables.** Rust keeps `.eh_frame` by default; C code built
 //!   without them, or a corrupt stack, ends a backtrace early. Frames the symbolizer cannot name
 //!   are printed as `module+offset`, so they can be symbolized offline.
@@ -168,8 +195,7 @@
 //!   which correct code already retries. Under a debugger, the dump signal must be passed to the
 //!   program: gdb does so for `SIGURG` by default (`nostop noprint pass`).
 //! - **Platform**: Linux, x86_64 tested (aarch64 has the code, untested), glibc. No unwinder runs
-//!   in the signal handler, so the dump does not depend on the glibc or libgcc version. A stack
-//!   deeper than the 64 KiB copy is shown up to where the copy ends.
+//!   in the signal handler, so the dump does not depend on the glibc or libgcc version.
 //!
 //! # Features
 //!

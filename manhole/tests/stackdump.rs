@@ -47,6 +47,10 @@ const SCENARIOS: &[Scenario] = &[
     ),
     ("deep_recursion_is_truncated", deep_recursion_is_truncated),
     (
+        "stack_deeper_than_the_copy_window_is_truncated_with_a_note",
+        stack_deeper_than_the_copy_window_is_truncated_with_a_note,
+    ),
+    (
         "thread_churn_during_50_dumps_does_not_crash",
         thread_churn_during_50_dumps_does_not_crash,
     ),
@@ -598,6 +602,63 @@ fn deep_recursion_is_truncated() -> Outcome {
     drop(release);
     handle.join().map_err(|_| "deep thread panicked")?;
     Ok(())
+}
+
+/// Recurses `depth` times with a 256-byte frame each, then parks.
+#[inline(never)]
+fn recurse_wide_then_park(depth: usize, ready: &Barrier, release: &mpsc::Receiver<()>) -> usize {
+    let pad = black_box([depth as u8; 256]);
+    if depth == 0 {
+        ready.wait();
+        return black_box(release.recv().is_ok()) as usize;
+    }
+    black_box(recurse_wide_then_park(depth - 1, ready, release)) + pad[1] as usize
+}
+
+fn stack_deeper_than_the_copy_window_is_truncated_with_a_note() -> Outcome {
+    install(Duration::from_secs(2), 1024)?;
+    let ready = Arc::new(Barrier::new(2));
+    let (release, parked) = mpsc::channel();
+    let waiting = ready.clone();
+    // 400 frames of at least 256 bytes: more than the 64 KiB window.
+    let handle = thread::Builder::new()
+        .name("deeper".into())
+        .stack_size(4 << 20)
+        .spawn(move || recurse_wide_then_park(400, &waiting, &parked))
+        .unwrap();
+    ready.wait();
+    let dump = dump()?;
+    let thread = thread_by_name(&dump, "deeper")?;
+    println!(
+        "{} frames, {:?} bytes copied, note {:?}",
+        thread.frames().len(),
+        thread.stack_copy_bytes(),
+        thread.note()
+    );
+    let result = ensure(
+        thread.truncated()
+            && thread.frames().len() < 400
+            && thread.stack_copy_bytes() == Some(64 * 1024)
+            && thread
+                .note()
+                .is_some_and(|n| n.contains("stack deeper than the 64 KiB copied")),
+        || {
+            format!(
+                "not truncated at the window with a note: {}",
+                describe(thread)
+            )
+        },
+    )
+    .and_then(|()| {
+        ensure(
+            dump.to_text()
+                .contains("stack deeper than the 64 KiB copied"),
+            || "no note in the text".into(),
+        )
+    });
+    drop(release);
+    handle.join().map_err(|_| "deeper thread panicked")?;
+    result
 }
 
 fn thread_churn_during_50_dumps_does_not_crash() -> Outcome {

@@ -2,8 +2,9 @@
 //! which sleep in a `futex` wait, on what word.
 //!
 //! The futex word comes from `/proc/self/task/<tid>/syscall` (the system call's first
-//! argument), read once the thread has answered and gone back to sleep: the dump signal
-//! interrupts the wait, and std, parking_lot and glibc all wait again. Only threads captured
+//! argument): the read the dump made just before signalling the thread (for its stack pointer),
+//! or, for a thread not read then, one once the thread has answered and gone back to sleep: the
+//! dump signal interrupts the wait, and std, parking_lot and glibc all wait again. Only threads captured
 //! asleep whose innermost frame could be a futex wait are read, so a dump of 1,000 sleepers in
 //! `nanosleep` reads no file.
 
@@ -17,14 +18,17 @@ const WAIT_OPS: &[u64] = &[0, 6, 9, 11, 13];
 const OP_MASK: u64 = 0x7f;
 
 /// Marks the manhole's threads and reads the futex word of each thread asleep in a futex wait.
-pub(super) fn annotate(threads: &mut [ThreadStack]) {
-    for thread in threads {
+/// `in_kernel[i]` is what `/proc/.../syscall` said of `threads[i]` just before it was signalled,
+/// when the dump read it (for the stack room check): then that is used instead of a new read.
+pub(super) fn annotate(threads: &mut [ThreadStack], in_kernel: &[Option<SyscallState>]) {
+    for (i, thread) in threads.iter_mut().enumerate() {
         thread.manhole = crate::sys::threads::is_manhole_thread(thread.tid, &thread.name);
         if thread.method == CaptureMethod::Signal
             && thread.state.letter() == 'S'
             && may_wait_on_a_futex(thread)
         {
-            thread.futex = futex_word(thread.tid).map(|address| FutexWait {
+            let seen = in_kernel.get(i).copied().flatten();
+            thread.futex = futex_word(thread.tid, seen).map(|address| FutexWait {
                 address,
                 static_name: None,
             });
@@ -44,9 +48,14 @@ fn may_wait_on_a_futex(thread: &ThreadStack) -> bool {
     })
 }
 
-/// The word a thread waits on, if `/proc` shows it in a futex wait.
-fn futex_word(tid: i32) -> Option<usize> {
-    match procfs::thread_syscall(tid).ok()? {
+/// The word a thread waits on, if `/proc` shows it in a futex wait (`seen`, when the dump read
+/// it already).
+fn futex_word(tid: i32, seen: Option<SyscallState>) -> Option<usize> {
+    let state = match seen {
+        Some(state @ SyscallState::InSyscall { .. }) => state,
+        _ => procfs::thread_syscall(tid).ok()?,
+    };
+    match state {
         SyscallState::InSyscall { nr, args, .. }
             if nr == libc::SYS_futex && WAIT_OPS.contains(&(args[1] & OP_MASK)) =>
         {

@@ -310,8 +310,13 @@ pub fn thread_status(tid: i32) -> io::Result<ThreadStatus> {
 /// that is reused, so reading a thousand threads allocates nothing per thread but its name.
 pub struct TaskDir {
     dir: fs::File,
+    /// At least [`TASK_FILE_BUFFER`] bytes, zeroed once; the last file read is `..filled`.
     buffer: Vec<u8>,
+    filled: usize,
 }
+
+/// Room for one `status` or `syscall` file in one read (`status` is about 1.5 KiB).
+const TASK_FILE_BUFFER: usize = 8192;
 
 impl TaskDir {
     /// Opens `/proc/self/task`.
@@ -320,7 +325,8 @@ impl TaskDir {
         let dir = fs::File::open("/proc/self/task")?;
         Ok(TaskDir {
             dir,
-            buffer: Vec::with_capacity(4096),
+            buffer: vec![0; TASK_FILE_BUFFER],
+            filled: 0,
         })
     }
 
@@ -332,17 +338,19 @@ impl TaskDir {
     /// A thread's name, state and signal masks, as [`thread_status`] reads them.
     pub fn status(&mut self, tid: i32) -> io::Result<ThreadStatus> {
         self.read(tid, "status")?;
-        match std::str::from_utf8(&self.buffer) {
+        let status = &self.buffer[..self.filled];
+        match std::str::from_utf8(status) {
             Ok(status) => parse_status(status),
             // A thread name is any bytes but NUL and `/`.
-            Err(_) => parse_status(&String::from_utf8_lossy(&self.buffer)),
+            Err(_) => parse_status(&String::from_utf8_lossy(status)),
         }
     }
 
     /// Where a thread is blocked, as [`thread_syscall`] reads it.
     pub fn syscall(&mut self, tid: i32) -> io::Result<SyscallState> {
         self.read(tid, "syscall")?;
-        let line = std::str::from_utf8(&self.buffer).map_err(|_| invalid("syscall"))?;
+        let line =
+            std::str::from_utf8(&self.buffer[..self.filled]).map_err(|_| invalid("syscall"))?;
         parse_syscall(line)
     }
 
@@ -359,8 +367,15 @@ impl TaskDir {
             Mode::empty(),
         )?;
         let mut file = fs::File::from(file);
-        self.buffer.clear();
-        file.read_to_end(&mut self.buffer)?;
+        // One read: both files are made whole by one `show` of the kernel (`single_open`), so a
+        // read with room to spare returns all of it, and the read that would return 0 is saved
+        // (a dump reads two files per thread). A full buffer reads on to the end.
+        self.filled = file.read(&mut self.buffer[..TASK_FILE_BUFFER])?;
+        if self.filled == TASK_FILE_BUFFER {
+            self.buffer.truncate(TASK_FILE_BUFFER);
+            file.read_to_end(&mut self.buffer)?;
+            self.filled = self.buffer.len();
+        }
         Ok(())
     }
 }
@@ -510,5 +525,22 @@ mod tests {
         assert!(tasks.thread_ids().unwrap().contains(&me));
         assert_eq!(tasks.status(me).unwrap(), thread_status(me).unwrap());
         assert!(tasks.status(i32::MAX).is_err());
+        // A parked thread is in a system call, with its stack pointer.
+        let (parked, release) = std::sync::mpsc::channel::<()>();
+        let (ready, tid) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            ready.send(nix::unistd::gettid().as_raw()).unwrap();
+            let _ = release.recv();
+        });
+        let tid = tid.recv().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while thread_stat(tid).unwrap().1.letter() != 'S' && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        let state = tasks.syscall(tid).unwrap();
+        assert!(state.sp().is_some_and(|sp| sp != 0), "{state:?}");
+        assert_eq!(state, thread_syscall(tid).unwrap());
+        drop(parked);
+        waiter.join().unwrap();
     }
 }

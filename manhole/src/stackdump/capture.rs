@@ -1,0 +1,591 @@
+//! One dump, on the dumping thread: list the threads, decide for each whether it may be
+//! signalled (blocked signal, pending request, too little stack room), send the requests, copy
+//! and unwind the dumping thread's own stack, collect and unwind the answers, say in a note why
+//! any thread has no stack, and symbolize. The signal side is `handler`'s.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use parking_lot::Mutex;
+
+use super::dump::Outcome;
+use super::handler::{self, Answer, Disposition, SendError, StackImage};
+use super::symbolize::{self, RawFrame, Symbolizer};
+use super::unwind::{End, Unwinder, Unwound};
+use super::waits;
+use super::{
+    CaptureMethod, DUMPED, DumpOptions, HARD_CAP, InCapture, StackDump, ThreadStack,
+    forked_mid_dump,
+};
+use crate::procfs::{self, SyscallState, ThreadState};
+use crate::{Error, ErrorKind, Result};
+
+/// Extra wait for a handler that had started answering when the deadline passed.
+const GRACE: Duration = Duration::from_millis(50);
+/// The most frames per thread, whatever `max_frames` asks for.
+const MAX_FRAMES_LIMIT: usize = 1024;
+/// Room for the dump machinery's own frames above its caller, on the dumping thread.
+const SELF_FRAMES: usize = 32;
+/// How long `capture` waits for a dump already in progress.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a dump waits, in all, for handlers of earlier dumps (or profile ticks) to return
+/// before it trusts a thread's `SigBlk` (see [`blocks_for_real`]).
+const SETTLE: Duration = Duration::from_millis(50);
+
+/// Serializes dumps: they share the slot pool and the generation counter. Holds what one dump
+/// learnt for the next: each thread's alternate signal stack, as its handler found it.
+static DUMP_LOCK: Mutex<Altstacks> = Mutex::new(BTreeMap::new());
+
+/// Alternate signal stacks by thread id: (start, size).
+type Altstacks = BTreeMap<i32, (usize, usize)>;
+/// Captures and symbolizes the stack of every thread of the process.
+///
+/// One dump runs at a time (a second caller waits up to 10 s, then gets an error). It never
+/// hangs: the wait for answers ends `options.timeout` after the signals are sent and at most
+/// [`HARD_CAP`] after the dump started (plus 50 ms for a handler caught mid-answer); resolving
+/// symbols stops after five seconds. If our handler no longer owns the signal, no signal is sent
+/// and the threads are listed from `/proc` only, each with a note. Fails only when
+/// `/proc/self/task` cannot be read or another dump holds the lock too long.
+// Never inlined: the dumping thread's stack is cut at this function's frame (see `trace_self`).
+#[inline(never)]
+pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
+    if forked_mid_dump() {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            "no stack dumps in this process: it was forked while its parent was taking one, so \
+             the dump's locks may be held by a thread that does not exist here",
+        ));
+    }
+    let _counted = InCapture::enter();
+    let mut altstacks = DUMP_LOCK.try_lock_for(LOCK_WAIT).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Io,
+            "another stack dump has been running for more than 10 s",
+        )
+    })?;
+    // Marks this function's frame on the stack, to cut the dumping thread's own stack here.
+    let anchor = 0u8;
+    let here = std::hint::black_box(&anchor) as *const u8 as usize;
+    let started = Instant::now();
+    let taken_at = SystemTime::now();
+    let max_frames = options.max_frames.clamp(1, MAX_FRAMES_LIMIT);
+    let signal = options.signal;
+    let me = nix::unistd::gettid().as_raw();
+
+    let mut refusal = match handler::disposition(signal) {
+        Ok(Disposition::Ours) => None,
+        Ok(other) => Some(format!(
+            "not signalled: signal {signal} is now handled by {}, not by manhole",
+            other.describe()
+        )),
+        Err(e) => Some(format!(
+            "not signalled: cannot read the disposition of signal {signal}: {e}"
+        )),
+    };
+    let cannot_list = |e| {
+        Error::with_source(
+            ErrorKind::Unsupported,
+            "cannot list the threads in /proc/self/task",
+            e,
+        )
+    };
+    let mut tasks = procfs::TaskDir::open().map_err(cannot_list)?;
+    let tids = tasks.thread_ids().map_err(cannot_list)?;
+    // Each thread is signalled right after its status is read: its handler runs while the
+    // dumper reads the next statuses.
+    let mut requests = match handler::start(signal, tids.len()) {
+        Ok(requests) => Some(requests),
+        Err(e) => {
+            refusal.get_or_insert(format!(
+                "not signalled: no memory for the stack copies ({e})"
+            ));
+            None
+        }
+    };
+    let mut threads: Vec<Pending> = Vec::with_capacity(tids.len());
+    let mut checks = Preflight {
+        signal,
+        need: handler::stack_needed(),
+        settle_until: Instant::now() + SETTLE,
+        altstacks: &altstacks,
+    };
+    for &tid in &tids {
+        let thread = plan(&mut tasks, tid, me, refusal.as_deref(), &mut checks);
+        if thread.plan == Plan::Signal
+            && let Some(requests) = requests.as_mut()
+        {
+            requests.send(tid);
+        }
+        threads.push(thread);
+    }
+    drop(tasks);
+    let sent_at = Instant::now();
+    let deadline = (sent_at + options.timeout.min(HARD_CAP)).min(started + HARD_CAP);
+    // The other threads answer meanwhile.
+    let mut unwinder = Unwinder::current();
+    let own_stack = trace_self(&mut unwinder, here, max_frames);
+    let answers = match requests {
+        Some(requests) => {
+            requests.collect(deadline, GRACE, |image| unwinder.unwind(image, max_frames))
+        }
+        None => Vec::new(),
+    };
+    drop(unwinder);
+    let mut answers = answers.into_iter();
+    let waited = deadline.saturating_duration_since(sent_at);
+    for thread in &mut threads {
+        match thread.plan {
+            Plan::Signal => {
+                let answer = answers.next().unwrap_or(Answer::Silent { started: false });
+                if let Answer::Captured { tid, altstack, .. } = &answer {
+                    match altstack {
+                        Some(altstack) => altstacks.insert(*tid, *altstack),
+                        None => altstacks.remove(tid),
+                    };
+                }
+                thread.take_answer(answer, signal, waited, max_frames);
+            }
+            Plan::Myself => thread.take_own_stack(&own_stack),
+            Plan::Skip => {}
+        }
+        thread.read_proc_details();
+    }
+    let capture_time = started.elapsed();
+    DUMPED.store(true, Ordering::Relaxed);
+
+    let symbolizing = Instant::now();
+    let mut symbolizer = Symbolizer::new();
+    let in_kernel: Vec<Option<SyscallState>> = threads.iter().map(|t| t.in_kernel).collect();
+    let mut threads: Vec<ThreadStack> = threads
+        .into_iter()
+        .map(|t| t.finish(&mut symbolizer, max_frames))
+        .collect();
+    let symbolize_time = symbolizing.elapsed();
+    // Reading the futex words is `/proc` work: it counts as capture, not as symbolizing.
+    let annotating = Instant::now();
+    waits::annotate(&mut threads, &in_kernel);
+    Ok(StackDump {
+        pid: std::process::id(),
+        signal,
+        taken_at,
+        capture_time: capture_time + annotating.elapsed(),
+        symbolize_time,
+        ignored_signals: handler::ignored_signals(),
+        threads,
+    })
+}
+
+/// The dumping thread's own stack, raw.
+struct OwnStack {
+    /// Return addresses, innermost first.
+    ips: Vec<usize>,
+    /// Whether there were more frames than kept.
+    truncated: bool,
+    /// Why unwinding stopped early, if it did.
+    stopped: Option<String>,
+}
+
+/// The dumping thread's stack, raw: its registers and stack copied here (it cannot signal
+/// itself, it may block the signal) and unwound like the others, from the caller of
+/// [`capture()`] outwards, at most `limit` frames. `here` is the address of a local of `capture`.
+///
+/// The dump machinery's own frames are left out by stack address, not by name (inlining and
+/// line-tables-only debug info make names unreliable): after each unwound frame the unwinder
+/// knows the caller's stack pointer; for `capture` and everything it calls that is at or below
+/// `here`, for `capture`'s caller it is above. Stacks grow down on every Linux target Rust
+/// supports.
+#[inline(never)]
+fn trace_self(unwinder: &mut Unwinder, here: usize, limit: usize) -> OwnStack {
+    let mut buffer = vec![0u8; handler::WINDOW];
+    let (registers, copied) = handler::copy_own_stack(&mut buffer);
+    let image = StackImage {
+        registers,
+        bytes: &buffer[..copied],
+        window_full: copied == buffer.len(),
+    };
+    let unwound = unwinder.unwind(&image, limit + SELF_FRAMES);
+    let caller = unwound
+        .stack_pointers
+        .iter()
+        .position(|&sp| sp > here)
+        .unwrap_or(unwound.frames.len());
+    let mut ips: Vec<usize> = unwound.frames[caller..].iter().map(|f| f.ip).collect();
+    let mut truncated = unwound.truncated();
+    if ips.len() > limit {
+        ips.truncate(limit);
+        truncated = true;
+    }
+    OwnStack {
+        ips,
+        truncated,
+        stopped: stop_note(&unwound),
+    }
+}
+
+/// The note for a stack whose unwinding ended early, if it did.
+fn stop_note(unwound: &Unwound) -> Option<String> {
+    match &unwound.end {
+        End::Complete | End::MaxFrames => None,
+        End::Window => Some(format!(
+            "stack deeper than the {} KiB copied: outer frames are missing",
+            handler::WINDOW / 1024
+        )),
+        End::Stopped(why) => Some(format!(
+            "unwinding stopped early ({why}): outer frames may be missing"
+        )),
+        End::NoRegisters => {
+            Some("no registers from the signal context (unsupported architecture): no stack".into())
+        }
+    }
+}
+
+/// How one thread is to be captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    /// Send it the dump signal.
+    Signal,
+    /// It is the dumping thread: trace it directly.
+    Myself,
+    /// Do not signal it; `/proc` details only.
+    Skip,
+}
+
+/// A thread during the capture, before symbolization.
+struct Pending {
+    tid: i32,
+    name: String,
+    state: ThreadState,
+    plan: Plan,
+    method: CaptureMethod,
+    outcome: Outcome,
+    note: Option<String>,
+    raw: Vec<RawFrame>,
+    truncated: bool,
+    /// Drop leading frames of the dump machinery once symbolized (the dumping thread).
+    trim_machinery: bool,
+    wchan: Option<String>,
+    syscall: Option<SyscallState>,
+    /// `/proc/.../syscall` read just before the thread was signalled (for its stack pointer).
+    in_kernel: Option<SyscallState>,
+    handler_time: Option<Duration>,
+    stack_copy: Option<(usize, usize)>,
+}
+
+/// What [`plan`] checks before a thread is signalled, for one dump.
+struct Preflight<'a> {
+    signal: libc::c_int,
+    /// Stack a dump signal needs below the interrupted stack pointer.
+    need: usize,
+    /// Until when [`blocks_for_real`] may wait for handlers to return.
+    settle_until: Instant,
+    /// Alternate signal stacks the last dumps found.
+    altstacks: &'a Altstacks,
+}
+
+fn plan(
+    tasks: &mut procfs::TaskDir,
+    tid: i32,
+    me: i32,
+    refusal: Option<&str>,
+    checks: &mut Preflight<'_>,
+) -> Pending {
+    let signal = checks.signal;
+    let mut thread = Pending {
+        tid,
+        name: String::new(),
+        state: ThreadState::from_letter('?'),
+        plan: Plan::Skip,
+        method: CaptureMethod::Proc,
+        outcome: Outcome::NoAnswer,
+        note: None,
+        raw: Vec::new(),
+        truncated: false,
+        trim_machinery: false,
+        wchan: None,
+        syscall: None,
+        in_kernel: None,
+        handler_time: None,
+        stack_copy: None,
+    };
+    let mut status = match tasks.status(tid) {
+        Ok(status) => status,
+        Err(_) => {
+            thread.outcome = Outcome::Exited;
+            thread.note = Some("exited before it could be signalled".into());
+            return thread;
+        }
+    };
+    // The manhole's own threads keep the signal blocked, by design.
+    let manhole_blocks =
+        status.blocks(signal) && crate::threads::is_manhole_thread(tid, &status.name);
+    if tid != me
+        && status.blocks(signal)
+        && !manhole_blocks
+        && !status.state.is_gone()
+        && refusal.is_none()
+    {
+        blocks_for_real(tasks, tid, &mut status, checks);
+    }
+    thread.name = status.name.clone();
+    thread.state = status.state;
+    if tid == me {
+        thread.plan = Plan::Myself;
+        thread.method = CaptureMethod::SelfThread;
+        thread.outcome = Outcome::Captured;
+    } else if status.state.is_gone() {
+        thread.outcome = Outcome::Exited;
+        thread.note = Some(format!("exited ({})", status.state.name()));
+    } else if let Some(refusal) = refusal {
+        thread.note = Some(refusal.to_string());
+    } else if manhole_blocks {
+        thread.outcome = Outcome::Blocked;
+        thread.note = Some(format!(
+            "signal blocked: a manhole thread keeps signal {signal} blocked, so it never takes \
+             the application's instances of it; listed from /proc"
+        ));
+    } else if status.blocks(signal) {
+        thread.outcome = Outcome::Blocked;
+        thread.note = Some(format!(
+            "signal blocked: the thread blocks signal {signal}, so it was not sent"
+        ));
+    } else if status.has_pending(signal) {
+        thread.note = Some(format!(
+            "signal already pending: an earlier request (signal {signal}) was never handled, none sent"
+        ));
+    } else if let Some(short) =
+        stack_too_short(tasks, tid, status.state, checks, &mut thread.in_kernel)
+    {
+        thread.note = Some(short);
+    } else {
+        thread.plan = Plan::Signal;
+    }
+    thread
+}
+
+/// `status` says the thread blocks the signal. While any handler of ours runs, the kernel
+/// blocks the signal in its thread until the handler's sigreturn, so a thread still inside the
+/// handler of the previous dump (or a profile tick) looks blocked. Waits, within the dump's
+/// settle budget, until no handler is inside and then reads the status again: the thread that
+/// still blocks the signal then blocks it itself. Updates `status`.
+///
+/// What is left: a handler that has counted itself out but not yet made its sigreturn (two
+/// instructions) and was preempted right there. Such a thread is running or runnable, so a
+/// thread that still blocks the signal in that state gets one more read after a yield.
+fn blocks_for_real(
+    tasks: &mut procfs::TaskDir,
+    tid: i32,
+    status: &mut procfs::ThreadStatus,
+    checks: &Preflight<'_>,
+) {
+    let mut rereads = 0;
+    while status.blocks(checks.signal) && rereads < 2 {
+        if handler::handlers_inside() > 0 {
+            if Instant::now() >= checks.settle_until {
+                return;
+            }
+            std::thread::yield_now();
+            continue;
+        }
+        if rereads == 1 {
+            if status.state.letter() != 'R' {
+                return;
+            }
+            std::thread::yield_now();
+        }
+        match tasks.status(tid) {
+            Ok(now) => *status = now,
+            Err(_) => return,
+        }
+        rereads += 1;
+    }
+}
+
+/// For a thread blocked in the kernel (whose stack pointer `/proc/.../syscall` gives): a note
+/// if its stack has less room below the stack pointer than a dump signal needs, so that it must
+/// not be signalled. The room is the readable memory below the stack pointer (a guard page or
+/// unmapped memory ends it), and no more than what is left of the alternate signal stack when
+/// the stack pointer is on it. A running thread cannot be checked: it is signalled.
+/// What it read from `/proc` is left in `seen`.
+fn stack_too_short(
+    tasks: &mut procfs::TaskDir,
+    tid: i32,
+    state: ThreadState,
+    checks: &Preflight<'_>,
+    seen: &mut Option<SyscallState>,
+) -> Option<String> {
+    if state.letter() == 'R' {
+        return None;
+    }
+    *seen = tasks.syscall(tid).ok();
+    let sp = usize::try_from(seen.as_ref()?.sp()?).ok()?;
+    let mut room = crate::sys::memory::readable_below(sp, checks.need);
+    let mut on_altstack = false;
+    if let Some(&(start, size)) = checks.altstacks.get(&tid)
+        && sp > start
+        && sp <= start.saturating_add(size)
+    {
+        room = room.min(sp - start);
+        on_altstack = true;
+    }
+    (room < checks.need).then(|| {
+        format!(
+            "not signalled: {room} bytes left below its stack pointer {sp:#x}{}, and a dump signal \
+             needs {} (the kernel's signal frame {} + the handler {})",
+            if on_altstack {
+                " on its alternate signal stack"
+            } else {
+                ""
+            },
+            checks.need,
+            handler::kernel_frame_bytes(),
+            handler::HANDLER_STACK
+        )
+    })
+}
+
+impl Pending {
+    fn take_answer(
+        &mut self,
+        answer: Answer<Unwound>,
+        signal: libc::c_int,
+        waited: Duration,
+        max_frames: usize,
+    ) {
+        match answer {
+            Answer::Captured {
+                tid,
+                unwound,
+                handler_nanos,
+                copied,
+                stack_below,
+                altstack: _,
+                altstack_short,
+            } => {
+                self.stack_copy = Some((copied, stack_below));
+                self.method = CaptureMethod::Signal;
+                self.outcome = Outcome::Captured;
+                self.handler_time = Some(Duration::from_nanos(handler_nanos));
+                self.truncated = unwound.truncated();
+                if tid != self.tid {
+                    self.note = Some(format!("answered from tid {tid}"));
+                }
+                if let Some(left) = altstack_short {
+                    self.note = Some(format!(
+                        "on its alternate signal stack with {left} bytes left: registers only, \
+                         the stack copy needs {}",
+                        handler::HANDLER_STACK
+                    ));
+                }
+                self.note = self.note.take().or_else(|| stop_note(&unwound));
+                self.raw = unwound.frames;
+                if self.raw.len() > max_frames {
+                    self.raw.truncate(max_frames);
+                    self.truncated = true;
+                }
+            }
+            Answer::NotSent(SendError::Exited) => {
+                self.outcome = Outcome::Exited;
+                self.note = Some("exited before the signal reached it".into());
+            }
+            Answer::NotSent(SendError::QueueFull) => {
+                self.note = Some(
+                    "signal queue full: too many pending real-time signals (RLIMIT_SIGPENDING)"
+                        .into(),
+                );
+            }
+            Answer::NotSent(SendError::Other(e)) => {
+                self.note = Some(format!("could not be signalled: {e}"));
+            }
+            Answer::Silent { started } => {
+                let millis = waited.as_millis();
+                self.note = Some(match procfs::thread_status(self.tid) {
+                    Err(_) => {
+                        self.outcome = Outcome::Exited;
+                        "exited while the dump waited for it".to_string()
+                    }
+                    Ok(_) if started => {
+                        format!("started answering but did not finish within {millis} ms")
+                    }
+                    Ok(now) if now.blocks(signal) => {
+                        self.outcome = Outcome::Blocked;
+                        format!(
+                            "signal blocked: the thread blocked signal {signal} before it arrived"
+                        )
+                    }
+                    Ok(now) if matches!(now.state.letter(), 'T' | 't' | 'D') => {
+                        format!(
+                            "no answer within {millis} ms: the thread is {}",
+                            now.state.name()
+                        )
+                    }
+                    Ok(_) => format!("no answer within {millis} ms"),
+                });
+            }
+        }
+    }
+
+    fn take_own_stack(&mut self, own: &OwnStack) {
+        self.raw = own
+            .ips
+            .iter()
+            .filter(|&&ip| ip != 0)
+            .map(|&ip| RawFrame { ip, exact: false })
+            .collect();
+        self.truncated = own.truncated;
+        self.note = own.stopped.clone();
+    }
+
+    /// Wait channel and `/proc/.../syscall` for a live thread without a stack. A captured stack
+    /// says more than the wait channel, and reading it for every thread would cost a third of
+    /// a big dump.
+    fn read_proc_details(&mut self) {
+        if self.outcome == Outcome::Exited || self.outcome == Outcome::Captured {
+            return;
+        }
+        self.wchan = procfs::thread_wchan(self.tid).ok().flatten();
+        self.syscall = procfs::thread_syscall(self.tid).ok();
+        if let Some(pc) = self.syscall.and_then(|s| s.pc()).filter(|&pc| pc != 0) {
+            self.raw = vec![RawFrame {
+                ip: pc as usize,
+                exact: false,
+            }];
+        }
+    }
+
+    fn finish(self, symbolizer: &mut Symbolizer, max_frames: usize) -> ThreadStack {
+        let mut frames = symbolizer.frames(&self.raw);
+        let mut truncated = self.truncated;
+        if self.trim_machinery {
+            let machinery = frames
+                .iter()
+                .take_while(|f| symbolize::is_machinery(f))
+                .count();
+            // If everything looks like machinery, symbols are missing: keep the frames.
+            if machinery < frames.len() {
+                frames.drain(..machinery);
+            }
+            if frames.len() > max_frames {
+                frames.truncate(max_frames);
+                truncated = true;
+            }
+        }
+        ThreadStack {
+            tid: self.tid,
+            name: self.name,
+            state: self.state,
+            method: self.method,
+            outcome: self.outcome,
+            note: self.note,
+            frames,
+            truncated,
+            wchan: self.wchan,
+            syscall: self.syscall,
+            handler_time: self.handler_time,
+            stack_copy: self.stack_copy,
+            futex: None,
+            manhole: false,
+        }
+    }
+}
