@@ -74,6 +74,10 @@ impl Unwound {
     }
 }
 
+/// No code is mapped in the lowest page (Linux's `mmap_min_addr` is at least one page).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const NO_CODE_BELOW: usize = 4096;
+
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 struct State {
     unwinder: NativeUnwinder,
@@ -156,6 +160,14 @@ impl Unwinder {
                         break;
                     };
                     let ip = return_address as usize;
+                    if ip < NO_CODE_BELOW {
+                        // A guess gone wrong (the frame-pointer fallback through code whose CFI
+                        // framehop cannot follow, e.g. inside libgcc's `_Unwind_RaiseException`):
+                        // nothing is mapped there, so the stack ends instead of going on from it.
+                        unwound.end =
+                            End::Stopped(format!("return address {ip:#x} cannot be code"));
+                        break;
+                    }
                     let trampoline = *state
                         .trampolines
                         .entry(ip)
