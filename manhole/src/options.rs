@@ -547,9 +547,13 @@ impl Options {
         self
     }
 
-    /// When `false`, a normal process exit (main returning, `std::process::exit`) waits for the
-    /// open sessions to end first; when `true`, sessions die with the process.
-    /// Defaults to `false` (as python-manhole).
+    /// When `false`, a normal process exit (main returning, `std::process::exit`) gives a
+    /// session that is running a command up to 2 s to answer, then closes every open session
+    /// with the line `manhole: the process is exiting, closing the session`; it never waits for
+    /// an idle session. When `true`, there is no grace and no closing line: sessions end with
+    /// the process. See [docs/options.md](https://docs.rs/crate/manhole/latest/source/docs/options.md)
+    /// for how this compares with python-manhole's option of the same name.
+    /// Defaults to `false`.
     pub fn daemon_connection(mut self, on: bool) -> Options {
         self.daemon_connection = on;
         self

@@ -6,7 +6,7 @@
 use std::fs;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use manhole_e2e::{
     App, Client, TempDir, bare, default_path, dump_sections, is_socket, wait_for_socket, wait_until,
@@ -421,8 +421,45 @@ fn cleanup_on_sigterm_removes_the_socket_and_dies_of_sigterm() {
     assert!(!is_socket(&path));
 }
 
+const CLOSING_LINE: &str = "manhole: the process is exiting, closing the session";
+
+/// Waits until the process has a `mh-worker-<n>` thread (a registered command is running).
+fn wait_for_worker(pid: u32) {
+    wait_until(|| {
+        thread_names(pid)
+            .iter()
+            .any(|n| n.starts_with("mh-worker-"))
+            .then_some(())
+    })
+    .expect("the command never started");
+}
+
 #[test]
-fn without_daemon_connection_exit_waits_for_the_open_session() {
+fn exit_and_return_from_main_never_wait_for_an_idle_session_which_gets_a_closing_line() {
+    for (flag, code) in [("--exit-when", 3), ("--return-when", 0)] {
+        let dir = TempDir::new();
+        let trigger = dir.join("go");
+        let mut app = bare(Some(""), &[flag, trigger.to_str().unwrap()]);
+        let path = default_path(app.pid());
+        wait_for_socket(&path);
+        // An operator who left the session open at the prompt.
+        let mut client = Client::connect(&path).unwrap();
+        client.skip_greeting();
+        let asked = Instant::now();
+        fs::write(&trigger, b"").unwrap();
+        let status = app.wait_exit();
+        let took = asked.elapsed();
+        assert_eq!(status.code(), Some(code), "{flag}: {status:?}");
+        assert!(took < Duration::from_secs(5), "{flag}: exit took {took:?}");
+        let rest = client.read_to_end();
+        assert!(rest.contains(CLOSING_LINE), "{flag}: {rest:?}");
+        assert!(!is_socket(&path), "{flag}: the socket is left");
+        eprintln!("{flag} with an idle session open: exited in {took:?}");
+    }
+}
+
+#[test]
+fn exit_lets_a_command_under_way_answer_before_the_closing_line() {
     let dir = TempDir::new();
     let trigger = dir.join("go");
     let mut app = bare(Some(""), &["--exit-when", trigger.to_str().unwrap()]);
@@ -430,14 +467,48 @@ fn without_daemon_connection_exit_waits_for_the_open_session() {
     wait_for_socket(&path);
     let mut client = Client::connect(&path).unwrap();
     client.skip_greeting();
+    client.send("nap 1000");
+    wait_for_worker(app.pid());
+    let asked = Instant::now();
     fs::write(&trigger, b"").unwrap();
-    app.wait_for_stderr("Waiting for 1 open session(s) to end before exiting");
-    assert!(app.alive());
-    let info = client.command("info");
-    assert!(info.contains(&format!("pid {}", app.pid())), "{info}");
-    client.send("exit");
-    client.read_to_end();
     assert_eq!(app.wait_exit().code(), Some(3));
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(5), "exit took {took:?}");
+    let rest = client.read_to_end();
+    let answered = rest
+        .find("napped 1000")
+        .unwrap_or_else(|| panic!("{rest:?}"));
+    let closed = rest
+        .find(CLOSING_LINE)
+        .unwrap_or_else(|| panic!("{rest:?}"));
+    assert!(answered < closed, "{rest:?}");
+    assert!(
+        app.stderr()
+            .contains("waiting up to 2 s for 1 session command(s) under way")
+    );
+}
+
+#[test]
+fn exit_waits_for_a_long_command_no_longer_than_its_grace() {
+    let dir = TempDir::new();
+    let trigger = dir.join("go");
+    let mut app = bare(Some(""), &["--exit-when", trigger.to_str().unwrap()]);
+    let path = default_path(app.pid());
+    wait_for_socket(&path);
+    let mut client = Client::connect(&path).unwrap();
+    client.skip_greeting();
+    client.send("nap 60000");
+    wait_for_worker(app.pid());
+    let asked = Instant::now();
+    fs::write(&trigger, b"").unwrap();
+    assert_eq!(app.wait_exit().code(), Some(3));
+    let took = asked.elapsed();
+    // The grace is 2 s, then half a second for the closing lines.
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(5),
+        "exit took {took:?}"
+    );
+    assert!(!client.read_to_end().contains("napped"));
     assert!(!is_socket(&path));
 }
 
@@ -455,9 +526,10 @@ fn with_daemon_connection_exit_does_not_wait_for_sessions() {
     client.skip_greeting();
     fs::write(&trigger, b"").unwrap();
     assert_eq!(app.wait_exit().code(), Some(3));
-    client.read_to_end();
+    // No grace and no closing line: the connection ends with the process.
+    assert!(!client.read_to_end().contains(CLOSING_LINE));
     assert!(!is_socket(&path));
-    assert!(!app.stderr().contains("Waiting for"));
+    assert!(!app.stderr().contains("Exiting:"));
 }
 
 fn stderr_link(pid: u32) -> PathBuf {

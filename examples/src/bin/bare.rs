@@ -1,6 +1,7 @@
 //! `bare`: links `manhole` but never calls `install`; a manhole comes only from the `MANHOLE`
-//! environment variable. It registers one command, `echo` (registering is not installing: the
-//! registry is process-wide and any manhole the variable installs serves it).
+//! environment variable. It registers two commands, `echo` and `nap MS` (sleeps MS
+//! milliseconds, then answers `napped MS`) (registering is not installing: the registry is
+//! process-wide and any manhole the variable installs serves it).
 //!
 //! `--threads N` (default 4) starts threads `sleeper-<i>` blocked inside `bare_sleeper_loop`. It
 //! prints `ready pid=<pid>` once they run, then sleeps until killed.
@@ -380,6 +381,14 @@ fn main() {
             "print the arguments back",
             |args| Ok(args.join(" ")),
         );
+    let _nap = manhole::register_command("nap", "sleep MS milliseconds, then answer", |args| {
+        let ms: u64 = args
+            .first()
+            .and_then(|a| a.parse().ok())
+            .ok_or("usage: nap MS")?;
+        std::thread::sleep(Duration::from_millis(ms));
+        Ok(format!("napped {ms}"))
+    });
     if let Some(signal) = signalfd {
         // Blocked here, before any application thread exists, so every one inherits it; the
         // manhole's threads (started before main from MANHOLE) block it through `sigmask`.

@@ -1,6 +1,7 @@
 //! The one installation per process: [`install`], the [`Manhole`] handle, uninstall, what the
 //! activation signals start (the listener, one-shot sessions, dumps), the reinstall in a forked
-//! child, and the exit hook that waits for sessions and removes the socket.
+//! child, and the exit hook that gives commands under way a short grace, closes the sessions
+//! and removes the socket.
 //!
 //! The state is a process-global `Option<Installation>` behind a lock that is only held for
 //! short bookkeeping, never while a client is served or a thread is joined. Tearing an
@@ -26,7 +27,7 @@ use self::signals::{Roles, signal_name};
 use crate::listener::{self, Shared};
 use crate::log::log_event;
 use crate::registry::{self, Entry, Registration};
-use crate::session::{LIVE_SESSIONS, Session, Settings};
+use crate::session::{BUSY_SESSIONS, EXITING, LIVE_SESSIONS, Session, Settings};
 use crate::socket::{self, BoundSocket};
 use crate::stackdump::{self, DumpOptions, StackDump};
 use crate::{Error, ErrorKind, Options, Result, threads};
@@ -737,19 +738,27 @@ fn install_exit_hook() {
     }
 }
 
-/// Removes this process's socket files (the listener's and a one-shot's), trying the state lock
-/// for at most `patience`.
-fn remove_sockets(patience: Duration) {
+/// `STATE`, if it can be had within `patience` (the exit path must not wait on a thread that
+/// holds it for long).
+fn state_within(patience: Duration) -> Option<MutexGuard<'static, Option<Installation>>> {
     let deadline = Instant::now() + patience;
-    let state = loop {
+    loop {
         match STATE.try_lock() {
-            Ok(state) => break state,
-            Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+            Ok(state) => return Some(state),
+            Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
             Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            Err(std::sync::TryLockError::WouldBlock) => return,
+            Err(std::sync::TryLockError::WouldBlock) => return None,
         }
+    }
+}
+
+/// Removes this process's socket files (the listener's and a one-shot's), trying the state lock
+/// for at most `patience`.
+fn remove_sockets(patience: Duration) {
+    let Some(state) = state_within(patience) else {
+        return;
     };
     if let Some(installation) = state.as_ref() {
         if let Some(evidence) = &installation.evidence {
@@ -766,24 +775,57 @@ fn remove_sockets(patience: Duration) {
     }
 }
 
+/// How long a normal exit waits for sessions that are running a command (`daemon_connection`
+/// off); idle sessions are never waited for.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// How long a normal exit then gives the sessions to send their closing line.
+const CLOSING_PATIENCE: Duration = Duration::from_millis(500);
+
 /// Runs at normal process exit (main returning, `std::process::exit`): unless
-/// `daemon_connection` is on, waits for the open sessions to end; then puts stderr back and
+/// `daemon_connection` is on, gives the sessions running a command up to [`EXIT_GRACE`] to
+/// answer, then closes every session with a closing line; then puts stdout and stderr back and
 /// removes our socket.
 extern "C" fn at_exit() {
-    if !DAEMON_CONNECTION.load(Ordering::SeqCst) {
-        let open = LIVE_SESSIONS.load(Ordering::SeqCst);
-        if open > 0 {
-            log_event!(
-                "Waiting for {open} open session(s) to end before exiting (daemon_connection is \
-                 off)"
-            );
-            while LIVE_SESSIONS.load(Ordering::SeqCst) > 0 {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
+    if !DAEMON_CONNECTION.load(Ordering::SeqCst) && LIVE_SESSIONS.load(Ordering::SeqCst) > 0 {
+        close_sessions_for_exit();
     }
     crate::tee::at_exit();
     remove_sockets(Duration::from_millis(100));
+}
+
+fn close_sessions_for_exit() {
+    // A registered command that calls `exit` runs this on its worker, while its own session
+    // waits for it: that one is not waited for.
+    let own = usize::from(threads::on_worker_thread());
+    let busy = || BUSY_SESSIONS.load(Ordering::SeqCst).saturating_sub(own);
+    if busy() > 0 {
+        log_event!(
+            "Exiting: waiting up to {:.0} s for {} session command(s) under way",
+            EXIT_GRACE.as_secs_f64(),
+            busy()
+        );
+        let deadline = Instant::now() + EXIT_GRACE;
+        while busy() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    EXITING.store(true, Ordering::SeqCst);
+    // Hanging up the stop pipe ends every session (and the listener): each one that is idle
+    // says "the process is exiting" and closes.
+    let hung_up = state_within(Duration::from_millis(100))
+        .and_then(|mut state| state.as_mut().and_then(|i| i.stop_writer.take()));
+    let Some(stop_writer) = hung_up else {
+        return;
+    };
+    drop(stop_writer);
+    log_event!(
+        "Exiting: closing {} open session(s)",
+        LIVE_SESSIONS.load(Ordering::SeqCst)
+    );
+    let deadline = Instant::now() + CLOSING_PATIENCE;
+    while LIVE_SESSIONS.load(Ordering::SeqCst) > own && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// In a forked child, with `STATE` and `PENDING` held by the fork handlers (async-signal-safe:

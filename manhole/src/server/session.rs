@@ -13,7 +13,7 @@ use std::fmt::{self, Write as _};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -260,9 +260,29 @@ pub(crate) fn after_fork_in_child(hold: &mut ForkHold) {
     hold.0.clear();
 }
 
-/// Sessions running right now, in any installation: a normal exit waits for them unless
-/// `daemon_connection` is on.
+/// Sessions running right now, in any installation.
 pub(crate) static LIVE_SESSIONS: AtomicUsize = AtomicUsize::new(0);
+/// Sessions working on a command line right now (from reading it to writing its answer): a
+/// normal exit gives them a short grace to finish (unless `daemon_connection` is on).
+pub(crate) static BUSY_SESSIONS: AtomicUsize = AtomicUsize::new(0);
+/// Set by the exit hook before it hangs up the stop pipe: a stopped session says why.
+pub(crate) static EXITING: AtomicBool = AtomicBool::new(false);
+
+/// One more in a counter for as long as it lives.
+struct Counted(&'static AtomicUsize);
+
+impl Counted {
+    fn new(counter: &'static AtomicUsize) -> Counted {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Counted(counter)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 impl Session {
     pub(crate) fn new(
@@ -286,14 +306,7 @@ impl Session {
 
     /// Serves the session until the client leaves, `exit`, idleness or uninstall.
     pub(crate) fn run(mut self) {
-        struct Live;
-        impl Drop for Live {
-            fn drop(&mut self) {
-                LIVE_SESSIONS.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-        LIVE_SESSIONS.fetch_add(1, Ordering::SeqCst);
-        let _live = Live;
+        let _live = Counted::new(&LIVE_SESSIONS);
         let _not_in_children = close_in_children(self.stream.as_raw_fd());
         let why = match self.serve() {
             Ok(why) => why,
@@ -326,6 +339,8 @@ impl Session {
                         }
                         continue;
                     }
+                    // Until its answer is written: an exit gives it a moment to finish.
+                    let _busy = Counted::new(&BUSY_SESSIONS);
                     let (stream, stop) = (self.stream.as_fd(), self.stop.as_fd());
                     let reply =
                         commands::run_waiting(line, &self.settings, &self.peer, &mut |pause| {
@@ -351,6 +366,10 @@ impl Session {
                     self.reply(&reply)?;
                 }
                 Input::End => return Ok("client closed the connection".into()),
+                Input::Stopped if EXITING.load(Ordering::SeqCst) => {
+                    let _ = self.write(b"\nmanhole: the process is exiting, closing the session\n");
+                    return Ok("the process is exiting".into());
+                }
                 Input::Stopped => {
                     let _ = self.write(b"\nmanhole: uninstalled, closing the session\n");
                     return Ok("manhole uninstalled".into());

@@ -146,6 +146,17 @@ impl std::fmt::Display for Unfinished {
     }
 }
 
+thread_local! {
+    /// This thread is an `mh-worker-<n>`, running registered code for a session.
+    static ON_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is an `mh-worker-<n>` (a registered command calling
+/// `std::process::exit` runs the exit hook there, while its session waits for it).
+pub(crate) fn on_worker_thread() -> bool {
+    ON_WORKER.get()
+}
+
 /// Runs `work` on a manhole worker thread and waits for it at most `timeout`.
 pub(crate) fn run_bounded<T, F>(timeout: Duration, work: F) -> Result<T, Unfinished>
 where
@@ -159,6 +170,7 @@ where
     let (tx, rx) = mpsc::sync_channel(1);
     let n = NEXT_WORKER.fetch_add(1, Ordering::Relaxed);
     let spawned = spawn(format!("mh-worker-{n}"), move || {
+        ON_WORKER.set(true);
         let outcome =
             catch_unwind(AssertUnwindSafe(work)).map_err(|payload| panic_message(&*payload));
         RUNNING_WORKERS.fetch_sub(1, Ordering::SeqCst);
