@@ -434,47 +434,67 @@ fn wait_for_worker(pid: u32) {
     .expect("the command never started");
 }
 
+/// `bare` (with `MANHOLE=manhole`) that exits on `flag` (`--exit-when`, `--return-when`) once
+/// [`Exiting::trigger`] is called, with a session open at the prompt.
+struct Exiting {
+    app: App,
+    client: Client,
+    path: PathBuf,
+    _dir: TempDir,
+    trigger: PathBuf,
+}
+
+impl Exiting {
+    fn start(manhole: &str, flag: &str) -> Exiting {
+        let dir = TempDir::new();
+        let trigger = dir.join("go");
+        let app = bare(Some(manhole), &[flag, trigger.to_str().unwrap()]);
+        let path = default_path(app.pid());
+        wait_for_socket(&path);
+        let mut client = Client::connect(&path).unwrap();
+        client.skip_greeting();
+        Exiting {
+            app,
+            client,
+            path,
+            _dir: dir,
+            trigger,
+        }
+    }
+
+    /// Asks the process to exit; returns its exit code and how long the exit took.
+    fn trigger(&mut self) -> (Option<i32>, Duration) {
+        let asked = Instant::now();
+        fs::write(&self.trigger, b"").unwrap();
+        let status = self.app.wait_exit();
+        (status.code(), asked.elapsed())
+    }
+}
+
 #[test]
 fn exit_and_return_from_main_never_wait_for_an_idle_session_which_gets_a_closing_line() {
     for (flag, code) in [("--exit-when", 3), ("--return-when", 0)] {
-        let dir = TempDir::new();
-        let trigger = dir.join("go");
-        let mut app = bare(Some(""), &[flag, trigger.to_str().unwrap()]);
-        let path = default_path(app.pid());
-        wait_for_socket(&path);
         // An operator who left the session open at the prompt.
-        let mut client = Client::connect(&path).unwrap();
-        client.skip_greeting();
-        let asked = Instant::now();
-        fs::write(&trigger, b"").unwrap();
-        let status = app.wait_exit();
-        let took = asked.elapsed();
-        assert_eq!(status.code(), Some(code), "{flag}: {status:?}");
+        let mut exiting = Exiting::start("", flag);
+        let (exited, took) = exiting.trigger();
+        assert_eq!(exited, Some(code), "{flag}");
         assert!(took < Duration::from_secs(5), "{flag}: exit took {took:?}");
-        let rest = client.read_to_end();
+        let rest = exiting.client.read_to_end();
         assert!(rest.contains(CLOSING_LINE), "{flag}: {rest:?}");
-        assert!(!is_socket(&path), "{flag}: the socket is left");
+        assert!(!is_socket(&exiting.path), "{flag}: the socket is left");
         eprintln!("{flag} with an idle session open: exited in {took:?}");
     }
 }
 
 #[test]
 fn exit_lets_a_command_under_way_answer_before_the_closing_line() {
-    let dir = TempDir::new();
-    let trigger = dir.join("go");
-    let mut app = bare(Some(""), &["--exit-when", trigger.to_str().unwrap()]);
-    let path = default_path(app.pid());
-    wait_for_socket(&path);
-    let mut client = Client::connect(&path).unwrap();
-    client.skip_greeting();
-    client.send("nap 1000");
-    wait_for_worker(app.pid());
-    let asked = Instant::now();
-    fs::write(&trigger, b"").unwrap();
-    assert_eq!(app.wait_exit().code(), Some(3));
-    let took = asked.elapsed();
+    let mut exiting = Exiting::start("", "--exit-when");
+    exiting.client.send("nap 1000");
+    wait_for_worker(exiting.app.pid());
+    let (exited, took) = exiting.trigger();
+    assert_eq!(exited, Some(3));
     assert!(took < Duration::from_secs(5), "exit took {took:?}");
-    let rest = client.read_to_end();
+    let rest = exiting.client.read_to_end();
     let answered = rest
         .find("napped 1000")
         .unwrap_or_else(|| panic!("{rest:?}"));
@@ -483,53 +503,38 @@ fn exit_lets_a_command_under_way_answer_before_the_closing_line() {
         .unwrap_or_else(|| panic!("{rest:?}"));
     assert!(answered < closed, "{rest:?}");
     assert!(
-        app.stderr()
+        exiting
+            .app
+            .stderr()
             .contains("waiting up to 2 s for 1 session command(s) under way")
     );
 }
 
 #[test]
 fn exit_waits_for_a_long_command_no_longer_than_its_grace() {
-    let dir = TempDir::new();
-    let trigger = dir.join("go");
-    let mut app = bare(Some(""), &["--exit-when", trigger.to_str().unwrap()]);
-    let path = default_path(app.pid());
-    wait_for_socket(&path);
-    let mut client = Client::connect(&path).unwrap();
-    client.skip_greeting();
-    client.send("nap 60000");
-    wait_for_worker(app.pid());
-    let asked = Instant::now();
-    fs::write(&trigger, b"").unwrap();
-    assert_eq!(app.wait_exit().code(), Some(3));
-    let took = asked.elapsed();
+    let mut exiting = Exiting::start("", "--exit-when");
+    exiting.client.send("nap 60000");
+    wait_for_worker(exiting.app.pid());
+    let (exited, took) = exiting.trigger();
+    assert_eq!(exited, Some(3));
     // The grace is 2 s, then half a second for the closing lines.
     assert!(
         took >= Duration::from_secs(2) && took < Duration::from_secs(5),
         "exit took {took:?}"
     );
-    assert!(!client.read_to_end().contains("napped"));
-    assert!(!is_socket(&path));
+    assert!(!exiting.client.read_to_end().contains("napped"));
+    assert!(!is_socket(&exiting.path));
 }
 
 #[test]
 fn with_daemon_connection_exit_does_not_wait_for_sessions() {
-    let dir = TempDir::new();
-    let trigger = dir.join("go");
-    let mut app = bare(
-        Some("daemon_connection=True"),
-        &["--exit-when", trigger.to_str().unwrap()],
-    );
-    let path = default_path(app.pid());
-    wait_for_socket(&path);
-    let mut client = Client::connect(&path).unwrap();
-    client.skip_greeting();
-    fs::write(&trigger, b"").unwrap();
-    assert_eq!(app.wait_exit().code(), Some(3));
+    let mut exiting = Exiting::start("daemon_connection=True", "--exit-when");
+    let (exited, _) = exiting.trigger();
+    assert_eq!(exited, Some(3));
     // No grace and no closing line: the connection ends with the process.
-    assert!(!client.read_to_end().contains(CLOSING_LINE));
-    assert!(!is_socket(&path));
-    assert!(!app.stderr().contains("Exiting:"));
+    assert!(!exiting.client.read_to_end().contains(CLOSING_LINE));
+    assert!(!is_socket(&exiting.path));
+    assert!(!exiting.app.stderr().contains("Exiting:"));
 }
 
 fn stderr_link(pid: u32) -> PathBuf {
