@@ -215,3 +215,27 @@ fn log_lines_carry_rfc3339_times_and_threads_have_names_that_fit_the_kernel() {
     assert!(names.iter().any(|n| n == "mh-session-1"), "{names:?}");
     assert!(names.iter().all(|n| n.len() <= 15));
 }
+
+#[test]
+fn threads_name_matches_an_exact_name_before_substrings() {
+    // sleeper-0 .. sleeper-11: `sleeper-1` is also a substring of sleeper-10 and sleeper-11.
+    let mut app = App::start("bare", &["--threads", "12"], &[("MANHOLE", "")]);
+    app.wait_for_line("ready pid=");
+    app.socket = Some(default_path(app.pid()));
+    let mut client = Client::connect(app.socket()).unwrap();
+    client.skip_greeting();
+    // `--all`: each thread on its own (the sleepers' equal stacks would be one group).
+    let one = client.command("threads --all sleeper-1");
+    assert_eq!(one.matches("Thread ").count(), 1, "{one}");
+    assert!(one.contains("\"sleeper-1\""), "{one}");
+    assert_eq!(
+        client
+            .command("threads --all mh-listener")
+            .matches("Thread ")
+            .count(),
+        1
+    );
+    // No exact name: every thread whose name contains it.
+    let all = client.command("threads --all sleeper-");
+    assert_eq!(all.matches("Thread ").count(), 12, "{all}");
+}

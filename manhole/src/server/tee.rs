@@ -217,19 +217,26 @@ fn activate(state: &mut TeeState, stream: Stream) -> std::io::Result<()> {
         pump(stream, reader);
         drop(done_tx);
     })?;
+    // From the first session on, a crash gives the pumps a moment to copy the last words.
+    sys::dying::arm_fatal(at_crash);
+    // The manhole's own lines go to the original from before the switch, so that none lands in
+    // the pipe (and echoes into the sessions) while it happens.
+    if stream == Stream::Stderr {
+        crate::log::set_original_stderr(self::saved(stream));
+    }
     // From here on, writes to the fd go to the pump; `writer` itself is closed on return.
-    sys::dup2_raw(writer.as_raw_fd(), stream.fd())?;
+    if let Err(e) = sys::dup2_raw(writer.as_raw_fd(), stream.fd()) {
+        if stream == Stream::Stderr {
+            crate::log::set_original_stderr(-1);
+        }
+        return Err(e);
+    }
     state.pumps[stream.index()] = Pump {
         pipe,
         done: Some(done_rx),
     };
     PIPE[stream.index()].store(pipe, Ordering::Release);
     ACTIVE[stream.index()].store(true, Ordering::Release);
-    // From the first session on, a crash gives the pumps a moment to copy the last words.
-    sys::dying::arm_fatal(at_crash);
-    if stream == Stream::Stderr {
-        crate::log::set_original_stderr(self::saved(stream));
-    }
     Ok(())
 }
 
