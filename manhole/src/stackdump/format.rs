@@ -169,7 +169,9 @@ impl StackDump {
             } else {
                 "the manhole's own threads"
             };
-            header.push_str(&format!(": {own}, {} frames hidden", first.frames.len()));
+            let frames = first.frames.len();
+            let plural = if frames == 1 { "" } else { "s" };
+            header.push_str(&format!(": {own}, {frames} frame{plural} hidden"));
         }
         if !layout.every_frame && header.chars().count() > MAX_LINE {
             header = header.chars().take(MAX_LINE - 1).collect();
@@ -209,9 +211,10 @@ impl StackDump {
                 line.clear();
             }
             if hidden > 0 {
+                let plural = if hidden == 1 { "" } else { "s" };
                 writeln!(
                     out,
-                    "  ... {hidden} start-up frames hidden (std runtime, libc)"
+                    "  ... {hidden} start-up frame{plural} hidden (std runtime, libc)"
                 )?;
             }
         }
