@@ -664,6 +664,25 @@ fn redirect_stdout_false_keeps_stdout_out_of_the_session() {
 }
 
 #[test]
+fn log_lines_to_stdout_do_not_echo_into_a_session_that_shows_stdout() {
+    let mut app = bare(Some("verbose_destination=1"), &["--stdout-every-ms", "20"]);
+    let path = default_path(app.pid());
+    wait_for_socket(&path);
+    let mut first = Client::connect(&path).unwrap();
+    first.skip_greeting();
+    first.read_until("tock ");
+    // A second session is logged ("Accepted session ...") on fd 1, which the first one shows.
+    let mut second = Client::connect(&path).unwrap();
+    second.skip_greeting();
+    app.wait_for_line("Manhole[");
+    let seen = app.seen.iter().filter(|l| l.starts_with("tock ")).count();
+    app.wait_for_line(&format!("tock {}", seen + 3));
+    let shown = first.command("info");
+    assert!(shown.contains("tock "), "{shown}");
+    assert!(!shown.contains("Manhole["), "{shown}");
+}
+
+#[test]
 fn a_full_stdout_pipe_blocks_only_the_application_not_the_sessions() {
     // stdout a small pipe nobody reads: the tocker fills it and then waits in its write, as it
     // would without a manhole; sessions come and go regardless.

@@ -13,8 +13,9 @@
 //!
 //! A session whose client reads too slowly loses text rather than slowing the application
 //! down: feeds are written without blocking, and nothing of a session or the listener waits on
-//! the original descriptors. The manhole's own log lines go straight to the original stderr
-//! while the tee is on, so they never echo into sessions.
+//! the original descriptors. The manhole's own log lines go straight to the original descriptor
+//! (stderr, or stdout with `verbose_destination(1)`) while the tee is on, so they never echo into
+//! sessions.
 
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
@@ -221,14 +222,10 @@ fn activate(state: &mut TeeState, stream: Stream) -> std::io::Result<()> {
     sys::dying::arm_fatal(at_crash);
     // The manhole's own lines go to the original from before the switch, so that none lands in
     // the pipe (and echoes into the sessions) while it happens.
-    if stream == Stream::Stderr {
-        crate::log::set_original_stderr(self::saved(stream));
-    }
+    crate::log::set_original(stream.fd(), self::saved(stream));
     // From here on, writes to the fd go to the pump; `writer` itself is closed on return.
     if let Err(e) = sys::dup2_raw(writer.as_raw_fd(), stream.fd()) {
-        if stream == Stream::Stderr {
-            crate::log::set_original_stderr(-1);
-        }
+        crate::log::set_original(stream.fd(), -1);
         return Err(e);
     }
     state.pumps[stream.index()] = Pump {
@@ -297,9 +294,7 @@ fn deactivate(state: &mut TeeState, stream: Stream) {
     }
     ACTIVE[stream.index()].store(false, Ordering::Release);
     PIPE[stream.index()].store(-1, Ordering::Release);
-    if stream == Stream::Stderr {
-        crate::log::set_original_stderr(-1);
-    }
+    crate::log::set_original(stream.fd(), -1);
     state.pumps[stream.index()].pipe = -1;
 }
 
@@ -412,8 +407,8 @@ pub(crate) fn after_fork_in_child(hold: &mut ForkHold) {
         if let Some(done) = pump.done.take() {
             std::mem::forget(done);
         }
+        crate::log::set_original(stream.fd(), -1);
     }
-    crate::log::set_original_stderr(-1);
     // Closing the parent's feed pipes: `clear` drops (closes) them and frees nothing.
     hold.0.feeds.clear();
 }

@@ -27,8 +27,9 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 static DESTINATION: AtomicI32 = AtomicI32::new(2);
 /// Lines that could not be written (whole or in part) because the destination had no room.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
-/// Where a destination of 2 really goes while fd 2 is teed into sessions (-1: fd 2 itself).
-static ORIGINAL_STDERR: AtomicI32 = AtomicI32::new(-1);
+/// Where a destination of 1 or 2 really goes while that fd is teed into sessions (-1: the fd
+/// itself), indexed by the fd.
+static ORIGINAL: [AtomicI32; 3] = [AtomicI32::new(-1), AtomicI32::new(-1), AtomicI32::new(-1)];
 
 /// The pid whose events go to `tracing`; 0: none.
 #[cfg(feature = "tracing")]
@@ -61,10 +62,12 @@ pub(crate) fn dropped() -> u64 {
     DROPPED.load(Ordering::Relaxed)
 }
 
-/// Says where the original stderr is while fd 2 is redirected into sessions (`-1`: not
+/// Says where the original of `fd` (1 or 2) is while it is redirected into sessions (`-1`: not
 /// redirected), so that the manhole's own lines never echo into sessions.
-pub(crate) fn set_original_stderr(fd: RawFd) {
-    ORIGINAL_STDERR.store(fd, Ordering::Release);
+pub(crate) fn set_original(fd: RawFd, original: RawFd) {
+    if let Some(slot) = usize::try_from(fd).ok().and_then(|i| ORIGINAL.get(i)) {
+        slot.store(original, Ordering::Release);
+    }
 }
 
 /// Formats one log line for `message` (with its trailing newline).
@@ -156,17 +159,16 @@ pub(crate) fn write_text(fd: RawFd, text: &[u8], patience: Duration) {
     }
 }
 
-/// The descriptor to write to right now: while `redirect_stderr` has fd 2 pointed at the
-/// sessions' tee, a destination of 2 means the original stderr, so the manhole's own lines never
-/// echo into sessions.
+/// The descriptor to write to right now: while `redirect_stderr` (`redirect_stdout`) has fd 2
+/// (fd 1) pointed at the sessions' tee, a destination of 2 (1) means the original, so the
+/// manhole's own lines never echo into sessions.
 pub(crate) fn destination_now() -> RawFd {
     let fd = destination();
-    let original = ORIGINAL_STDERR.load(Ordering::Acquire);
-    if fd == 2 && original >= 0 {
-        original
-    } else {
-        fd
-    }
+    let original = usize::try_from(fd)
+        .ok()
+        .and_then(|i| ORIGINAL.get(i))
+        .map_or(-1, |slot| slot.load(Ordering::Acquire));
+    if original >= 0 { original } else { fd }
 }
 
 /// `log!`-style formatting for [`event`] that skips the formatting when logging is off.
