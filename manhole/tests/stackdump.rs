@@ -99,6 +99,14 @@ const SCENARIOS: &[Scenario] = &[
         "install_refuses_dump_signals_that_could_kill_or_stop",
         install_refuses_dump_signals_that_could_kill_or_stop,
     ),
+    (
+        "changed_flags_on_the_dump_signal_make_dumps_refuse_and_harm_nothing",
+        changed_flags_on_the_dump_signal_make_dumps_refuse_and_harm_nothing,
+    ),
+    (
+        "sig_dfl_restored_during_back_to_back_dumps_of_2000_threads_harms_nothing",
+        sig_dfl_restored_during_back_to_back_dumps_of_2000_threads_harms_nothing,
+    ),
 ];
 
 fn main() -> ExitCode {
@@ -1001,6 +1009,186 @@ fn install_refuses_dump_signals_that_could_kill_or_stop() -> Outcome {
     ensure(dump.counts().captured() == dump.counts().threads(), || {
         format!("{:?}", dump.counts())
     })?;
+    Ok(())
+}
+
+/// Replaces the whole action of `signal` with `action`; returns the one it had.
+fn swap_action(signal: i32, action: &libc::sigaction) -> libc::sigaction {
+    // SAFETY: `action` is a complete action read from the kernel (or derived from one); the
+    // zeroed `old` is valid for the kernel to overwrite.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, action, &mut old);
+        old
+    }
+}
+
+/// The whole current action of `signal`.
+fn read_action(signal: i32) -> libc::sigaction {
+    // SAFETY: a null `act` only reads; the zeroed `action` is valid for the kernel to overwrite.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut action);
+        action
+    }
+}
+
+/// Sends `signal` to thread `tid` of this process with `tgkill` (a foreign, thread-directed
+/// instance: `si_code` SI_TKILL).
+fn tgkill(tid: i32, signal: i32) -> Outcome {
+    // SAFETY: a plain system call on our own process.
+    let rc = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, signal) };
+    ensure(rc == 0, || {
+        format!("tgkill: {}", std::io::Error::last_os_error())
+    })
+}
+
+fn changed_flags_on_the_dump_signal_make_dumps_refuse_and_harm_nothing() -> Outcome {
+    install(Duration::from_secs(2), 128)?;
+    let signal = dump_signal();
+    let parked = park_in_markers([("bystander", park_in_marker_alpha as Marker)])?;
+    let baseline = dump()?;
+    ensure(baseline.counts().captured() == 2, || {
+        "baseline dump incomplete".into()
+    })?;
+    let tid = thread_by_name(&baseline, "bystander")?.tid();
+    let ours = read_action(signal);
+    // A library re-registers the same handler with SA_RESETHAND added, then with SA_SIGINFO
+    // removed: each time the dump sends nothing and says why.
+    let mut changes = Vec::new();
+    let mut resethand = ours;
+    resethand.sa_flags |= libc::SA_RESETHAND;
+    changes.push((resethand, "SA_RESETHAND added"));
+    let mut no_siginfo = ours;
+    no_siginfo.sa_flags &= !libc::SA_SIGINFO;
+    changes.push((no_siginfo, "SA_SIGINFO removed"));
+    let mut masked = ours;
+    // SAFETY: `sa_mask` is an initialised set read from the kernel.
+    unsafe { libc::sigaddset(&mut masked.sa_mask, libc::SIGUSR1) };
+    changes.push((masked, "mask of the dump handler"));
+    for (changed, expected) in changes {
+        swap_action(signal, &changed);
+        let dump = dump()?;
+        let bystander = thread_by_name(&dump, "bystander")?;
+        ensure(
+            bystander.method() == CaptureMethod::Proc
+                && bystander
+                    .note()
+                    .is_some_and(|n| n.starts_with("not signalled") && n.contains(expected)),
+            || format!("{expected}: {}", describe(bystander)),
+        )?;
+        let status = procfs::thread_status(bystander.tid()).map_err(|e| e.to_string())?;
+        ensure(!status.has_pending(signal), || {
+            format!("{expected}: a signal was sent anyway")
+        })?;
+        println!("{}", bystander.note().unwrap_or_default());
+        swap_action(signal, &ours);
+    }
+    // With SA_RESETHAND, a foreign instance resets the signal to SIG_DFL, and the next ones meet
+    // the default action: for SIGURG, ignore. The process lives on; the dump refuses.
+    swap_action(signal, &resethand);
+    tgkill(tid, signal)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while read_action(signal).sa_sigaction != libc::SIG_DFL && Instant::now() < deadline {
+        thread::yield_now();
+    }
+    ensure(read_action(signal).sa_sigaction == libc::SIG_DFL, || {
+        "SA_RESETHAND did not reset the handler".into()
+    })?;
+    for _ in 0..3 {
+        tgkill(tid, signal)?;
+    }
+    let dump = dump()?;
+    let bystander = thread_by_name(&dump, "bystander")?;
+    ensure(
+        bystander
+            .note()
+            .is_some_and(|n| n.contains("not signalled") && n.contains("SIG_DFL")),
+        || describe(bystander),
+    )?;
+    parked.release()?;
+    Ok(())
+}
+
+fn sig_dfl_restored_during_back_to_back_dumps_of_2000_threads_harms_nothing() -> Outcome {
+    const THREADS: usize = 2000;
+    const ROUNDS: u32 = 12;
+    install(Duration::from_secs(2), 16)?;
+    let signal = dump_signal();
+    let ready = Arc::new(Barrier::new(THREADS + 1));
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release = Arc::new(std::sync::Mutex::new(release_rx));
+    let mut handles = Vec::with_capacity(THREADS);
+    for i in 0..THREADS {
+        let ready = ready.clone();
+        let release = release.clone();
+        let handle = thread::Builder::new()
+            .name(format!("many-{i}"))
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                ready.wait();
+                let guard = release.lock().unwrap();
+                black_box(guard.recv().is_ok())
+            })
+            .map_err(|e| format!("spawning thread {i}: {e}"))?;
+        handles.push(handle);
+    }
+    ready.wait();
+    let baseline = dump()?;
+    let full = baseline.capture_time();
+    let ours = read_action(signal);
+    // SAFETY: an all-zero action is SIG_DFL with no flags and an empty mask.
+    let default: libc::sigaction = unsafe { std::mem::zeroed() };
+    let (mut stopped_dumps, mut unsent) = (0, 0);
+    for round in 0..ROUNDS {
+        // The application resets the signal at a different point of each dump.
+        let delay = full * round / ROUNDS;
+        let resetter = thread::spawn(move || {
+            let start = Instant::now();
+            while start.elapsed() < delay {
+                std::hint::spin_loop();
+            }
+            swap_action(signal, &default);
+        });
+        let dump = manhole::dump_threads().map_err(|e| format!("dump: {e}"))?;
+        resetter.join().map_err(|_| "resetter panicked")?;
+        let stopped = dump
+            .threads()
+            .iter()
+            .filter(|t| {
+                t.note()
+                    .is_some_and(|n| n.contains("not signalled") && n.contains("SIG_DFL"))
+            })
+            .count();
+        if stopped > 0 {
+            stopped_dumps += 1;
+            unsent += stopped;
+        }
+        println!(
+            "round {round}: reset after {}, {} captured, {stopped} not signalled after the reset",
+            millis(delay),
+            dump.counts().captured()
+        );
+        // Requests already in flight met SIG_DFL (ignore); put our handler back for the next.
+        swap_action(signal, &ours);
+    }
+    // The check repeated during a dump saw the change and stopped sending in at least one of
+    // them (the resets are spread over a whole dump's length).
+    ensure(stopped_dumps > 0, || {
+        "no dump noticed the reset while sending".into()
+    })?;
+    let last = dump()?;
+    ensure(last.counts().captured() == last.counts().threads(), || {
+        format!("after the rounds: {:?}", last.counts())
+    })?;
+    println!(
+        "{ROUNDS} resets to SIG_DFL during dumps of {THREADS} threads: process alive, \
+         {stopped_dumps} dumps stopped sending ({unsent} threads not signalled)"
+    );
+    drop(release_tx);
+    for handle in handles {
+        handle.join().map_err(|_| "a waiting thread panicked")?;
+    }
     Ok(())
 }
 

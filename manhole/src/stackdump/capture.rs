@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::Mutex;
 
 use super::dump::Outcome;
-use super::handler::{self, Answer, Disposition, SendError, StackImage};
+use super::handler::{self, Answer, SendError, StackImage};
 use super::symbolize::{self, RawFrame, Symbolizer};
 use super::unwind::{End, Unwinder, Unwound};
 use super::waits;
@@ -74,16 +74,9 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
     let signal = options.signal;
     let me = nix::unistd::gettid().as_raw();
 
-    let mut refusal = match handler::disposition(signal) {
-        Ok(Disposition::Ours) => None,
-        Ok(other) => Some(format!(
-            "not signalled: signal {signal} is now handled by {}, not by manhole",
-            other.describe()
-        )),
-        Err(e) => Some(format!(
-            "not signalled: cannot read the disposition of signal {signal}: {e}"
-        )),
-    };
+    let mut refusal = handler::check_ours(signal)
+        .err()
+        .map(|why| format!("not signalled: {why}"));
     let cannot_list = |e| {
         Error::with_source(
             ErrorKind::Unsupported,
@@ -497,6 +490,11 @@ impl Pending {
             }
             Answer::NotSent(SendError::Other(e)) => {
                 self.note = Some(format!("could not be signalled: {e}"));
+            }
+            Answer::NotSent(SendError::Stopped(why)) => {
+                self.note = Some(format!(
+                    "not signalled: the dump stopped sending when it found that {why}"
+                ));
             }
             Answer::Silent { started } => {
                 let millis = waited.as_millis();

@@ -740,6 +740,87 @@ fn classify(action: &libc::sigaction) -> Disposition {
     }
 }
 
+/// The disposition `install` put in place, as `sigaction` reads it back (the C library may add
+/// `SA_RESTORER` and its restorer): flags, and the handler's mask as a bit set (bit `n - 1` for
+/// signal `n`). Compared in full before and during every dump ([`check_ours`]).
+static INSTALLED_FLAGS: AtomicI32 = AtomicI32::new(0);
+static INSTALLED_MASK: AtomicU64 = AtomicU64::new(0);
+
+/// The flags [`check_ours`] names when they change, with their names.
+const NAMED_FLAGS: [(c_int, &str); 6] = [
+    (libc::SA_SIGINFO, "SA_SIGINFO"),
+    (libc::SA_RESETHAND, "SA_RESETHAND"),
+    (libc::SA_NODEFER, "SA_NODEFER"),
+    (libc::SA_ONSTACK, "SA_ONSTACK"),
+    (libc::SA_RESTART, "SA_RESTART"),
+    (libc::SA_NOCLDSTOP, "SA_NOCLDSTOP"),
+];
+
+/// `sa_mask` as a bit set (bit `n - 1` for signal `n`).
+fn mask_bits(action: &libc::sigaction) -> u64 {
+    (1..=64).fold(0u64, |bits, signal| {
+        // SAFETY: `sa_mask` is an initialised `sigset_t` (filled in by the kernel or by us);
+        // `sigismember` only reads it and returns -1 for numbers it does not know.
+        if unsafe { libc::sigismember(&action.sa_mask, signal) } == 1 {
+            bits | (1u64 << (signal - 1))
+        } else {
+            bits
+        }
+    })
+}
+
+/// Reads the whole current action for `signal`.
+fn current_action(signal: c_int) -> io::Result<libc::sigaction> {
+    // SAFETY: an all-zero `sigaction` is a valid value for the kernel to overwrite.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a null `act` only queries; `action` is a valid, writable `sigaction`.
+    if unsafe { libc::sigaction(signal, ptr::null(), &mut action) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(action)
+}
+
+/// Whether `signal` still has exactly the disposition `install` gave it: our handler, the same
+/// flags, the same mask. Otherwise why not, as a sentence: a request could then meet another
+/// handler, or ours called without `SA_SIGINFO`, or the default action after `SA_RESETHAND`.
+pub(super) fn check_ours(signal: c_int) -> std::result::Result<(), String> {
+    let action = current_action(signal)
+        .map_err(|e| format!("cannot read the disposition of signal {signal}: {e}"))?;
+    let disposition = classify(&action);
+    if disposition != Disposition::Ours {
+        return Err(format!(
+            "signal {signal} is now handled by {}, not by manhole",
+            disposition.describe()
+        ));
+    }
+    let installed = INSTALLED_FLAGS.load(Ordering::Acquire);
+    let flags = action.sa_flags;
+    if flags != installed {
+        let changes: Vec<String> = NAMED_FLAGS
+            .iter()
+            .filter(|(bit, _)| (flags ^ installed) & bit != 0)
+            .map(|(bit, name)| {
+                let how = if flags & bit != 0 { "added" } else { "removed" };
+                format!("{name} {how}")
+            })
+            .collect();
+        let changes = if changes.is_empty() {
+            format!("{installed:#x} -> {flags:#x}")
+        } else {
+            changes.join(", ")
+        };
+        return Err(format!(
+            "the flags of the dump handler on signal {signal} were changed ({changes})"
+        ));
+    }
+    if mask_bits(&action) != INSTALLED_MASK.load(Ordering::Acquire) {
+        return Err(format!(
+            "the mask of the dump handler on signal {signal} was changed"
+        ));
+    }
+    Ok(())
+}
+
 /// The signals that may carry dump requests: those whose default action is to ignore them and
 /// that neither the kernel nor the C library gives a meaning of their own. A request that arrives
 /// late, after `SA_RESETHAND` or a reset to `SIG_DFL`, or that stays queued across `exec`, then
@@ -835,6 +916,21 @@ pub(super) fn install(signal: c_int) -> Result<()> {
             io::Error::last_os_error(),
         ));
     }
+    match current_action(signal) {
+        Ok(installed) => {
+            INSTALLED_FLAGS.store(installed.sa_flags, Ordering::Release);
+            INSTALLED_MASK.store(mask_bits(&installed), Ordering::Release);
+        }
+        Err(e) => {
+            // SAFETY: as below: `old` is what the kernel returned.
+            unsafe { libc::sigaction(signal, &old, ptr::null_mut()) };
+            return Err(Error::with_source(
+                ErrorKind::Signal,
+                format!("cannot read back the dump handler of signal {signal}"),
+                e,
+            ));
+        }
+    }
     let previous = classify(&old);
     if previous != Disposition::Default && previous != Disposition::Ours {
         // Someone installed a handler between our check and ours: give theirs back.
@@ -866,6 +962,8 @@ pub(super) enum SendError {
     QueueFull,
     /// Anything else (e.g. `EPERM` from a seccomp filter).
     Other(io::Error),
+    /// Not sent: the dump stopped sending when it found the disposition changed (why).
+    Stopped(String),
 }
 
 /// What came of asking one thread; `T` is what the dumper made of the copy (the unwound frames).
@@ -907,6 +1005,13 @@ pub(super) struct Requests {
     wake_base: u32,
     /// The most requests that may be sent but unanswered at once.
     window: u32,
+    /// Requests made since the disposition was last checked.
+    since_check: u32,
+    /// How many requests go out between two checks: the window as it started (it widens on
+    /// stalls).
+    batch: u32,
+    /// Why the dump stopped sending, once [`check_ours`] failed during it.
+    stopped: Option<String>,
 }
 
 /// Starts a dump generation for up to `threads` threads.
@@ -930,12 +1035,18 @@ pub(super) fn start(signal: c_int, threads: usize) -> io::Result<Requests> {
         sent: 0,
         wake_base: WAKE.load(Ordering::Acquire),
         window,
+        since_check: 0,
+        batch: window,
+        stopped: None,
     })
 }
 
 impl Requests {
     /// Sends the dump request to `tid`. Its answer is the next one in [`Requests::collect`]'s
-    /// list.
+    /// list. Before each batch of requests (as many as the window held at the start) and after
+    /// every stall, the whole disposition is checked again ([`check_ours`]; the caller checked
+    /// before the first request); once it has changed, nothing more is sent in this dump. A
+    /// check is one `sigaction` call.
     pub(super) fn send(&mut self, tid: i32) {
         let index = self.requests.len();
         let Some(slot) = self.pool.slots.get(index) else {
@@ -944,7 +1055,16 @@ impl Requests {
             ))));
             return;
         };
-        self.wait_for_room();
+        let stalled = self.wait_for_room();
+        if self.stopped.is_none() && (stalled || self.since_check >= self.batch) {
+            self.since_check = 0;
+            self.stopped = check_ours(self.signal).err();
+        }
+        if let Some(reason) = &self.stopped {
+            self.requests.push(Err(SendError::Stopped(reason.clone())));
+            return;
+        }
+        self.since_check += 1;
         let generation = self.generation;
         slot.copied.store(0, Ordering::Relaxed);
         slot.state
@@ -970,17 +1090,20 @@ impl Requests {
 
     /// Waits while `window` requests are in flight (sent, not answered). A wait that sees no
     /// answer for [`WINDOW_STALL`] widens the window by one instead, so a thread that never
-    /// answers (stopped by a debugger) costs the dump one stall, not a hang.
-    fn wait_for_room(&mut self) {
+    /// answers (stopped by a debugger) costs the dump one stall, not a hang. Returns whether it
+    /// stalled (no answer came: one reason can be that requests now meet another disposition).
+    fn wait_for_room(&mut self) -> bool {
+        let mut stalled = false;
         loop {
             let seen = WAKE.load(Ordering::Acquire);
             let answered = seen.wrapping_sub(self.wake_base);
             if self.sent.saturating_sub(answered) < self.window {
-                return;
+                return stalled;
             }
             futex_wait(&WAKE, seen, WINDOW_STALL);
             if WAKE.load(Ordering::Acquire) == seen {
                 self.window = self.window.saturating_add(1);
+                stalled = true;
             }
         }
     }

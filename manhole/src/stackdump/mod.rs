@@ -45,7 +45,6 @@ pub use self::group::ThreadGroup;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use self::handler::Disposition;
 use self::symbolize::{RawFrame, Symbolizer};
 use crate::Result;
 use crate::procfs;
@@ -126,10 +125,10 @@ pub(crate) fn install_handler(signal: libc::c_int) -> Result<()> {
     handler::install(signal)
 }
 
-/// Whether the dump handler still owns `signal` (the profiler checks before arming its timers
-/// and while they run: a tick delivered to `SIG_DFL` would kill the process).
+/// Whether the dump handler still owns `signal` with the disposition `install` gave it (the
+/// profiler checks before arming its timers and while they run).
 pub(crate) fn handler_owns_signal(signal: libc::c_int) -> bool {
-    matches!(handler::disposition(signal), Ok(Disposition::Ours))
+    handler::check_ours(signal).is_ok()
 }
 
 /// Lets the profiler take its ticks on the dump signal: `handler` runs first in the dump
