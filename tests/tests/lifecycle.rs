@@ -1097,3 +1097,52 @@ fn a_child_forked_during_a_dump_in_the_parent_says_so_instead_of_waiting_on_its_
     }
     panic!("three forks in a row missed the parent's dump");
 }
+
+#[test]
+fn an_application_reading_the_dump_signal_through_a_signalfd_gets_every_one() {
+    // bare blocks SIGURG in main, before its threads start, and reads it with a signalfd; the
+    // manhole was installed before main from MANHOLE. Every `kill -URG` must reach the signalfd:
+    // none may be taken (and dropped) by a manhole thread or by the dump handler.
+    let mut app = bare(Some(""), &["--signalfd", "URG"]);
+    let pid = app.pid();
+    let path = default_path(pid);
+    wait_for_socket(&path);
+    // SIGURG is not queued: one pending instance at a time, so send each once the last is read.
+    for n in 1..=20 {
+        signal(pid, libc::SIGURG);
+        app.wait_for_line(&format!("urg via signalfd count={n}"));
+    }
+    // A dump still works: the application's threads block the signal and are listed from /proc,
+    // the manhole's own threads too, and the dumping session thread copies its own stack.
+    let mut client = Client::connect(&path).unwrap();
+    client.send("exec");
+    assert!(client.read_until("\n").contains("\"ok\":true"));
+    client.send("threads");
+    let frame: serde_json::Value = serde_json::from_str(&client.read_until("\n")).unwrap();
+    assert_eq!(frame["ok"], true, "{frame}");
+    let dump = &frame["data"];
+    let threads = dump["threads"].as_array().unwrap();
+    for name in ["sleeper-0", "signalfd-reader", "mh-listener"] {
+        let thread = threads
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("no {name}: {dump}"));
+        assert_eq!(thread["method"], "proc", "{thread}");
+        assert!(
+            thread["note"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("signal blocked")),
+            "{thread}"
+        );
+    }
+    assert!(
+        threads.iter().any(|t| t["method"] == "self"),
+        "the dumping thread: {dump}"
+    );
+    // And the instances sent after the dump arrive too.
+    for n in 21..=25 {
+        signal(pid, libc::SIGURG);
+        app.wait_for_line(&format!("urg via signalfd count={n}"));
+    }
+    assert!(app.alive());
+}
