@@ -329,6 +329,7 @@ fn a_registered_command_that_overflows_its_stack_gets_rusts_own_report() {
     assert_eq!(
         status.signal(),
         Some(libc::SIGABRT),
-        "{status:?}; stderr {stderr:?}"
+        "{status:?} (core dumped: {}); stderr {stderr:?}",
+        status.core_dumped()
     );
 }
