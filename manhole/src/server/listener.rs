@@ -91,7 +91,11 @@ fn start_session(stream: UnixStream, peer: PeerCred, n: u64, shared: &Shared) {
             }
         }
         let _slot = Slot(open_sessions);
+        // The symbolizer's cache lives while any session is open (warm dumps stay fast) and
+        // goes when the last one ends.
+        let cache = crate::stackdump::hold_cache();
         session.run();
+        drop(cache);
         crate::stackdump::release_dump_memory();
     });
     if let Err(e) = spawned {

@@ -155,6 +155,8 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
         .into_iter()
         .map(|t| t.finish(&mut symbolizer, max_frames))
         .collect();
+    let notes = symbolizer.take_notes();
+    drop(symbolizer);
     let symbolize_time = symbolizing.elapsed();
     // Reading the futex words is `/proc` work: it counts as capture, not as symbolizing.
     let annotating = Instant::now();
@@ -167,6 +169,7 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
         symbolize_time,
         ignored_signals: handler::ignored_signals(),
         threads,
+        notes,
     })
 }
 

@@ -27,6 +27,7 @@ pub struct StackDump {
     pub(super) symbolize_time: Duration,
     pub(super) ignored_signals: u64,
     pub(super) threads: Vec<ThreadStack>,
+    pub(super) notes: Vec<String>,
 }
 
 /// How many threads a dump saw, and what became of them.
@@ -95,6 +96,12 @@ impl StackDump {
         self.ignored_signals
     }
 
+    /// Why the dump is less than it could be, if it is: e.g. a module whose debug info was not
+    /// loaded because the host is short of memory (its frames then show module + offset only).
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
     /// Every thread, in `/proc/self/task` order (the main thread first).
     pub fn threads(&self) -> &[ThreadStack] {
         &self.threads
@@ -148,6 +155,7 @@ impl StackDump {
             symbolize_time: self.symbolize_time,
             ignored_signals: self.ignored_signals,
             threads: Vec::new(),
+            notes: self.notes.clone(),
         }
     }
 }

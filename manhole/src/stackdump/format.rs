@@ -102,6 +102,9 @@ impl StackDump {
             HumanDuration(self.capture_time),
             HumanDuration(self.symbolize_time),
         )?;
+        for note in &self.notes {
+            writeln!(out, "Note: {note}")?;
+        }
         let groups = if layout.every_thread {
             self.threads
                 .iter()
@@ -250,7 +253,7 @@ impl StackDump {
             .unwrap_or(0);
         write!(
             out,
-            "{{\"pid\":{},\"taken_at_unix_ms\":{taken_at_ms},\"signal\":{},\"capture_micros\":{},\"symbolize_micros\":{},\"counts\":{{\"threads\":{},\"captured\":{},\"blocked\":{},\"no_answer\":{},\"exited\":{}}},\"threads\":[",
+            "{{\"pid\":{},\"taken_at_unix_ms\":{taken_at_ms},\"signal\":{},\"capture_micros\":{},\"symbolize_micros\":{},\"counts\":{{\"threads\":{},\"captured\":{},\"blocked\":{},\"no_answer\":{},\"exited\":{}}},\"notes\":[",
             self.pid,
             self.signal,
             self.capture_time.as_micros() as u64,
@@ -261,6 +264,13 @@ impl StackDump {
             counts.no_answer(),
             counts.exited(),
         )?;
+        for (i, note) in self.notes.iter().enumerate() {
+            if i > 0 {
+                out.write_char(',')?;
+            }
+            write_json_str(out, note)?;
+        }
+        out.write_str("],\"threads\":[")?;
         for (i, thread) in self.threads.iter().enumerate() {
             if i > 0 {
                 out.write_char(',')?;

@@ -1,41 +1,220 @@
-//! Turning raw return addresses into [`Frame`]s: module and offset, then function, file and line.
+//! Turning raw return addresses into [`Frame`]s: module and offset, then function, file and line;
+//! and data addresses into the static they lie in ([`static_symbol_at`]).
 //!
-//! This runs after the capture, on the dumping thread, in normal context: resolving allocates,
-//! takes the `backtrace` crate's lock and parses debug info, none of which a signal handler may do.
+//! This runs after the capture, on the dumping thread, in normal context: resolving maps files,
+//! allocates and parses debug info, none of which a signal handler may do.
 //!
-//! * **Off-by-one.** `backtrace::resolve` subtracts one from every address, because a return
-//!   address points *after* the call. The interrupted program counter of a signalled thread is
-//!   the exact instruction, so it is resolved as `pc + 1`.
 //! * **Modules.** Every frame gets the object it lies in and its offset from the object's load
 //!   bias (what `addr2line -e <module>` expects), from a `dl_iterate_phdr` snapshot taken per
-//!   dump, so a frame without symbols (stripped code, the vDSO, a library `dlopen`ed after the
-//!   symbolizer first ran) can still be symbolized offline.
-//! * **Cache.** Resolved addresses are kept across dumps (up to [`CACHE_LIMIT`] entries, then the
-//!   cache starts over), so a second dump of a mostly unchanged process costs little more than
-//!   its capture. The first resolve parses the executable's debug info: tens of milliseconds and
-//!   tens of MiB that the `backtrace` crate keeps.
+//!   dump, so a frame without symbols (stripped code, the vDSO, a module whose debug info could
+//!   not be loaded) can still be symbolized offline.
+//! * **Symbols.** Per module, `addr2line` (gimli) reads the DWARF of the mapped file: function
+//!   names with inlined frames, file and line. A module without DWARF gets its ELF symbol table's
+//!   function name. Off-by-one: a return address points after its call, so `offset - 1` is
+//!   looked up; the interrupted program counter of a signalled thread is the exact instruction.
+//! * **Memory.** Files are mapped, not read (file pages, not the host's heap); what the parsing
+//!   allocates lives in one cache that is held while any session is open ([`hold_cache`]) and
+//!   dropped, with `malloc_trim`, when the last one ends (or right after a dump made outside a
+//!   session). No timer: an idle manhole keeps nothing.
+//! * **Short of memory.** Before loading a module's debug info the headroom is checked
+//!   (`RLIMIT_AS` against `VmSize`, the cgroup's `memory.max`, `MemAvailable`). When it is short
+//!   the module's frames get module and offset only, and the dump carries a note saying why
+//!   ([`StackDump::notes`](super::StackDump::notes)) instead of the host being aborted by a
+//!   failed allocation.
 //! * **Budget.** Once the first address is resolved (which loads the debug info, however long
 //!   that takes), at most [`TIME_BUDGET`] more is spent; the remaining frames then get no symbols
 //!   (module and offset only) rather than keeping the caller waiting.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::ffi::c_void;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use object::{Object, ObjectSymbol, ObjectSymbolTable, SymbolKind};
 use parking_lot::Mutex;
 
 use super::{Frame, FrameSymbol};
 use crate::sys::objects::{self as capture, LoadedObject};
+use crate::sys::procfs::{self, Headroom};
 
-/// Most cached addresses before the cache is cleared.
+/// Most cached addresses before the address cache is cleared.
 pub(super) const CACHE_LIMIT: usize = 64 * 1024;
 /// Longest time spent resolving for one dump.
 pub(super) const TIME_BUDGET: Duration = Duration::from_secs(5);
+/// What parsing one module's debug info may allocate at least, on top of mapping its file
+/// (measured: about a third of the file for the example apps; see docs/benchmarks.md).
+const PARSE_RESERVE: u64 = 16 << 20;
 
-/// Resolved symbols by the address handed to `backtrace::resolve`.
-static CACHE: Mutex<Option<HashMap<usize, Arc<[FrameSymbol]>>>> = Mutex::new(None);
+/// What symbolizing has loaded: held while a session is open, dropped after.
+static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
+/// Open holders of the cache ([`hold_cache`]).
+static HOLDERS: AtomicUsize = AtomicUsize::new(0);
+
+#[derive(Default)]
+struct Cache {
+    /// Debug info by module path.
+    modules: HashMap<Arc<str>, ModuleDebug>,
+    /// Resolved symbols by process address (as looked up: return addresses already minus one).
+    resolved: HashMap<usize, Arc<[FrameSymbol]>>,
+}
+
+/// One module's debug info, or why it has none.
+struct ModuleDebug {
+    loader: Result<addr2line::Loader, String>,
+    /// Sized data symbols (start, size, mangled name) by start; read on first use.
+    data: Option<Vec<(u64, u64, Box<str>)>>,
+}
+
+/// Keeps the symbolizer's cache alive while it lives: a session holds one, so its dumps after
+/// the first are fast. When the last holder is dropped the cache goes and the freed heap is
+/// given back (`malloc_trim`).
+#[must_use = "the cache is released when the hold is dropped"]
+pub(crate) struct CacheHold(());
+
+/// Takes a hold on the symbolizer's cache (see [`CacheHold`]).
+pub(crate) fn hold_cache() -> CacheHold {
+    HOLDERS.fetch_add(1, Ordering::SeqCst);
+    CacheHold(())
+}
+
+impl Drop for CacheHold {
+    fn drop(&mut self) {
+        if HOLDERS.fetch_sub(1, Ordering::SeqCst) == 1 {
+            release_unheld();
+        }
+    }
+}
+
+/// Drops the cache if nobody holds it.
+fn release_unheld() {
+    let dropped = {
+        let mut cache = CACHE.lock();
+        if HOLDERS.load(Ordering::SeqCst) == 0 {
+            cache.take()
+        } else {
+            None
+        }
+    };
+    if dropped.is_some() {
+        drop(dropped);
+        crate::sys::release_freed_memory();
+    }
+}
+
+/// A static (an ELF `STT_OBJECT` symbol) that a data address lies in.
+#[allow(dead_code, reason = "for the lock-wait grouping of #12 (futex address -> static)")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StaticSymbol {
+    /// Its demangled name, without the hash (`app::SHARED_LOCK`).
+    pub(crate) name: String,
+    /// How far into it the address lies.
+    pub(crate) offset: usize,
+    /// The module it belongs to.
+    pub(crate) module: Arc<str>,
+}
+
+/// The static that `addr` lies in, from the symbol table of the module mapped there; `None` for
+/// the heap, stacks, or an address no sized data symbol covers. Normal context only.
+#[allow(dead_code, reason = "for the lock-wait grouping of #12 (futex address -> static)")]
+pub(crate) fn static_symbol_at(addr: usize) -> Option<StaticSymbol> {
+    let symbolizer = Symbolizer::new();
+    let (module, offset) = symbolizer.module_of(addr)?;
+    let mut guard = CACHE.lock();
+    let cache = guard.get_or_insert_with(Cache::default);
+    let debug = symbolizer.module_debug(cache, &module)?;
+    let data = debug
+        .data
+        .get_or_insert_with(|| data_symbols(&open_path(&module)));
+    let offset = offset as u64;
+    let after = data.partition_point(|&(start, _, _)| start <= offset);
+    let (start, size, name) = data.get(after.checked_sub(1)?)?;
+    if offset >= start + size {
+        return None;
+    }
+    Some(StaticSymbol {
+        name: addr2line::demangle_auto(Cow::from(&**name), None).into_owned(),
+        offset: (offset - start) as usize,
+        module,
+    })
+}
+
+/// The sized data symbols of the file at `path`, sorted by address.
+fn data_symbols(path: &str) -> Vec<(u64, u64, Box<str>)> {
+    let Ok(file) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let Ok(map) = capture::map_file(&file) else {
+        return Vec::new();
+    };
+    let Ok(object) = object::File::parse(&*map) else {
+        return Vec::new();
+    };
+    let mut symbols: Vec<(u64, u64, Box<str>)> = object
+        .symbol_table()
+        .or_else(|| object.dynamic_symbol_table())
+        .map(|table| {
+            table
+                .symbols()
+                .filter(|s| s.kind() == SymbolKind::Data && s.is_definition() && s.size() > 0)
+                .filter_map(|s| Some((s.address(), s.size(), s.name().ok()?.into())))
+                .collect()
+        })
+        .unwrap_or_default();
+    symbols.sort_unstable_by_key(|&(start, _, _)| start);
+    symbols
+}
+
+/// The path to open for a module: the main program through `/proc/self/exe` (right even if the
+/// file was replaced or deleted since).
+fn open_path(module: &str) -> Cow<'_, str> {
+    if module == MAIN_PROGRAM || module.ends_with(" (deleted)") {
+        Cow::Borrowed("/proc/self/exe")
+    } else {
+        Cow::Borrowed(module)
+    }
+}
+
+/// What `dl_iterate_phdr` calls the main program (an empty path) is named by this until
+/// `/proc/self/exe` gives its real path.
+const MAIN_PROGRAM: &str = "<main program>";
+
+/// Loads the debug info of `path`, if the host has room for it.
+fn load_module(path: &str, headroom: Headroom) -> Result<addr2line::Loader, String> {
+    let file_len = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read it: {e}"))?
+        .len();
+    let parse = PARSE_RESERVE.max(file_len);
+    if let Some(left) = headroom.address_space
+        && left < file_len + parse
+    {
+        return Err(format!(
+            "not loaded: {} of address space left under RLIMIT_AS, its debug info needs about {}",
+            Mib(left),
+            Mib(file_len + parse),
+        ));
+    }
+    if let Some(left) = headroom.memory
+        && left < parse
+    {
+        return Err(format!(
+            "not loaded: {} of memory left (cgroup memory.max or MemAvailable), its debug info needs about {}",
+            Mib(left),
+            Mib(parse),
+        ));
+    }
+    addr2line::Loader::new(path).map_err(|e| format!("cannot load its debug info: {e}"))
+}
+
+/// Bytes shown in MiB.
+struct Mib(u64);
+
+impl std::fmt::Display for Mib {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.1} MiB", self.0 as f64 / (1 << 20) as f64)
+    }
+}
 
 /// A raw address to symbolize.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +233,8 @@ pub(super) struct Symbolizer {
     objects: Vec<(Arc<str>, usize)>,
     /// Set once the first address was resolved (the debug info is loaded by then).
     deadline: Option<Instant>,
+    /// Why some frames have no symbols, once each.
+    notes: Vec<String>,
 }
 
 impl Symbolizer {
@@ -61,7 +242,7 @@ impl Symbolizer {
     pub(super) fn new() -> Symbolizer {
         let exe: Arc<str> = std::fs::read_link("/proc/self/exe")
             .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| "<main program>".to_string())
+            .unwrap_or_else(|_| MAIN_PROGRAM.to_string())
             .into();
         let mut objects = Vec::new();
         let mut segments = Vec::new();
@@ -92,7 +273,13 @@ impl Symbolizer {
             segments,
             objects,
             deadline: None,
+            notes: Vec::new(),
         }
+    }
+
+    /// Why some frames got no symbols (each reason once).
+    pub(super) fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
     }
 
     /// The object containing `ip` and `ip`'s offset from its load bias.
@@ -106,40 +293,66 @@ impl Symbolizer {
         Some((name.clone(), ip.wrapping_sub(*base)))
     }
 
+    /// The cached debug info of `module`, loading it first if it is not cached yet. `None` for
+    /// what is not a file (the vDSO).
+    fn module_debug<'c>(&self, cache: &'c mut Cache, module: &Arc<str>) -> Option<&'c mut ModuleDebug> {
+        if module.starts_with("linux-vdso") || module.starts_with("linux-gate") {
+            return None;
+        }
+        if !cache.modules.contains_key(module) {
+            let loader = load_module(&open_path(module), procfs::memory_headroom());
+            cache.modules.try_reserve(1).ok()?;
+            cache
+                .modules
+                .insert(module.clone(), ModuleDebug { loader, data: None });
+        }
+        cache.modules.get_mut(module)
+    }
+
     /// Symbolizes `frames`, innermost first.
     pub(super) fn frames(&mut self, frames: &[RawFrame]) -> Vec<Frame> {
-        let mut cache = CACHE.lock();
-        let cache = cache.get_or_insert_with(HashMap::new);
-        frames
-            .iter()
-            .map(|raw| {
-                let (module, module_offset) = match self.module_of(raw.ip) {
-                    Some((module, offset)) => (Some(module), Some(offset)),
-                    None => (None, None),
-                };
-                let symbols = self.symbols(cache, raw);
-                Frame {
-                    ip: raw.ip,
-                    module,
-                    module_offset,
-                    symbols,
-                }
-            })
-            .collect()
+        let mut guard = CACHE.lock();
+        let cache = guard.get_or_insert_with(Cache::default);
+        let mut out = Vec::new();
+        if out.try_reserve_exact(frames.len()).is_err() {
+            self.note("no memory left to symbolize; frames show module + offset only".into());
+        }
+        for raw in frames {
+            let (module, module_offset) = match self.module_of(raw.ip) {
+                Some((module, offset)) => (Some(module), Some(offset)),
+                None => (None, None),
+            };
+            let symbols = match (&module, module_offset) {
+                (Some(module), Some(offset)) => self.symbols(cache, raw, module, offset),
+                _ => Arc::from([]),
+            };
+            out.push(Frame {
+                ip: raw.ip,
+                module,
+                module_offset,
+                symbols,
+            });
+        }
+        out
+    }
+
+    fn note(&mut self, note: String) {
+        if !self.notes.contains(&note) {
+            self.notes.push(note);
+        }
     }
 
     fn symbols(
         &mut self,
-        cache: &mut HashMap<usize, Arc<[FrameSymbol]>>,
+        cache: &mut Cache,
         raw: &RawFrame,
+        module: &Arc<str>,
+        offset: usize,
     ) -> Arc<[FrameSymbol]> {
-        // `resolve` looks at `addr - 1`: right for return addresses, one short for an exact PC.
-        let addr = if raw.exact {
-            raw.ip.wrapping_add(1)
-        } else {
-            raw.ip
-        };
-        if let Some(known) = cache.get(&addr) {
+        // A return address is one past its call: look up the call itself.
+        let back = usize::from(!raw.exact);
+        let (addr, probe) = (raw.ip.wrapping_sub(back), offset.wrapping_sub(back) as u64);
+        if let Some(known) = cache.resolved.get(&addr) {
             return known.clone();
         }
         if raw.ip == 0
@@ -149,23 +362,69 @@ impl Symbolizer {
         {
             return Arc::from([]);
         }
-        let mut symbols = Vec::new();
-        backtrace::resolve(addr as *mut c_void, |symbol| {
-            symbols.push(FrameSymbol {
-                name: symbol.name().map(|name| format!("{name:#}")),
-                file: symbol.filename().map(short_path),
-                line: symbol.lineno(),
-            });
-        });
+        let Some(debug) = self.module_debug(cache, module) else {
+            return Arc::from([]);
+        };
+        let loader = match &debug.loader {
+            Ok(loader) => loader,
+            Err(why) => {
+                let note = format!("no symbols for {module}: {why}; its frames show module + offset only");
+                self.note(note);
+                return Arc::from([]);
+            }
+        };
+        let symbols: Arc<[FrameSymbol]> = resolve(loader, probe).into();
         self.deadline
             .get_or_insert_with(|| Instant::now() + TIME_BUDGET);
-        let symbols: Arc<[FrameSymbol]> = symbols.into();
-        if cache.len() >= CACHE_LIMIT {
-            cache.clear();
+        if cache.resolved.len() >= CACHE_LIMIT {
+            cache.resolved.clear();
         }
-        cache.insert(addr, symbols.clone());
+        if cache.resolved.try_reserve(1).is_ok() {
+            cache.resolved.insert(addr, symbols.clone());
+        }
         symbols
     }
+}
+
+impl Drop for Symbolizer {
+    /// Outside a session (an API dump, a profile) nothing holds the cache: it goes with the
+    /// dump.
+    fn drop(&mut self) {
+        release_unheld();
+    }
+}
+
+/// The function, file and line at `probe` (a file address), inlined frames first; from the
+/// symbol table when there is no DWARF for it.
+fn resolve(loader: &addr2line::Loader, probe: u64) -> Vec<FrameSymbol> {
+    let mut symbols = Vec::new();
+    if let Ok(mut frames) = loader.find_frames(probe) {
+        while let Ok(Some(frame)) = frames.next() {
+            let name = frame
+                .function
+                .as_ref()
+                .and_then(|f| f.demangle().ok())
+                .map(Cow::into_owned);
+            let (file, line) = match frame.location {
+                Some(location) => (location.file.map(|f| short_path(Path::new(f))), location.line),
+                None => (None, None),
+            };
+            symbols.push(FrameSymbol { name, file, line });
+        }
+    }
+    let outer_named = symbols.last().is_some_and(|s| s.name.is_some());
+    if !outer_named && let Some(name) = loader.find_symbol(probe) {
+        let name = addr2line::demangle_auto(Cow::from(name), None).into_owned();
+        match symbols.last_mut() {
+            Some(last) => last.name = Some(name),
+            None => symbols.push(FrameSymbol {
+                name: Some(name),
+                file: None,
+                line: None,
+            }),
+        }
+    }
+    symbols
 }
 
 /// Makes a source path readable: the Rust standard library as `library/...` (dropping
@@ -191,8 +450,7 @@ pub(crate) fn short_path(path: &Path) -> String {
     text.into_owned()
 }
 
-/// Whether a resolved frame belongs to the dump machinery (`manhole::stackdump` or the
-/// `backtrace` crate) rather than to the application. Only a fallback for when frames cannot be
+/// Whether a resolved frame belongs to the dump machinery (`manhole::stackdump`) rather than to the application. Only a fallback for when frames cannot be
 /// told apart by stack address: names from line-tables-only debug info can be unqualified. The
 /// frame's function is its outermost symbol; symbols inlined into it do not count.
 pub(super) fn is_machinery(frame: &Frame) -> bool {
@@ -202,7 +460,7 @@ pub(super) fn is_machinery(frame: &Frame) -> bool {
         .and_then(|symbol| symbol.name.as_deref())
         .is_some_and(|name| {
             let name = name.trim_start_matches('<');
-            name.starts_with("manhole::stackdump::") || name.starts_with("backtrace::")
+            name.starts_with("manhole::stackdump::")
         })
 }
 
@@ -225,6 +483,23 @@ mod tests {
             "libc-0.2.1/src/lib.rs"
         );
         assert_eq!(short_path(Path::new("/elsewhere/x.rs")), "/elsewhere/x.rs");
+    }
+
+    static SYMBOLIZE_TEST_STATIC: std::sync::Mutex<[u8; 64]> = std::sync::Mutex::new([0; 64]);
+
+    #[test]
+    fn a_static_is_found_by_an_address_inside_it() {
+        let start = std::ptr::from_ref(&SYMBOLIZE_TEST_STATIC) as usize;
+        let found = static_symbol_at(start + 8).expect("the static's symbol");
+        assert!(
+            found.name.ends_with("SYMBOLIZE_TEST_STATIC"),
+            "{found:?}"
+        );
+        assert_eq!(found.offset, 8);
+        let on_stack = 0u64;
+        assert_eq!(static_symbol_at(std::ptr::from_ref(&on_stack) as usize), None);
+        let on_heap = Box::new(0u64);
+        assert_eq!(static_symbol_at(std::ptr::from_ref(&*on_heap) as usize), None);
     }
 
     #[inline(never)]

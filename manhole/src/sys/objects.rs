@@ -150,3 +150,12 @@ unsafe extern "C" fn collect_object(
     });
     0
 }
+
+/// Maps `file` read-only, for reading its symbol table: file-backed pages, which the kernel can
+/// drop and read again, not heap memory of the host's.
+pub(crate) fn map_file(file: &std::fs::File) -> std::io::Result<memmap2::Mmap> {
+    // SAFETY: the mapping is private and read-only; a loaded object's file is not rewritten in
+    // place while it is mapped by the loader (installers replace files by rename), and every
+    // reader of the bytes (`object`) checks offsets and sizes rather than trusting them.
+    unsafe { memmap2::Mmap::map(file) }
+}

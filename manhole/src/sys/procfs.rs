@@ -19,6 +19,67 @@ use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::Mode;
 use std::time::Duration;
 
+/// How much more memory this process can take before a limit stops it, in bytes (`None`: no
+/// limit of that kind is known).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Headroom {
+    /// `RLIMIT_AS` minus `VmSize`: what new mappings (a mapped file included) may add.
+    pub(crate) address_space: Option<u64>,
+    /// The least of the cgroup's `memory.max` minus `memory.current` and the system's
+    /// `MemAvailable`: what new resident memory may add.
+    pub(crate) memory: Option<u64>,
+}
+
+/// Reads the limits that [`Headroom`] describes. Plain file reads and `getrlimit`.
+pub(crate) fn memory_headroom() -> Headroom {
+    let address_space = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_AS)
+        .ok()
+        .map(|(soft, _hard)| soft)
+        .filter(|&soft| soft != nix::sys::resource::RLIM_INFINITY)
+        .and_then(|soft| {
+            let status = fs::read_to_string("/proc/self/status").ok()?;
+            let used = kib_field(&status, "VmSize:")?;
+            Some(soft.saturating_sub(used))
+        });
+    let cgroup = cgroup_memory_left();
+    let available = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|meminfo| kib_field(&meminfo, "MemAvailable:"));
+    let memory = match (cgroup, available) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    Headroom {
+        address_space,
+        memory,
+    }
+}
+
+/// A `Key:   123 kB` field of a `/proc` file, in bytes.
+fn kib_field(text: &str, key: &str) -> Option<u64> {
+    let line = text.lines().find(|line| line.starts_with(key))?;
+    let kib: u64 = line[key.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// `memory.max - memory.current` of this process's cgroup (v2 only; `None` without a limit).
+fn cgroup_memory_left() -> Option<u64> {
+    let cgroups = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = cgroups.lines().find_map(|line| line.strip_prefix("0::"))?;
+    let dir = format!("/sys/fs/cgroup{}", path.trim_end_matches('/'));
+    let max: u64 = fs::read_to_string(format!("{dir}/memory.max"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let current: u64 = fs::read_to_string(format!("{dir}/memory.current"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(max.saturating_sub(current))
+}
+
 /// The kernel's clock tick for `/proc` times (`USER_HZ`). It is 100 on every Linux architecture
 /// that Rust supports; `sysconf(_SC_CLK_TCK)` returns the same constant.
 const USER_HZ: u64 = 100;
