@@ -91,9 +91,9 @@ fn start_session(stream: UnixStream, peer: PeerCred, n: u64, shared: &Shared) {
             }
         }
         let _slot = Slot(open_sessions);
-        // The symbolizer's cache lives while any session is open (warm dumps stay fast) and
-        // goes when the last one ends.
-        let cache = crate::stackdump::hold_cache();
+        // The dump caches live while any session is open (warm dumps stay fast) and go when
+        // the last one ends.
+        let cache = crate::stackdump::hold_caches();
         session.run();
         drop(cache);
         crate::stackdump::release_dump_memory();

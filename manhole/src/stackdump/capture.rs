@@ -161,6 +161,7 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
     // Reading the futex words is `/proc` work: it counts as capture, not as symbolizing.
     let annotating = Instant::now();
     waits::annotate(&mut threads, &in_kernel);
+    super::release_unheld_caches();
     Ok(StackDump {
         pid: std::process::id(),
         signal,

@@ -30,8 +30,11 @@ pub(crate) mod symbolize;
 mod unwind;
 mod waits;
 
-#[allow(unused_imports, reason = "static_symbol_at is for the lock-wait grouping of #12")]
-pub(crate) use self::symbolize::{CacheHold, StaticSymbol, hold_cache, static_symbol_at};
+#[allow(
+    unused_imports,
+    reason = "static_symbol_at is for the lock-wait grouping of #12"
+)]
+pub(crate) use self::symbolize::{StaticSymbol, static_symbol_at};
 /// A framehop module for one loaded object (the profiler builds its unwinder from these too).
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) use self::unwind::module_for as unwind_module;
@@ -102,6 +105,39 @@ pub(crate) fn release_dump_memory() {
     }
 }
 
+/// Open holds on the dump caches ([`hold_caches`]).
+static CACHE_HOLDERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Keeps the dump's caches (parsed debug info, resolved addresses, the unwinder's copied unwind
+/// tables) while it lives: a session holds one, so its dumps after the first are fast. When the
+/// last hold is dropped the caches go and the freed heap is given back (`malloc_trim`). A dump
+/// or profile made while nothing holds them drops them when it is done. No timer is involved.
+#[must_use = "the caches are released when the hold is dropped"]
+pub(crate) struct CacheHold(());
+
+/// Takes a hold on the dump caches (see [`CacheHold`]).
+pub(crate) fn hold_caches() -> CacheHold {
+    CACHE_HOLDERS.fetch_add(1, Ordering::SeqCst);
+    CacheHold(())
+}
+
+impl Drop for CacheHold {
+    fn drop(&mut self) {
+        if CACHE_HOLDERS.fetch_sub(1, Ordering::SeqCst) == 1 {
+            release_unheld_caches();
+        }
+    }
+}
+
+/// Drops the dump caches if nothing holds them, and trims the heap.
+fn release_unheld_caches() {
+    if CACHE_HOLDERS.load(Ordering::SeqCst) == 0 {
+        symbolize::release();
+        unwind::release();
+        crate::sys::release_freed_memory();
+    }
+}
+
 /// Options for one capture.
 #[derive(Debug, Clone)]
 pub(crate) struct DumpOptions {
@@ -148,7 +184,9 @@ pub(crate) fn symbolize_addresses(addresses: &[(usize, bool)]) -> Vec<Frame> {
         .iter()
         .map(|&(ip, exact)| RawFrame { ip, exact })
         .collect();
-    Symbolizer::new().frames(&raw)
+    let frames = Symbolizer::new().frames(&raw);
+    release_unheld_caches();
+    frames
 }
 
 /// The stack a thread must have free below its stack pointer (or on its alternate signal stack,

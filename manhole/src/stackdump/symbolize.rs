@@ -13,9 +13,10 @@
 //!   function name. Off-by-one: a return address points after its call, so `offset - 1` is
 //!   looked up; the interrupted program counter of a signalled thread is the exact instruction.
 //! * **Memory.** Files are mapped, not read (file pages, not the host's heap); what the parsing
-//!   allocates lives in one cache that is held while any session is open ([`hold_cache`]) and
-//!   dropped, with `malloc_trim`, when the last one ends (or right after a dump made outside a
-//!   session). No timer: an idle manhole keeps nothing.
+//!   allocates lives in one cache that is kept while any session is open
+//!   ([`hold_caches`](super::hold_caches)) and dropped, with `malloc_trim`, when the last one
+//!   ends (or right after a dump made outside a session). No timer: an idle manhole keeps
+//!   nothing.
 //! * **Short of memory.** Before loading a module's debug info the headroom is checked
 //!   (`RLIMIT_AS` against `VmSize`, the cgroup's `memory.max`, `MemAvailable`). When it is short
 //!   the module's frames get module and offset only, and the dump carries a note saying why
@@ -29,7 +30,6 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use object::{Object, ObjectSymbol, ObjectSymbolTable, SymbolKind};
@@ -47,11 +47,9 @@ pub(super) const TIME_BUDGET: Duration = Duration::from_secs(5);
 /// (measured: about a third of the file for the example apps; see docs/benchmarks.md).
 const PARSE_RESERVE: u64 = 16 << 20;
 
-/// What symbolizing has loaded: held while a session is open, dropped after.
+/// What symbolizing has loaded: kept while a session is open, dropped after
+/// ([`hold_caches`](super::hold_caches)).
 static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
-/// Open holders of the cache ([`hold_cache`]).
-static HOLDERS: AtomicUsize = AtomicUsize::new(0);
-
 #[derive(Default)]
 struct Cache {
     /// Debug info by module path.
@@ -67,44 +65,17 @@ struct ModuleDebug {
     data: Option<Vec<(u64, u64, Box<str>)>>,
 }
 
-/// Keeps the symbolizer's cache alive while it lives: a session holds one, so its dumps after
-/// the first are fast. When the last holder is dropped the cache goes and the freed heap is
-/// given back (`malloc_trim`).
-#[must_use = "the cache is released when the hold is dropped"]
-pub(crate) struct CacheHold(());
-
-/// Takes a hold on the symbolizer's cache (see [`CacheHold`]).
-pub(crate) fn hold_cache() -> CacheHold {
-    HOLDERS.fetch_add(1, Ordering::SeqCst);
-    CacheHold(())
-}
-
-impl Drop for CacheHold {
-    fn drop(&mut self) {
-        if HOLDERS.fetch_sub(1, Ordering::SeqCst) == 1 {
-            release_unheld();
-        }
-    }
-}
-
-/// Drops the cache if nobody holds it.
-fn release_unheld() {
-    let dropped = {
-        let mut cache = CACHE.lock();
-        if HOLDERS.load(Ordering::SeqCst) == 0 {
-            cache.take()
-        } else {
-            None
-        }
-    };
-    if dropped.is_some() {
-        drop(dropped);
-        crate::sys::release_freed_memory();
-    }
+/// Drops what symbolizing loaded (the caller then trims the heap).
+pub(super) fn release() {
+    let dropped = CACHE.lock().take();
+    drop(dropped);
 }
 
 /// A static (an ELF `STT_OBJECT` symbol) that a data address lies in.
-#[allow(dead_code, reason = "for the lock-wait grouping of #12 (futex address -> static)")]
+#[allow(
+    dead_code,
+    reason = "for the lock-wait grouping of #12 (futex address -> static)"
+)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StaticSymbol {
     /// Its demangled name, without the hash (`app::SHARED_LOCK`).
@@ -117,7 +88,10 @@ pub(crate) struct StaticSymbol {
 
 /// The static that `addr` lies in, from the symbol table of the module mapped there; `None` for
 /// the heap, stacks, or an address no sized data symbol covers. Normal context only.
-#[allow(dead_code, reason = "for the lock-wait grouping of #12 (futex address -> static)")]
+#[allow(
+    dead_code,
+    reason = "for the lock-wait grouping of #12 (futex address -> static)"
+)]
 pub(crate) fn static_symbol_at(addr: usize) -> Option<StaticSymbol> {
     let symbolizer = Symbolizer::new();
     let (module, offset) = symbolizer.module_of(addr)?;
@@ -295,7 +269,11 @@ impl Symbolizer {
 
     /// The cached debug info of `module`, loading it first if it is not cached yet. `None` for
     /// what is not a file (the vDSO).
-    fn module_debug<'c>(&self, cache: &'c mut Cache, module: &Arc<str>) -> Option<&'c mut ModuleDebug> {
+    fn module_debug<'c>(
+        &self,
+        cache: &'c mut Cache,
+        module: &Arc<str>,
+    ) -> Option<&'c mut ModuleDebug> {
         if module.starts_with("linux-vdso") || module.starts_with("linux-gate") {
             return None;
         }
@@ -368,7 +346,8 @@ impl Symbolizer {
         let loader = match &debug.loader {
             Ok(loader) => loader,
             Err(why) => {
-                let note = format!("no symbols for {module}: {why}; its frames show module + offset only");
+                let note =
+                    format!("no symbols for {module}: {why}; its frames show module + offset only");
                 self.note(note);
                 return Arc::from([]);
             }
@@ -386,14 +365,6 @@ impl Symbolizer {
     }
 }
 
-impl Drop for Symbolizer {
-    /// Outside a session (an API dump, a profile) nothing holds the cache: it goes with the
-    /// dump.
-    fn drop(&mut self) {
-        release_unheld();
-    }
-}
-
 /// The function, file and line at `probe` (a file address), inlined frames first; from the
 /// symbol table when there is no DWARF for it.
 fn resolve(loader: &addr2line::Loader, probe: u64) -> Vec<FrameSymbol> {
@@ -406,7 +377,10 @@ fn resolve(loader: &addr2line::Loader, probe: u64) -> Vec<FrameSymbol> {
                 .and_then(|f| f.demangle().ok())
                 .map(Cow::into_owned);
             let (file, line) = match frame.location {
-                Some(location) => (location.file.map(|f| short_path(Path::new(f))), location.line),
+                Some(location) => (
+                    location.file.map(|f| short_path(Path::new(f))),
+                    location.line,
+                ),
                 None => (None, None),
             };
             symbols.push(FrameSymbol { name, file, line });
@@ -491,15 +465,18 @@ mod tests {
     fn a_static_is_found_by_an_address_inside_it() {
         let start = std::ptr::from_ref(&SYMBOLIZE_TEST_STATIC) as usize;
         let found = static_symbol_at(start + 8).expect("the static's symbol");
-        assert!(
-            found.name.ends_with("SYMBOLIZE_TEST_STATIC"),
-            "{found:?}"
-        );
+        assert!(found.name.ends_with("SYMBOLIZE_TEST_STATIC"), "{found:?}");
         assert_eq!(found.offset, 8);
         let on_stack = 0u64;
-        assert_eq!(static_symbol_at(std::ptr::from_ref(&on_stack) as usize), None);
+        assert_eq!(
+            static_symbol_at(std::ptr::from_ref(&on_stack) as usize),
+            None
+        );
         let on_heap = Box::new(0u64);
-        assert_eq!(static_symbol_at(std::ptr::from_ref(&*on_heap) as usize), None);
+        assert_eq!(
+            static_symbol_at(std::ptr::from_ref(&*on_heap) as usize),
+            None
+        );
     }
 
     #[inline(never)]

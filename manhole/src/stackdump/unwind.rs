@@ -39,7 +39,8 @@ type NativeUnwinder = framehop::aarch64::UnwinderAarch64<Vec<u8>>;
 #[cfg(target_arch = "aarch64")]
 type NativeCache = framehop::aarch64::CacheAarch64;
 
-/// The unwinder and its cache, kept across dumps (and shared with the profiler).
+/// The unwinder and its cache, kept across dumps while a session is open (and shared with the
+/// profiler); see [`hold_caches`](super::hold_caches).
 static STATE: Mutex<Option<State>> = Mutex::new(None);
 
 /// How unwinding one image ended.
@@ -91,6 +92,12 @@ struct State {
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 struct State;
+
+/// Drops the unwinder and the unwind tables it copied (they are made again on the next use).
+pub(super) fn release() {
+    let dropped = STATE.lock().take();
+    drop(dropped);
+}
 
 /// A handle on the shared unwinder, up to date with the loaded objects when made.
 pub(crate) struct Unwinder {

@@ -58,7 +58,12 @@ pub(crate) fn memory_headroom() -> Headroom {
 /// A `Key:   123 kB` field of a `/proc` file, in bytes.
 fn kib_field(text: &str, key: &str) -> Option<u64> {
     let line = text.lines().find(|line| line.starts_with(key))?;
-    let kib: u64 = line[key.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+    let kib: u64 = line[key.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
     Some(kib * 1024)
 }
 
