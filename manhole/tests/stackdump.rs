@@ -195,6 +195,9 @@ fn install(timeout: Duration, max_frames: usize) -> Result<manhole::Manhole, Str
 }
 
 fn dump() -> Result<StackDump, String> {
+    // Scenarios dump hundreds of times: keep the debug info parsed between their dumps.
+    static HOLD: std::sync::OnceLock<manhole::stackdump::CacheHold> = std::sync::OnceLock::new();
+    HOLD.get_or_init(manhole::stackdump::hold_caches);
     let dump = manhole::dump_threads().map_err(|e| format!("dump: {e}"))?;
     check_consistent(&dump)?;
     Ok(dump)

@@ -109,14 +109,17 @@ pub(crate) fn release_dump_memory() {
 static CACHE_HOLDERS: AtomicUsize = AtomicUsize::new(0);
 
 /// Keeps the dump's caches (parsed debug info, resolved addresses, the unwinder's copied unwind
-/// tables) while it lives: a session holds one, so its dumps after the first are fast. When the
-/// last hold is dropped the caches go and the freed heap is given back (`malloc_trim`). A dump
-/// or profile made while nothing holds them drops them when it is done. No timer is involved.
+/// tables) while it lives. Every manhole session holds one, so its dumps after the first are
+/// fast; when the last hold is dropped the caches go and the freed heap is given back
+/// (`malloc_trim` on glibc). A dump or profile made while nothing holds them drops them when it
+/// is done, so an application that calls [`dump_threads`](crate::dump_threads) often and wants
+/// each call fast holds one for as long as it does. No timer is involved.
 #[must_use = "the caches are released when the hold is dropped"]
-pub(crate) struct CacheHold(());
+#[derive(Debug)]
+pub struct CacheHold(());
 
 /// Takes a hold on the dump caches (see [`CacheHold`]).
-pub(crate) fn hold_caches() -> CacheHold {
+pub fn hold_caches() -> CacheHold {
     CACHE_HOLDERS.fetch_add(1, Ordering::SeqCst);
     CacheHold(())
 }
