@@ -156,6 +156,7 @@ const MAIN_PROGRAM: &str = "<main program>";
 
 /// Loads the debug info of `path`, if the host has room for it.
 fn load_module(path: &str, headroom: Headroom) -> Result<addr2line::Loader, String> {
+    let path = &separate_debug_file(path).unwrap_or_else(|| path.to_string());
     let file_len = std::fs::metadata(path)
         .map_err(|e| format!("cannot read it: {e}"))?
         .len();
@@ -179,6 +180,37 @@ fn load_module(path: &str, headroom: Headroom) -> Result<addr2line::Loader, Stri
         ));
     }
     addr2line::Loader::new(path).map_err(|e| format!("cannot load its debug info: {e}"))
+}
+
+/// Where the DWARF of a module without any lives, if it was installed apart (`libc6-dbg` and
+/// the like): by build id under `/usr/lib/debug/.build-id/`, else by `.gnu_debuglink` next to the
+/// module, in its `.debug/` or under `/usr/lib/debug` (gdb's search order).
+fn separate_debug_file(path: &str) -> Option<String> {
+    let file = std::fs::File::open(path).ok()?;
+    let map = capture::map_file(&file).ok()?;
+    let object = object::File::parse(&*map).ok()?;
+    if object.section_by_name(".debug_info").is_some() {
+        return None;
+    }
+    let mut candidates = Vec::new();
+    if let Ok(Some(id)) = object.build_id()
+        && let [first, rest @ ..] = id
+    {
+        let hex: String = rest.iter().map(|b| format!("{b:02x}")).collect();
+        candidates.push(format!("/usr/lib/debug/.build-id/{first:02x}/{hex}.debug"));
+    }
+    if let Ok(Some((name, _crc))) = object.gnu_debuglink()
+        && let Ok(name) = std::str::from_utf8(name)
+    {
+        let real = std::fs::canonicalize(path).ok()?;
+        let dir = real.parent()?.display().to_string();
+        candidates.push(format!("{dir}/{name}"));
+        candidates.push(format!("{dir}/.debug/{name}"));
+        candidates.push(format!("/usr/lib/debug{dir}/{name}"));
+    }
+    candidates
+        .into_iter()
+        .find(|candidate| candidate != path && Path::new(candidate).is_file())
 }
 
 /// Bytes shown in MiB.

@@ -68,6 +68,7 @@ pub(crate) fn sample() -> StackDump {
             thread(4242, "demo", Outcome::Captured, CaptureMethod::Signal),
             thread(4243, "worker-1", Outcome::Blocked, CaptureMethod::Proc),
         ],
+        notes: Vec::new(),
     }
 }
 
