@@ -32,7 +32,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use object::{Object, ObjectSymbol, ObjectSymbolTable, SymbolKind};
+use object::{Object, ObjectSection, ObjectSymbol, ObjectSymbolTable, SymbolKind};
 use parking_lot::Mutex;
 
 use super::{Frame, FrameSymbol};
@@ -160,7 +160,8 @@ fn load_module(path: &str, headroom: Headroom) -> Result<addr2line::Loader, Stri
     let file_len = std::fs::metadata(path)
         .map_err(|e| format!("cannot read it: {e}"))?
         .len();
-    let parse = PARSE_RESERVE.max(file_len);
+    // Parsing allocates about a third of the file; compressed sections are inflated on the heap.
+    let parse = PARSE_RESERVE.max(file_len) + inflated_size(path);
     if let Some(left) = headroom.address_space
         && left < file_len + parse
     {
@@ -180,6 +181,26 @@ fn load_module(path: &str, headroom: Headroom) -> Result<addr2line::Loader, Stri
         ));
     }
     addr2line::Loader::new(path).map_err(|e| format!("cannot load its debug info: {e}"))
+}
+
+/// What the compressed sections of the file at `path` take once inflated (0 if it cannot be
+/// read: then loading it fails too).
+fn inflated_size(path: &str) -> u64 {
+    let Ok(file) = std::fs::File::open(path) else {
+        return 0;
+    };
+    let Ok(map) = capture::map_file(&file) else {
+        return 0;
+    };
+    let Ok(object) = object::File::parse(&*map) else {
+        return 0;
+    };
+    object
+        .sections()
+        .filter_map(|section| section.compressed_file_range().ok())
+        .filter(|range| range.format != object::CompressionFormat::None)
+        .map(|range| range.uncompressed_size)
+        .sum()
 }
 
 /// Where the DWARF of a module without any lives, if it was installed apart (`libc6-dbg` and
