@@ -527,6 +527,21 @@ fn exit_waits_for_a_long_command_no_longer_than_its_grace() {
 }
 
 #[test]
+fn a_command_that_calls_exit_is_not_waited_for_by_its_own_exit() {
+    // `bye 4` runs `std::process::exit(4)` on the command's worker while its session waits for
+    // it: the exit must not give that session the grace (nor wait for it to close).
+    let mut exiting = Exiting::start("", "--exit-when");
+    let asked = Instant::now();
+    exiting.client.send("bye 4");
+    assert_eq!(exiting.app.wait_exit().code(), Some(4));
+    let took = asked.elapsed();
+    assert!(took < Duration::from_millis(1500), "exit took {took:?}");
+    assert!(!exiting.app.stderr().contains("waiting up to"));
+    assert!(!is_socket(&exiting.path));
+    eprintln!("bye 4 from a session: exited in {took:?}");
+}
+
+#[test]
 fn with_daemon_connection_exit_does_not_wait_for_sessions() {
     let mut exiting = Exiting::start("daemon_connection=True", "--exit-when");
     let (exited, _) = exiting.trigger();

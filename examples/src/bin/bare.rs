@@ -1,7 +1,8 @@
 //! `bare`: links `manhole` but never calls `install`; a manhole comes only from the `MANHOLE`
-//! environment variable. It registers two commands, `echo` and `nap MS` (sleeps MS
-//! milliseconds, then answers `napped MS`) (registering is not installing: the registry is
-//! process-wide and any manhole the variable installs serves it).
+//! environment variable. It registers three commands, `echo`, `nap MS` (sleeps MS
+//! milliseconds, then answers `napped MS`) and `bye CODE` (`std::process::exit(CODE)` from the
+//! command) (registering is not installing: the registry is process-wide and any manhole the
+//! variable installs serves it).
 //!
 //! `--threads N` (default 4) starts threads `sleeper-<i>` blocked inside `bare_sleeper_loop`. It
 //! prints `ready pid=<pid>` once they run, then sleeps until killed.
@@ -388,6 +389,13 @@ fn main() {
             .ok_or("usage: nap MS")?;
         std::thread::sleep(Duration::from_millis(ms));
         Ok(format!("napped {ms}"))
+    });
+    let _bye = manhole::register_command("bye", "exit the process with CODE", |args| {
+        let code: i32 = args
+            .first()
+            .and_then(|a| a.parse().ok())
+            .ok_or("usage: bye CODE")?;
+        std::process::exit(code)
     });
     if let Some(signal) = signalfd {
         // Blocked here, before any application thread exists, so every one inherits it; the
