@@ -278,6 +278,37 @@ impl Drop for Target {
 /// Anonymous resident memory (`Anonymous:` of `/proc/<pid>/smaps_rollup`): the private memory
 /// the process allocated. The rest of RSS is file-backed (the binary's code and unwind tables,
 /// libraries): shared with other processes of the same binary and reclaimable by the kernel.
+/// A `Key:  N kB` field of `/proc/PID/status`, in KiB.
+fn status_kib(pid: u32, key: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(f64::NAN)
+}
+
+/// Waits (up to 10 s) until process `pid` has no `mh-session-<n>` thread left.
+fn wait_sessions_gone(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let busy = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|task| {
+                std::fs::read_to_string(task.path().join("comm"))
+                    .is_ok_and(|name| name.starts_with("mh-session-"))
+            });
+        if !busy {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn anon_kib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
         .ok()
@@ -590,6 +621,8 @@ struct DumpRow {
     captured_ok: bool,
     rss_before_kib: f64,
     rss_first_kib: f64,
+    /// Peak RSS (`VmHWM`) once the first dump's session ended.
+    hwm_first_kib: f64,
     rss_after_kib: f64,
     anon_before_kib: f64,
     anon_first_kib: f64,
@@ -635,6 +668,9 @@ fn measure_dumps(tools: &Tools, threads: usize, config: &Config) -> DumpRow {
 
     let first = run_timed(&mut cli(true), timeout, true);
     let first_data = parse_dump(&first.stdout).expect("the first dump's JSON");
+    // The session's caches go when it ends: measure after its thread is gone.
+    wait_sessions_gone(target.pid);
+    let hwm_first_kib = status_kib(target.pid, "VmHWM:");
     let rss_first_kib = target.rss_kib();
     let anon_first_kib = target.anon_kib();
     let mut row = DumpRow {
@@ -653,6 +689,7 @@ fn measure_dumps(tools: &Tools, threads: usize, config: &Config) -> DumpRow {
         captured_ok: first_data.no_answer == 0,
         rss_before_kib,
         rss_first_kib,
+        hwm_first_kib,
         rss_after_kib: f64::NAN,
         anon_before_kib,
         anon_first_kib,
@@ -681,6 +718,7 @@ fn measure_dumps(tools: &Tools, threads: usize, config: &Config) -> DumpRow {
         }
         row.window_truncated += data.window_truncated;
     }
+    wait_sessions_gone(target.pid);
     row.rss_after_kib = target.rss_kib();
     row.anon_after_kib = target.anon_kib();
 
@@ -877,16 +915,18 @@ fn dumps_markdown(o: &mut String, dumps: &[DumpRow]) {
     );
     let _ = writeln!(
         o,
-        "| threads | before any dump | after the first dump | after all dumps | growth after the first dump |"
+        "| threads | before any dump | peak RSS during the first (`VmHWM`) | after the first dump's session ended | after all dumps | growth after the first dump |"
     );
-    let _ = writeln!(o, "|---:|---:|---:|---:|---:|");
+    let _ = writeln!(o, "|---:|---:|---:|---:|---:|---:|");
     for r in dumps {
         let _ = writeln!(
             o,
-            "| {} | {:.0} ({:.0}) | {:.0} ({:.0}) | {:.0} ({:.0}) | {:+.0} ({:+.0}) |",
+            "| {} | {:.0} ({:.0}) | {:.0} (+{:.0}) | {:.0} ({:.0}) | {:.0} ({:.0}) | {:+.0} ({:+.0}) |",
             r.threads,
             r.rss_before_kib,
             r.anon_before_kib,
+            r.hwm_first_kib,
+            r.hwm_first_kib - r.rss_before_kib,
             r.rss_first_kib,
             r.anon_first_kib,
             r.rss_after_kib,

@@ -11,7 +11,7 @@
 //! - **child** (only the forking thread exists) does async-signal-safe bookkeeping while it
 //!   still holds the locks, allocating nothing: forget the sessions count, drop the parent's
 //!   signal self-pipe and pending signals, note whether a parent thread was inside a stack dump
-//!   (its locks, which include the `backtrace` crate's, may then be held forever here: the child
+//!   (its locks, which include the symbolizer's cache lock, may then be held forever here: the child
 //!   refuses dumps with a clear error instead of waiting on them), point stdout and stderr back
 //!   at the originals if a session had them teed, close its copies of the sessions' client
 //!   connections (so a client sees its session end when the parent's session ends, not when the

@@ -61,7 +61,7 @@ static DUMPED: AtomicBool = AtomicBool::new(false);
 /// Callers of [`capture`] between its start and its end (waiting for the dump lock included).
 static IN_CAPTURE: AtomicUsize = AtomicUsize::new(0);
 /// This process was forked while a thread of its parent was inside [`capture`]: the locks the
-/// dump holds (the dump lock, the symbol cache, the `backtrace` crate's own lock) may have been
+/// dump holds (the dump lock, the symbolizer's cache, the unwinder's state) may have been
 /// copied locked, with their owner left behind in the parent, so this process never dumps.
 static FORKED_MID_DUMP: AtomicBool = AtomicBool::new(false);
 
