@@ -303,6 +303,7 @@ fn threads_waiting_on_a_static_lock_are_one_group_that_names_it() {
         .unwrap_or_else(|| panic!("the waiters are not one group: {groups:?}"));
     assert_eq!(waiters["count"], 8);
     let address = waiters["futex"]["address"].as_str().unwrap();
+    assert_eq!(waiters["futex"]["static"], "bare::SHARED_LOCK", "{waiters}");
     let holder = dump["threads"]
         .as_array()
         .unwrap()
@@ -327,8 +328,9 @@ fn threads_waiting_on_a_static_lock_are_one_group_that_names_it() {
         })
         .unwrap_or_else(|| panic!("{text}"));
     let wait_line = group.body.lines().next().unwrap();
-    assert!(
-        wait_line.starts_with("  8 waiting on ") && wait_line.contains(address),
+    assert_eq!(
+        wait_line,
+        format!("  8 waiting on bare::SHARED_LOCK (futex {address}, in a static)"),
         "{text}"
     );
     // A lock on the heap: the address only.
@@ -339,6 +341,7 @@ fn threads_waiting_on_a_static_lock_are_one_group_that_names_it() {
     let heap_line = heap.body.lines().next().unwrap();
     assert!(heap_line.starts_with("  2 waiting on futex 0x"), "{text}");
     assert!(!heap_line.contains(address), "{text}");
+    assert!(!heap_line.contains("static"), "{text}");
 }
 
 #[test]

@@ -227,7 +227,7 @@ impl FutexWait {
     }
 
     /// The static the word lies in (e.g. `app::SHARED_LOCK` for a `static Mutex`); `None` for a
-    /// lock on the heap or on a stack, and, in this version, always (not looked up yet).
+    /// lock on the heap or on a stack.
     pub fn static_name(&self) -> Option<&str> {
         self.static_name.as_deref()
     }

@@ -30,11 +30,6 @@ pub(crate) mod symbolize;
 mod unwind;
 mod waits;
 
-#[allow(
-    unused_imports,
-    reason = "static_symbol_at is for the lock-wait grouping of #12"
-)]
-pub(crate) use self::symbolize::{StaticSymbol, static_symbol_at};
 /// A framehop module for one loaded object (the profiler builds its unwinder from these too).
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) use self::unwind::module_for as unwind_module;

@@ -88,10 +88,6 @@ pub(crate) struct StaticSymbol {
 
 /// The static that `addr` lies in, from the symbol table of the module mapped there; `None` for
 /// the heap, stacks, or an address no sized data symbol covers. Normal context only.
-#[allow(
-    dead_code,
-    reason = "for the lock-wait grouping of #12 (futex address -> static)"
-)]
 pub(crate) fn static_symbol_at(addr: usize) -> Option<StaticSymbol> {
     let symbolizer = Symbolizer::new();
     let (module, offset) = symbolizer.module_of(addr)?;

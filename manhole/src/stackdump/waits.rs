@@ -8,8 +8,12 @@
 //! asleep whose innermost frame could be a futex wait are read, so a dump of 1,000 sleepers in
 //! `nanosleep` reads no file.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use super::CaptureMethod;
 use super::dump::{FutexWait, ThreadStack};
+use super::symbolize::static_symbol_at;
 use crate::procfs::{self, SyscallState};
 
 /// `FUTEX_WAIT`, `FUTEX_LOCK_PI`, `FUTEX_WAIT_BITSET`, `FUTEX_WAIT_REQUEUE_PI`, `FUTEX_LOCK_PI2`.
@@ -20,7 +24,9 @@ const OP_MASK: u64 = 0x7f;
 /// Marks the manhole's threads and reads the futex word of each thread asleep in a futex wait.
 /// `in_kernel[i]` is what `/proc/.../syscall` said of `threads[i]` just before it was signalled,
 /// when the dump read it (for the stack room check): then that is used instead of a new read.
+/// A word inside a static is named from its module's symbol table (each word looked up once).
 pub(super) fn annotate(threads: &mut [ThreadStack], in_kernel: &[Option<SyscallState>]) {
+    let mut named: HashMap<usize, Option<Arc<str>>> = HashMap::new();
     for (i, thread) in threads.iter_mut().enumerate() {
         thread.manhole = crate::sys::threads::is_manhole_thread(thread.tid, &thread.name);
         if thread.method == CaptureMethod::Signal
@@ -30,7 +36,10 @@ pub(super) fn annotate(threads: &mut [ThreadStack], in_kernel: &[Option<SyscallS
             let seen = in_kernel.get(i).copied().flatten();
             thread.futex = futex_word(thread.tid, seen).map(|address| FutexWait {
                 address,
-                static_name: None,
+                static_name: named
+                    .entry(address)
+                    .or_insert_with(|| static_symbol_at(address).map(|s| s.name.into()))
+                    .clone(),
             });
         }
     }
