@@ -191,12 +191,35 @@
 //!   it are resolved one byte back, inside the call instruction, as debuggers do.
 //! - **It is not an atomic snapshot.** Each thread records its own stack when the signal arrives;
 //!   the threads are signalled together, so the picture spans microseconds, not one instant.
-//! - **Side effects on the application are possible but small**: a blocking system call that is
-//!   not restarted after a signal handler (`epoll_wait`, `nanosleep`, `poll`...) returns `EINTR`,
-//!   which correct code already retries. Under a debugger, the dump signal must be passed to the
-//!   program: gdb does so for `SIGURG` by default (`nostop noprint pass`).
+//! - **Side effects on the application**: see the next section. Under a debugger, the dump
+//!   signal must be passed to the program: gdb does so for `SIGURG` by default
+//!   (`nostop noprint pass`).
 //! - **Platform**: Linux, x86_64 tested (aarch64 has the code, untested), glibc. No unwinder runs
 //!   in the signal handler, so the dump does not depend on the glibc or libgcc version.
+//!
+//! # What your application may notice
+//!
+//! A dump runs a signal handler once on every application thread that does not block the dump
+//! signal. The handler is installed with `SA_RESTART`, so system calls the kernel restarts are
+//! not disturbed, but the ones it never restarts after a handler return early, exactly as for
+//! any other signal. Measured on Linux 6.18, glibc 2.36, one dump while each of these waited
+//! for 3 s (the `what_a_dump_interrupts_is_exactly_what_the_docs_list` scenario in
+//! `manhole/tests/stackdump.rs`):
+//!
+//! - `UnixStream::read` on a socket with a read timeout returns `Err(e)` with
+//!   `e.kind() == ErrorKind::Interrupted` at once: std does not retry it, and
+//!   `stream.read(&mut buf)?` passes it up.
+//! - `epoll_wait` and `sem_timedwait` fail with `EINTR`.
+//! - `libc::sleep(10)` returns `9` (the unslept seconds) at once.
+//! - `std::thread::sleep` and `Condvar::wait_timeout` are unaffected: std retries them, and they
+//!   returned after the full 3 s.
+//!
+//! By `signal(7)`, the other calls the kernel never restarts after a handler (`poll`, `select`,
+//! `nanosleep`, `sigtimedwait`, `io_getevents`...) fail with `EINTR` the same way (not measured
+//! here). Code that retries on `EINTR`, as it
+//! must for any signal, notices nothing. Threads that block the dump signal are not signalled
+//! at all. Instances of the signal sent by anyone else reach the application as before (see
+//! "The dump signal").
 //!
 //! # Features
 //!

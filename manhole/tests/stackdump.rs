@@ -102,6 +102,10 @@ const SCENARIOS: &[Scenario] = &[
         install_refuses_dump_signals_that_could_kill_or_stop,
     ),
     (
+        "what_a_dump_interrupts_is_exactly_what_the_docs_list",
+        what_a_dump_interrupts_is_exactly_what_the_docs_list,
+    ),
+    (
         "exec_during_dumps_never_kills_the_new_program",
         exec_during_dumps_never_kills_the_new_program,
     ),
@@ -1021,6 +1025,128 @@ fn install_refuses_dump_signals_that_could_kill_or_stop() -> Outcome {
     ensure(dump.counts().captured() == dump.counts().threads(), || {
         format!("{:?}", dump.counts())
     })?;
+    Ok(())
+}
+
+/// Starts a thread called `name` that reports its tid, runs `wait` once, and sends back what
+/// came of it and how long it took.
+fn waiter(
+    name: &str,
+    results: &mpsc::Sender<(String, String, Duration)>,
+    wait: impl FnOnce() -> String + Send + 'static,
+) -> Result<i32, String> {
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let results = results.clone();
+    let label = name.to_string();
+    thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            tid_tx.send(nix::unistd::gettid().as_raw()).unwrap();
+            let start = Instant::now();
+            let outcome = wait();
+            let _ = results.send((label, outcome, start.elapsed()));
+        })
+        .map_err(|e| e.to_string())?;
+    let tid = tid_rx.recv().map_err(|_| "a waiter did not start")?;
+    wait_until_sleeping(tid)?;
+    Ok(tid)
+}
+
+fn what_a_dump_interrupts_is_exactly_what_the_docs_list() -> Outcome {
+    use std::io::Read;
+    install(Duration::from_secs(2), 16)?;
+    let (results, outcomes) = mpsc::channel();
+    let long = Duration::from_secs(3);
+    let (mut stream, _peer) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(long))
+        .map_err(|e| e.to_string())?;
+    waiter("unix-read", &results, move || {
+        let mut byte = [0u8; 1];
+        match stream.read(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => "Interrupted".into(),
+            other => format!("{other:?}"),
+        }
+    })?;
+    waiter("epoll-wait", &results, || {
+        // SAFETY: plain system calls on a fresh epoll fd and a live local event buffer.
+        unsafe {
+            let epoll = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+            let mut event: libc::epoll_event = std::mem::zeroed();
+            let rc = libc::epoll_wait(epoll, &mut event, 1, 3000);
+            let errno = *libc::__errno_location();
+            libc::close(epoll);
+            if rc == -1 && errno == libc::EINTR {
+                "EINTR".into()
+            } else {
+                format!("rc {rc} errno {errno}")
+            }
+        }
+    })?;
+    waiter("sem-timedwait", &results, || {
+        // SAFETY: an unnamed semaphore in a live local, waited on with an absolute deadline.
+        unsafe {
+            let mut sem: libc::sem_t = std::mem::zeroed();
+            libc::sem_init(&mut sem, 0, 0);
+            let mut deadline: libc::timespec = std::mem::zeroed();
+            libc::clock_gettime(libc::CLOCK_REALTIME, &mut deadline);
+            deadline.tv_sec += 3;
+            let rc = libc::sem_timedwait(&mut sem, &deadline);
+            let errno = *libc::__errno_location();
+            libc::sem_destroy(&mut sem);
+            if rc == -1 && errno == libc::EINTR {
+                "EINTR".into()
+            } else {
+                format!("rc {rc} errno {errno}")
+            }
+        }
+    })?;
+    waiter("libc-sleep", &results, || {
+        // SAFETY: sleep(3) has no preconditions.
+        format!("returned {}", unsafe { libc::sleep(10) })
+    })?;
+    waiter("thread-sleep", &results, move || {
+        thread::sleep(long);
+        "slept".into()
+    })?;
+    waiter("condvar-wait", &results, move || {
+        let pair = (std::sync::Mutex::new(()), std::sync::Condvar::new());
+        let guard = pair.0.lock().unwrap();
+        let (_guard, timeout) = pair.1.wait_timeout(guard, long).unwrap();
+        format!("timed out {}", timeout.timed_out())
+    })?;
+    drop(results);
+    let dump = dump()?;
+    for name in [
+        "unix-read",
+        "epoll-wait",
+        "sem-timedwait",
+        "libc-sleep",
+        "thread-sleep",
+        "condvar-wait",
+    ] {
+        let thread = thread_by_name(&dump, name)?;
+        ensure(thread.method() == CaptureMethod::Signal, || {
+            describe(thread)
+        })?;
+    }
+    let mut seen = Vec::new();
+    for (name, outcome, took) in outcomes.iter() {
+        println!("{name}: {outcome} after {}", millis(took));
+        let expected = match name.as_str() {
+            "unix-read" => outcome == "Interrupted" && took < long,
+            "epoll-wait" | "sem-timedwait" => outcome == "EINTR" && took < long,
+            "libc-sleep" => outcome == "returned 9" && took < long,
+            "thread-sleep" => outcome == "slept" && took >= long,
+            "condvar-wait" => outcome == "timed out true" && took >= long,
+            _ => false,
+        };
+        ensure(expected, || {
+            format!("{name}: {outcome} after {}", millis(took))
+        })?;
+        seen.push(name);
+    }
+    ensure(seen.len() == 6, || format!("only {seen:?} finished"))?;
     Ok(())
 }
 
