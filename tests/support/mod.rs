@@ -622,3 +622,19 @@ pub fn dump_sections(text: &str) -> Vec<DumpSection> {
     }
     sections
 }
+
+/// How many threads of `pid` whose name starts with `prefix` are in `clock_nanosleep`.
+pub fn asleep(pid: u32, prefix: &str) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter(|task| {
+            let read = |file| std::fs::read_to_string(task.path().join(file)).unwrap_or_default();
+            read("comm").starts_with(prefix)
+                && read("syscall").split(' ').next()
+                    == Some(libc::SYS_clock_nanosleep.to_string().as_str())
+        })
+        .count()
+}

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use manhole_e2e::{App, Client, dump_sections, run_cli, wait_for_socket, wait_until};
+use manhole_e2e::{App, Client, asleep, dump_sections, run_cli, wait_for_socket, wait_until};
 use serde_json::Value;
 
 /// The longest line the short layout may print.
@@ -41,22 +41,6 @@ fn bare(args: &[&str]) -> App {
     wait_until(|| (asleep(app.pid(), "sleeper-") == sleepers).then_some(()))
         .expect("the sleepers fall asleep");
     app
-}
-
-/// How many threads of `pid` whose name starts with `prefix` are in `clock_nanosleep`.
-fn asleep(pid: u32, prefix: &str) -> usize {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
-        .filter_map(Result::ok)
-        .filter(|task| {
-            let read = |file| std::fs::read_to_string(task.path().join(file)).unwrap_or_default();
-            read("comm").starts_with(prefix)
-                && read("syscall").split(' ').next()
-                    == Some(libc::SYS_clock_nanosleep.to_string().as_str())
-        })
-        .count()
 }
 
 fn greeting(app: &App) -> (Client, String) {

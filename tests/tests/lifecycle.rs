@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use manhole_e2e::{
-    App, Client, TempDir, bare, default_path, dump_sections, is_socket, wait_for_socket, wait_until,
+    App, Client, TempDir, asleep, bare, default_path, dump_sections, is_socket, wait_for_socket,
+    wait_until,
 };
 
 const SIGUSR1: i32 = libc::SIGUSR1;
@@ -157,6 +158,8 @@ fn dump_on_writes_every_thread_to_stderr_and_the_app_goes_on() {
     let mut app = bare(Some("dump_on=USR1, verbose=False"), &[]);
     let pid = app.pid();
     wait_until(|| catches(pid, SIGUSR1).then_some(())).expect("the dump handler is installed");
+    // A dump while a sleeper is still on its way to its sleep shows it in other frames.
+    wait_until(|| (asleep(pid, "sleeper-") == 4).then_some(())).expect("the sleepers fall asleep");
     signal(pid, SIGUSR1);
     let dump = app.wait_for_stderr("bare_sleeper_loop");
     // The four sleepers share one stack: one group that counts them all.
