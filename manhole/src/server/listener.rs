@@ -29,16 +29,21 @@ pub(crate) struct Shared {
 /// Accepts connections until the stop pipe hangs up.
 pub(crate) fn run(listener: &UnixListener, shared: &Shared) {
     loop {
-        let woken = match wait::until_ready_or_stopped(listener.as_fd(), shared.stop.as_fd()) {
-            Ok(woken) => woken,
-            Err(e) => {
-                log_event!("Listener stopped: poll failed: {e}");
-                return;
-            }
-        };
+        // No timeout while idle; while sessions are open, or their dump caches wait out their
+        // grace period, wake up to give the caches back once unused.
+        let timeout = crate::stackdump::cache_wake_interval();
+        let woken =
+            match wait::until_ready_stopped_or(listener.as_fd(), shared.stop.as_fd(), timeout) {
+                Ok(woken) => woken,
+                Err(e) => {
+                    log_event!("Listener stopped: poll failed: {e}");
+                    return;
+                }
+            };
         if woken.stopped {
             return;
         }
+        crate::stackdump::release_caches_after_grace();
         if woken.ready {
             match listener.accept() {
                 Ok((stream, _)) => accept(stream, shared),
@@ -82,6 +87,10 @@ fn accept(stream: UnixStream, shared: &Shared) {
 fn start_session(stream: UnixStream, peer: PeerCred, n: u64, shared: &Shared) {
     let open_sessions = shared.open_sessions.clone();
     let session = Session::new(stream, peer, shared.settings.clone(), shared.stop.clone());
+    // The dump caches live while any session is open (warm dumps stay fast) and a few seconds
+    // after the last one ends (the next `manhole-cli` call is a new session). Taken here, so
+    // that the listener's next wait already wakes up for them.
+    let cache = crate::stackdump::hold_caches_for_session();
     let spawned = threads::spawn(format!("mh-session-{n}"), move || {
         // Release the slot even if the session panics.
         struct Slot(Arc<AtomicUsize>);
@@ -91,9 +100,6 @@ fn start_session(stream: UnixStream, peer: PeerCred, n: u64, shared: &Shared) {
             }
         }
         let _slot = Slot(open_sessions);
-        // The dump caches live while any session is open (warm dumps stay fast) and go when
-        // the last one ends.
-        let cache = crate::stackdump::hold_caches();
         session.run();
         drop(cache);
         crate::stackdump::release_dump_memory();

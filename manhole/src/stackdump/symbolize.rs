@@ -14,9 +14,10 @@
 //!   looked up; the interrupted program counter of a signalled thread is the exact instruction.
 //! * **Memory.** Files are mapped, not read (file pages, not the host's heap); what the parsing
 //!   allocates lives in one cache that is kept while any session is open
-//!   ([`hold_caches`](super::hold_caches)) and dropped, with `malloc_trim`, when the last one
-//!   ends (or right after a dump made outside a session). No timer: an idle manhole keeps
-//!   nothing.
+//!   ([`hold_caches`](super::hold_caches)) and for `CACHE_GRACE` (5 s) after the last one ends,
+//!   so the next `manhole-cli` call finds it warm; then it is freed on a short-lived thread and
+//!   the heap trimmed (right after a dump made outside a session). An idle manhole keeps nothing
+//!   and has no timer.
 //! * **Short of memory.** Before loading a module's debug info the headroom is checked
 //!   (`RLIMIT_AS` against `VmSize`, the cgroup's `memory.max`, `MemAvailable`). When it is short
 //!   the module's frames get module and offset only, and the dump carries a note saying why

@@ -1,6 +1,8 @@
 //! Waiting without timers: a manhole thread sleeps in `poll(2)` on the descriptor it serves and
 //! the installation's stop pipe, so it costs no CPU and no wake-ups while idle, and uninstall
-//! (which hangs up the stop pipe) wakes it at once.
+//! (which hangs up the stop pipe) wakes it at once. (The listener alone may set a timeout, and
+//! only while sessions are open or their dump caches wait out their grace period: see
+//! `stackdump::cache_wake_interval`.)
 //!
 //! Only a hang-up (`POLLHUP`, `POLLERR`, `POLLNVAL`) on the stop pipe means stop: bytes that
 //! somehow reach it (a stop pipe that became fd 1 in a process started with its standard
@@ -9,6 +11,7 @@
 #![deny(unsafe_code)]
 
 use std::os::fd::BorrowedFd;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -56,12 +59,37 @@ pub(crate) fn until_ready_or_stopped(
     served: BorrowedFd<'_>,
     stop: BorrowedFd<'_>,
 ) -> nix::Result<Woken> {
+    until_ready_stopped_or(served, stop, None)
+}
+
+/// As [`until_ready_or_stopped`], but gives up after `timeout` (then neither flag is set).
+pub(crate) fn until_ready_stopped_or(
+    served: BorrowedFd<'_>,
+    stop: BorrowedFd<'_>,
+    timeout: Option<Duration>,
+) -> nix::Result<Woken> {
+    let deadline = timeout.map(|t| Instant::now() + t);
     loop {
         let mut fds = [
             PollFd::new(served, PollFlags::POLLIN),
             PollFd::new(stop, PollFlags::POLLIN),
         ];
-        match poll(&mut fds, PollTimeout::NONE) {
+        let wait = match deadline {
+            None => PollTimeout::NONE,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                // Rounded up, so the wake-up never comes early and spins.
+                let millis = left.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
+                PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        match poll(&mut fds, wait) {
+            Ok(0) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                return Ok(Woken {
+                    ready: false,
+                    stopped: false,
+                });
+            }
             Ok(_) => {
                 let ready = fds[0].revents().is_some_and(|r| !r.is_empty());
                 let stopped = stop_fired(stop, fds[1].revents());
