@@ -240,6 +240,20 @@ extern "C" fn on_fatal_signal(
             let hook = std::mem::transmute::<*mut (), fn()>(hook);
             hook();
         }
+        // The output is back on the real fds: a second fatal signal needs nothing of ours, and
+        // must not stack another frame of ours on an alternate stack that may be nearly full
+        // (Rust's overflow handler, chained below, ends in abort(): with our SIGABRT handler
+        // still in place, its frame overflowed Rust's 8 KiB alternate stack and the process
+        // died of SIGSEGV instead of SIGABRT).
+        for (j, &other) in FATAL.iter().enumerate() {
+            if other != signal {
+                let mut previous: libc::sigaction = std::mem::zeroed();
+                previous.sa_sigaction = PREVIOUS[j].load(Ordering::SeqCst);
+                previous.sa_flags = PREVIOUS_FLAGS[j].load(Ordering::SeqCst);
+                libc::sigemptyset(&mut previous.sa_mask);
+                libc::sigaction(other, &previous, std::ptr::null_mut());
+            }
+        }
         let Some(i) = FATAL.iter().position(|&s| s == signal) else {
             return;
         };
