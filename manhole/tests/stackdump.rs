@@ -746,29 +746,53 @@ fn thread_churn_during_50_dumps_does_not_crash() -> Outcome {
     Ok(())
 }
 
+/// `count` threads `many-<i>` with 64 KiB stacks, all queued on one mutex whose holder waits on
+/// a channel: parked in futex waits until [`MutexQueue::release`].
+struct MutexQueue {
+    release: mpsc::Sender<()>,
+    handles: Vec<thread::JoinHandle<bool>>,
+}
+
+impl MutexQueue {
+    /// Starts them and returns once every one is running.
+    fn start(count: usize) -> Result<MutexQueue, String> {
+        let ready = Arc::new(Barrier::new(count + 1));
+        let (release, release_rx) = mpsc::channel::<()>();
+        let queue = Arc::new(std::sync::Mutex::new(release_rx));
+        let mut handles = Vec::with_capacity(count);
+        for i in 0..count {
+            let ready = ready.clone();
+            let queue = queue.clone();
+            let handle = thread::Builder::new()
+                .name(format!("many-{i}"))
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    ready.wait();
+                    // Everyone queues on the mutex; the holder waits on the channel.
+                    let guard = queue.lock().unwrap();
+                    black_box(guard.recv().is_ok())
+                })
+                .map_err(|e| format!("spawning thread {i}: {e}"))?;
+            handles.push(handle);
+        }
+        ready.wait();
+        Ok(MutexQueue { release, handles })
+    }
+
+    /// Lets them all go and joins them.
+    fn release(self) -> Outcome {
+        drop(self.release);
+        for handle in self.handles {
+            handle.join().map_err(|_| "a waiting thread panicked")?;
+        }
+        Ok(())
+    }
+}
+
 fn a_thousand_threads_are_all_captured() -> Outcome {
     const THREADS: usize = 1000;
     install(Duration::from_secs(2), 128)?;
-    let ready = Arc::new(Barrier::new(THREADS + 1));
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    let release = Arc::new(std::sync::Mutex::new(release_rx));
-    let mut handles = Vec::with_capacity(THREADS);
-    for i in 0..THREADS {
-        let ready = ready.clone();
-        let release = release.clone();
-        let handle = thread::Builder::new()
-            .name(format!("many-{i}"))
-            .stack_size(64 * 1024)
-            .spawn(move || {
-                ready.wait();
-                // Everyone queues on the mutex; the holder waits on the channel.
-                let guard = release.lock().unwrap();
-                black_box(guard.recv().is_ok())
-            })
-            .map_err(|e| format!("spawning thread {i}: {e}"))?;
-        handles.push(handle);
-    }
-    ready.wait();
+    let queue = MutexQueue::start(THREADS)?;
     let first = dump()?;
     let second = dump()?;
     for (which, dump) in [("first", &first), ("second", &second)] {
@@ -798,11 +822,7 @@ fn a_thousand_threads_are_all_captured() -> Outcome {
             millis(dump.symbolize_time())
         );
     }
-    drop(release_tx);
-    for handle in handles {
-        handle.join().map_err(|_| "a waiting thread panicked")?;
-    }
-    Ok(())
+    queue.release()
 }
 
 fn foreign_signals_are_ignored() -> Outcome {
@@ -1329,25 +1349,7 @@ fn sig_dfl_restored_during_back_to_back_dumps_of_2000_threads_harms_nothing() ->
     const ROUNDS: u32 = 12;
     install(Duration::from_secs(2), 16)?;
     let signal = dump_signal();
-    let ready = Arc::new(Barrier::new(THREADS + 1));
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    let release = Arc::new(std::sync::Mutex::new(release_rx));
-    let mut handles = Vec::with_capacity(THREADS);
-    for i in 0..THREADS {
-        let ready = ready.clone();
-        let release = release.clone();
-        let handle = thread::Builder::new()
-            .name(format!("many-{i}"))
-            .stack_size(64 * 1024)
-            .spawn(move || {
-                ready.wait();
-                let guard = release.lock().unwrap();
-                black_box(guard.recv().is_ok())
-            })
-            .map_err(|e| format!("spawning thread {i}: {e}"))?;
-        handles.push(handle);
-    }
-    ready.wait();
+    let queue = MutexQueue::start(THREADS)?;
     let baseline = dump()?;
     let full = baseline.capture_time();
     let ours = read_action(signal);
@@ -1399,11 +1401,7 @@ fn sig_dfl_restored_during_back_to_back_dumps_of_2000_threads_harms_nothing() ->
         "{ROUNDS} resets to SIG_DFL during dumps of {THREADS} threads: process alive, \
          {stopped_dumps} dumps stopped sending ({unsent} threads not signalled)"
     );
-    drop(release_tx);
-    for handle in handles {
-        handle.join().map_err(|_| "a waiting thread panicked")?;
-    }
-    Ok(())
+    queue.release()
 }
 
 fn second_dump_gives_the_same_frames() -> Outcome {
