@@ -28,7 +28,8 @@
 //! into the slot's preallocated buffer. Then it stores `DONE` and wakes the dumper. Nothing else
 //! runs in it: no unwinder (libgcc's or any other), no `dl_iterate_phdr`, no allocation, no lock,
 //! no `std::io`, no formatting, no lazily initialised `thread_local!`, no panic (every index is a
-//! `get`), only raw syscalls (`getpid`, `gettid`, `process_vm_readv`, `futex`) and
+//! `get`), only raw syscalls (`sigaltstack`, `gettid`, `process_vm_readv`, and `futex` when the
+//! dumper sleeps) and
 //! `clock_gettime` (vDSO) to time itself; `errno` is saved and restored ([`ErrnoGuard`]). Its
 //! safety therefore depends on no glibc or libgcc version. The dumping thread then unwinds the
 //! copy with `framehop` over unwind tables parsed outside any handler.
@@ -38,7 +39,8 @@
 //! is not `SI_QUEUE` from our own pid with the current generation is counted and ignored.
 //!
 //! Pools are grow-only and never freed (an outgrown pool is leaked; its stack buffers are given
-//! back to the kernel with `MADV_DONTNEED` after each dump, which a late write survives), so a
+//! back to the kernel with `MADV_DONTNEED` when the dump caches go, at the end of a dump made
+//! outside a session or after the last session, and a late write survives that), so a
 //! handler that runs late, after the dumper gave up on it, still writes into live memory. The
 //! dumper gives up on a slot by moving it from *sent* to *abandoned*; a handler already
 //! *running* gets a short grace period.
@@ -168,7 +170,8 @@ fn release_buffers(buffers: &[StackBuffer]) {
 /// # Safety
 ///
 /// `context` must be the third argument of an `SA_SIGINFO` handler (or null), and the caller
-/// must have exclusive use of `buffer` (a claimed slot).
+/// must have exclusive use of `buffer` (a slot it claimed, which also means that `OUR_PID`
+/// is this process's pid: the request came from our own dumper).
 pub(crate) unsafe fn copy_interrupted(
     context: *const c_void,
     buffer: StackBuffer,
@@ -177,8 +180,10 @@ pub(crate) unsafe fn copy_interrupted(
     if registers.sp == 0 {
         return (registers, 0);
     }
-    // SAFETY: the caller owns `buffer`, which is `buffer.len` writable bytes of our mapping.
-    let copied = unsafe { memory::copy_own(registers.sp, buffer.start, buffer.len) };
+    let pid = OUR_PID.load(Ordering::Acquire);
+    // SAFETY: the caller owns `buffer`, which is `buffer.len` writable bytes of our mapping;
+    // `pid` is ours (set by this process's dumper before it sent the request being answered).
+    let copied = unsafe { memory::copy_own_as(pid, registers.sp, buffer.start, buffer.len) };
     (registers, copied)
 }
 
@@ -316,6 +321,12 @@ static POOL: AtomicPtr<Pool> = AtomicPtr::new(ptr::null_mut());
 static GENERATION: AtomicUsize = AtomicUsize::new(0);
 /// Futex word: bumped by every handler that finished a slot.
 static WAKE: AtomicU32 = AtomicU32::new(0);
+/// Dumpers asleep on [`WAKE`] (or about to be): a handler makes the `futex` wake call only then,
+/// one system call fewer in the application's thread while the dumper is busy reading `/proc`.
+static WAKE_WAITERS: AtomicU32 = AtomicU32::new(0);
+/// Our pid, as the dumper last saw it (`start`, each dump; a forked child's first dump sets
+/// its own): what a request's sender must be. Saves the handler a `getpid` call.
+static OUR_PID: AtomicI32 = AtomicI32::new(0);
 /// Dump signals that were not ours or came too late.
 static IGNORED: AtomicUsize = AtomicUsize::new(0);
 /// Handlers between their first and their last instruction, of every kind (dump requests,
@@ -505,9 +516,8 @@ fn claim(info: *const libc::siginfo_t) -> Option<(&'static Slot, usize)> {
     // valid for the whole handler; `QueuedInfo` is a prefix of it with no stricter alignment
     // (checked at compile time), and every field is plain data, so any bit pattern is valid.
     let request = unsafe { &*info.cast::<QueuedInfo>() };
-    // SAFETY: `getpid` is async-signal-safe and has no preconditions.
-    let pid = unsafe { libc::getpid() };
-    if request.code != libc::SI_QUEUE || request.rt.pid != pid {
+    let pid = OUR_PID.load(Ordering::Acquire);
+    if request.code != libc::SI_QUEUE || pid == 0 || request.rt.pid != pid {
         return None;
     }
     let generation = request.rt.value >> INDEX_BITS;
@@ -554,8 +564,20 @@ fn record(slot: &Slot, registers: CopiedRegisters, altstack: Altstack) {
 fn publish(slot: &Slot, generation: usize) {
     slot.state
         .store(state_word(generation, DONE), Ordering::Release);
-    WAKE.fetch_add(1, Ordering::Release);
-    futex_wake(&WAKE);
+    // SeqCst with the dumper's `WAKE_WAITERS` store and its futex's own check of `WAKE` (see
+    // `sleep_on_wake`): either it sees the new count and does not sleep, or we see it waiting.
+    WAKE.fetch_add(1, Ordering::SeqCst);
+    if WAKE_WAITERS.load(Ordering::SeqCst) > 0 {
+        futex_wake(&WAKE);
+    }
+}
+
+/// Sleeps on [`WAKE`] while it still holds `seen`, at most `timeout`, announced in
+/// [`WAKE_WAITERS`] so that handlers make the wake call.
+fn sleep_on_wake(seen: u32, timeout: Duration) {
+    WAKE_WAITERS.fetch_add(1, Ordering::SeqCst);
+    futex_wait(&WAKE, seen, timeout);
+    WAKE_WAITERS.fetch_sub(1, Ordering::SeqCst);
 }
 
 /// The answer of a handler on an alternate stack with only `left` bytes left: registers only,
@@ -1021,6 +1043,8 @@ pub(super) struct Requests {
 /// the answers.
 pub(super) fn start(signal: c_int, threads: usize) -> io::Result<Requests> {
     let pool = pool_for(threads)?;
+    // SAFETY: `getpid` has no preconditions.
+    OUR_PID.store(unsafe { libc::getpid() }, Ordering::Release);
     let generation = next_generation();
     // Wake at most four threads per CPU at a time: with all of them woken at once, a handler
     // of a few microseconds was preempted for up to tens of milliseconds (1,000 threads on 2
@@ -1100,7 +1124,7 @@ impl Requests {
             if self.sent.saturating_sub(answered) < self.window {
                 return stalled;
             }
-            futex_wait(&WAKE, seen, WINDOW_STALL);
+            sleep_on_wake(seen, WINDOW_STALL);
             if WAKE.load(Ordering::Acquire) == seen {
                 self.window = self.window.saturating_add(1);
                 stalled = true;
@@ -1113,7 +1137,8 @@ impl Requests {
     /// Waits until every request is answered or `deadline` passes, gives up on the rest, and
     /// waits up to `grace` more for handlers that had already started. One answer per
     /// [`Requests::send`], in the order they were sent; `unwind` turns each copy into `T`.
-    /// The copies' memory is given back to the kernel afterwards.
+    /// The copies' pages stay for the next dump while the caches are held
+    /// ([`release_copies`] gives them back).
     pub(super) fn collect<T>(
         self,
         deadline: Instant,
@@ -1145,16 +1170,13 @@ impl Requests {
         }
         let generation = self.generation;
         let pool = self.pool;
-        let answers = self
-            .requests
+        self.requests
             .into_iter()
             .map(|request| match request {
                 Err(error) => Answer::NotSent(error),
                 Ok(index) => read_slot(&pool.slots[index], generation, &mut unwind),
             })
-            .collect();
-        release_buffers(&pool.buffers);
-        answers
+            .collect()
     }
 
     /// Sleeps on the futex word until every slot of `indices` is `done` or `deadline` passes.
@@ -1171,7 +1193,7 @@ impl Requests {
             if next == indices.len() || now >= deadline {
                 return;
             }
-            futex_wait(&WAKE, seen, deadline - now);
+            sleep_on_wake(seen, deadline - now);
         }
     }
 }
@@ -1221,6 +1243,18 @@ fn read_slot<T>(
     }
 }
 
+/// Gives the pages of the stack copies back to the kernel. The dump caches' release calls it:
+/// kept between the dumps of a session, the pages need not be faulted in again by the next
+/// dump's handlers (a fault each page, inside the application's threads).
+pub(super) fn release_copies() {
+    let pool = POOL.load(Ordering::Acquire);
+    if !pool.is_null() {
+        // SAFETY: pools are leaked and never freed (see `pool_for`).
+        let pool: &'static Pool = unsafe { &*pool };
+        release_buffers(&pool.buffers);
+    }
+}
+
 /// Handlers running right now, on any thread (see [`INSIDE`]).
 pub(super) fn handlers_inside() -> usize {
     INSIDE.load(Ordering::Acquire)
@@ -1241,6 +1275,8 @@ fn pool_for(threads: usize) -> io::Result<&'static Pool> {
         if pool.slots.len() >= threads && !busy {
             return Ok(pool);
         }
+        // Replaced (and leaked, see above): its pages go back now.
+        release_buffers(&pool.buffers);
     }
     let count = (threads + threads / 4).clamp(16, MAX_SLOTS);
     let buffers = map_buffers(count)?;

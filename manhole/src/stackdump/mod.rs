@@ -204,6 +204,7 @@ fn release_unheld_caches() {
             unwind::release();
         }
     };
+    handler::release_copies();
     match crate::sys::threads::spawn("mh-release".into(), free) {
         Ok(thread) => {
             let _ = thread.join();

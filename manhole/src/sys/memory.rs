@@ -33,6 +33,18 @@ static DENIED: AtomicI32 = AtomicI32::new(0);
 /// `to` must be valid for writes of `len` bytes (the kernel writes there; an invalid destination
 /// only makes the call fail with `EFAULT`, but overlapping live Rust data would be a data race).
 pub(crate) unsafe fn copy_own(from: usize, to: *mut u8, len: usize) -> usize {
+    // SAFETY: `getpid` has no preconditions; the rest is the caller's contract.
+    unsafe { copy_own_as(libc::getpid(), from, to, len) }
+}
+
+/// [`copy_own`] for a caller that knows our pid already (the dump handler: one system call
+/// fewer inside the application's thread).
+///
+/// # Safety
+///
+/// As [`copy_own`]; and `pid` must be this process's pid (another pid would read another
+/// process's memory, where ptrace rules allow it).
+pub(crate) unsafe fn copy_own_as(pid: libc::pid_t, from: usize, to: *mut u8, len: usize) -> usize {
     let mut done = 0usize;
     while done < len {
         let mut remote = [libc::iovec {
@@ -65,7 +77,7 @@ pub(crate) unsafe fn copy_own(from: usize, to: *mut u8, len: usize) -> usize {
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_process_vm_readv,
-                libc::getpid(),
+                pid,
                 &local as *const libc::iovec,
                 1usize,
                 remote.as_ptr(),
@@ -104,21 +116,59 @@ pub(crate) fn read_own(from: usize, len: usize) -> Vec<u8> {
 
 /// How many bytes directly below `top` are readable memory, counted in whole pages from the
 /// page of `top - 1` downwards and at most `limit` (a guard page or a hole ends the count).
-/// One one-byte `process_vm_readv` per page: used to see whether a thread's stack has room
-/// below its stack pointer, without touching it.
+/// One `process_vm_readv` reads one byte of each page, from the page of `top - 1` downwards (a
+/// call stops at the first remote iovec it cannot read): used to see whether a thread's stack
+/// has room below its stack pointer, without touching it, for every thread of a dump.
 pub(crate) fn readable_below(top: usize, limit: usize) -> usize {
-    let mut probe = [0u8; 1];
     let mut readable = 0usize;
     let mut page_end = top;
     while readable < limit && page_end > PAGE {
-        let byte = page_end - 1;
-        // SAFETY: `probe` is a live, writable one-byte local buffer.
-        if unsafe { copy_own(byte, probe.as_mut_ptr(), 1) } != 1 {
+        let mut probes = [0u8; IOVECS];
+        let mut remote = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; IOVECS];
+        // Page starts, highest first, of the pages this call probes.
+        let mut starts = [0usize; IOVECS];
+        let mut count = 0usize;
+        let mut end = page_end;
+        while count < IOVECS && end > PAGE && readable + (page_end - end) < limit {
+            let byte = end - 1;
+            let start = byte - byte % PAGE;
+            if let (Some(iov), Some(slot)) = (remote.get_mut(count), starts.get_mut(count)) {
+                iov.iov_base = byte as *mut libc::c_void;
+                iov.iov_len = 1;
+                *slot = start;
+            }
+            count += 1;
+            end = start;
+        }
+        let local = libc::iovec {
+            iov_base: probes.as_mut_ptr().cast(),
+            iov_len: count,
+        };
+        // SAFETY: both iovec arrays are live locals; the local buffer is `count <= IOVECS`
+        // writable bytes; the remote side is only read, and the kernel validates each page.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_process_vm_readv,
+                libc::getpid(),
+                &local as *const libc::iovec,
+                1usize,
+                remote.as_ptr(),
+                count,
+                0usize,
+            )
+        };
+        let pages = usize::try_from(rc).unwrap_or(0).min(count);
+        let Some(&lowest) = pages.checked_sub(1).and_then(|last| starts.get(last)) else {
+            break;
+        };
+        readable = top - lowest;
+        if pages < count {
             break;
         }
-        let page_start = byte - byte % PAGE;
-        readable = top - page_start;
-        page_end = page_start;
+        page_end = lowest;
     }
     readable.min(limit)
 }
