@@ -306,7 +306,7 @@ fn plan(
         handler_time: None,
         stack_copy: None,
     };
-    let mut status = match tasks.status(tid) {
+    let mut status = match read_status(tasks, tid, signal) {
         Ok(status) => status,
         Err(_) => {
             thread.outcome = Outcome::Exited;
@@ -361,6 +361,20 @@ fn plan(
     thread
 }
 
+/// The thread's name, state and masks, from the cheaper `stat` when `signal` is below 32 (the
+/// only kind `install` accepts) and from `status` otherwise.
+fn read_status(
+    tasks: &mut procfs::TaskDir,
+    tid: i32,
+    signal: libc::c_int,
+) -> std::io::Result<procfs::ThreadStatus> {
+    if signal < 32 {
+        tasks.status_low_signals(tid)
+    } else {
+        tasks.status(tid)
+    }
+}
+
 /// `status` says the thread blocks the signal. While any handler of ours runs, the kernel
 /// blocks the signal in its thread until the handler's sigreturn, so a thread still inside the
 /// handler of the previous dump (or a profile tick) looks blocked. Waits, within the dump's
@@ -391,7 +405,7 @@ fn blocks_for_real(
             }
             std::thread::yield_now();
         }
-        match tasks.status(tid) {
+        match read_status(tasks, tid, checks.signal) {
             Ok(now) => *status = now,
             Err(_) => return,
         }
