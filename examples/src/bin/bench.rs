@@ -562,8 +562,17 @@ fn parse_dump(bytes: &[u8]) -> Option<DumpData> {
         handler_us,
         copy_bytes,
         window_truncated,
-        no_answer: (value["counts"]["no_answer"].as_u64()? + value["counts"]["blocked"].as_u64()?)
-            as usize,
+        // The manhole's own threads keep the dump signal blocked by design (listed from /proc);
+        // every other live thread must have answered. (Counting all "blocked" threads made this
+        // always false: the listener is one.)
+        no_answer: threads
+            .iter()
+            .filter(|t| {
+                t["manhole"].as_bool() != Some(true)
+                    && t["method"].as_str() == Some("proc")
+                    && !t["note"].as_str().is_some_and(|n| n.starts_with("exited"))
+            })
+            .count(),
     })
 }
 
