@@ -8,19 +8,10 @@
 //!   bias (what `addr2line -e <module>` expects), from a `dl_iterate_phdr` snapshot taken per
 //!   dump, so a frame without symbols (stripped code, the vDSO, a module whose debug info could
 //!   not be loaded) can still be symbolized offline.
-//! * **Symbols.** A module is loaded when the first frame in it is resolved. One with DWARF of
-//!   its own (the application, its Rust libraries) is read by `addr2line` (gimli) from the mapped
-//!   file: function names with inlined frames, file and line. One without (system libraries:
-//!   libc, libgcc_s, ld.so) gets function names only, from a symbol table: the `.symtab` of its
-//!   debug file installed apart (`libc6-dbg` and the like, found by build id or
-//!   `.gnu_debuglink`), else its own `.symtab` or `.dynsym`. The DWARF of such a debug file is
-//!   not read, by choice: libc's is compressed (4 MiB on disk, 13 MiB inflated on the heap) and
-//!   inflating and indexing it took 90 to 105 ms of the first dump, for `start_thread`'s and
-//!   `clone3`'s file and line in glibc's sources, which its symbol table names as well. Of the
-//!   aliases at one address the public name is shown (`clock_nanosleep`, not
-//!   `__GI___clock_nanosleep` or `clock_nanosleep@@GLIBC_2.17`). Off-by-one: a return address
-//!   points after its call, so `offset - 1` is looked up; the interrupted program counter of a
-//!   signalled thread is the exact instruction.
+//! * **Symbols.** Per module, `addr2line` (gimli) reads the DWARF of the mapped file: function
+//!   names with inlined frames, file and line. A module without DWARF gets its ELF symbol table's
+//!   function name. Off-by-one: a return address points after its call, so `offset - 1` is
+//!   looked up; the interrupted program counter of a signalled thread is the exact instruction.
 //! * **Memory.** Files are mapped, not read (file pages, not the host's heap); what the parsing
 //!   allocates lives in one cache that is kept while any session is open
 //!   ([`hold_caches`](super::hold_caches)) and for `CACHE_GRACE` (5 s) after the last one ends,
@@ -28,9 +19,7 @@
 //!   the heap trimmed (right after a dump made outside a session). An idle manhole keeps nothing
 //!   and has no timer.
 //! * **Short of memory.** Before loading a module's debug info the headroom is checked
-//!   (`RLIMIT_AS` against `VmSize`, the cgroup's `memory.max`, `MemAvailable`): for DWARF, the
-//!   file, a parse reserve and any compressed sections inflated; for a symbol table, the file and
-//!   one 32-byte entry per symbol. When it is short
+//!   (`RLIMIT_AS` against `VmSize`, the cgroup's `memory.max`, `MemAvailable`). When it is short
 //!   the module's frames get module and offset only, and the dump carries a note saying why
 //!   ([`StackDump::notes`](super::StackDump::notes)) instead of the host being aborted by a
 //!   failed allocation.
@@ -72,7 +61,7 @@ struct Cache {
 
 /// One module's debug info, or why it has none.
 struct ModuleDebug {
-    loader: Result<Symbols, String>,
+    loader: Result<addr2line::Loader, String>,
     /// Sized data symbols (start, size, mangled name) by start; read on first use.
     data: Option<Vec<(u64, u64, Box<str>)>>,
 }
@@ -162,167 +151,33 @@ fn open_path(module: &str) -> Cow<'_, str> {
 /// `/proc/self/exe` gives its real path.
 const MAIN_PROGRAM: &str = "<main program>";
 
-/// Where a module's names, files and lines come from.
-enum Symbols {
-    /// Its own DWARF (and its symbol table where DWARF has no name): function names with
-    /// inlined frames, file and line.
-    Dwarf(Box<addr2line::Loader>),
-    /// Function names only, from a symbol table: the `.symtab` of a debug file installed apart
-    /// (its DWARF is not read), else the module's own `.symtab` or `.dynsym`.
-    Table(SymbolTable),
-}
-
-/// Loads the debug info of `path`, if the host has room for it: its own DWARF if it has some,
-/// else the symbol table of a debug file installed apart or its own (see [`Symbols`]).
-fn load_module(path: &str, headroom: Headroom) -> Result<Symbols, String> {
-    match debug_source(path) {
-        DebugSource::OwnDwarf => load_dwarf(path, headroom).map(|l| Symbols::Dwarf(Box::new(l))),
-        DebugSource::Table(table_path) => {
-            load_table(table_path.as_deref().unwrap_or(path), headroom).map(Symbols::Table)
-        }
-    }
-}
-
-/// Checks `need` (bytes to map, bytes to allocate) against the headroom.
-fn check_room(headroom: Headroom, map: u64, heap: u64) -> Result<(), String> {
-    if let Some(left) = headroom.address_space
-        && left < map + heap
-    {
-        return Err(format!(
-            "not loaded: {} of address space left under RLIMIT_AS, its debug info needs about {}",
-            Mib(left),
-            Mib(map + heap),
-        ));
-    }
-    if let Some(left) = headroom.memory
-        && left < heap
-    {
-        return Err(format!(
-            "not loaded: {} of memory left (cgroup memory.max or MemAvailable), its debug info needs about {}",
-            Mib(left),
-            Mib(heap),
-        ));
-    }
-    Ok(())
-}
-
-/// Loads the DWARF of `path` with `addr2line`, if the host has room for it.
-fn load_dwarf(path: &str, headroom: Headroom) -> Result<addr2line::Loader, String> {
+/// Loads the debug info of `path`, if the host has room for it.
+fn load_module(path: &str, headroom: Headroom) -> Result<addr2line::Loader, String> {
+    let path = &separate_debug_file(path).unwrap_or_else(|| path.to_string());
     let file_len = std::fs::metadata(path)
         .map_err(|e| format!("cannot read it: {e}"))?
         .len();
     // Parsing allocates about a third of the file; compressed sections are inflated on the heap.
     let parse = PARSE_RESERVE.max(file_len) + inflated_size(path);
-    check_room(headroom, file_len, parse)?;
+    if let Some(left) = headroom.address_space
+        && left < file_len + parse
+    {
+        return Err(format!(
+            "not loaded: {} of address space left under RLIMIT_AS, its debug info needs about {}",
+            Mib(left),
+            Mib(file_len + parse),
+        ));
+    }
+    if let Some(left) = headroom.memory
+        && left < parse
+    {
+        return Err(format!(
+            "not loaded: {} of memory left (cgroup memory.max or MemAvailable), its debug info needs about {}",
+            Mib(left),
+            Mib(parse),
+        ));
+    }
     addr2line::Loader::new(path).map_err(|e| format!("cannot load its debug info: {e}"))
-}
-
-/// Reads the function symbols of the file at `path`, if the host has room for them.
-fn load_table(path: &str, headroom: Headroom) -> Result<SymbolTable, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read it: {e}"))?;
-    let map = capture::map_file(&file).map_err(|e| format!("cannot map it: {e}"))?;
-    drop(file);
-    let object = object::File::parse(&*map).map_err(|e| format!("cannot parse it: {e}"))?;
-    let table = object
-        .symbol_table()
-        .filter(|table| table.symbols().next().is_some())
-        .or_else(|| object.dynamic_symbol_table());
-    // At most one entry per symbol, nothing inflated.
-    let entries = table.as_ref().map_or(0, |table| table.symbols().count());
-    let heap = (entries * std::mem::size_of::<TableEntry>()) as u64;
-    check_room(headroom, map.len() as u64, heap)?;
-    let mut functions: Vec<TableEntry> = Vec::new();
-    functions
-        .try_reserve_exact(entries)
-        .map_err(|_| "not loaded: no memory left for its symbol table".to_string())?;
-    let base = map.as_ptr() as usize;
-    if let Some(table) = table {
-        for symbol in table.symbols() {
-            if symbol.kind() != SymbolKind::Text || !symbol.is_definition() || symbol.address() == 0
-            {
-                continue;
-            }
-            let Ok(name) = symbol.name_bytes() else {
-                continue;
-            };
-            // A debug file's `.symtab` keeps symbol versions in names (`clock_nanosleep@@GLIBC_2.17`).
-            let name = name.split(|&b| b == b'@').next().unwrap_or(name);
-            let (Ok(name_at), Ok(name_len)) = (
-                u32::try_from((name.as_ptr() as usize).wrapping_sub(base)),
-                u32::try_from(name.len()),
-            ) else {
-                continue;
-            };
-            if name.is_empty() {
-                continue;
-            }
-            functions.push(TableEntry {
-                start: symbol.address(),
-                size: symbol.size(),
-                name_at,
-                name_len,
-                rank: name_rank(symbol.is_global() || symbol.is_weak(), name),
-            });
-        }
-    }
-    drop(object);
-    // Aliases share a start: keep the best name of each (sorted by start, then rank).
-    functions.sort_unstable_by_key(|f| (f.start, f.rank));
-    functions.dedup_by_key(|f| f.start);
-    functions.shrink_to_fit();
-    Ok(SymbolTable { map, functions })
-}
-
-/// How good a name is among the aliases at one address, lowest best: a global or weak symbol
-/// before a local one (`__libc_start_main` before `__libc_start_main_impl`), then fewer leading
-/// underscores (`poll` before `__poll` and `__GI___poll`), then shorter.
-fn name_rank(global: bool, name: &[u8]) -> u32 {
-    let underscores = name.iter().take_while(|&&b| b == b'_').count().min(15) as u32;
-    let len = name.len().min(0xffff) as u32;
-    (u32::from(!global) << 20) | (underscores << 16) | len
-}
-
-/// A module's function symbols, names read from its mapped file.
-struct SymbolTable {
-    /// The mapped file the names are read from (file pages, not heap).
-    map: memmap2::Mmap,
-    /// Sorted by start, one per start.
-    functions: Vec<TableEntry>,
-}
-
-/// One function symbol of a [`SymbolTable`].
-struct TableEntry {
-    start: u64,
-    /// 0 when the symbol table does not say.
-    size: u64,
-    /// Where its name lies in the mapped file.
-    name_at: u32,
-    name_len: u32,
-    /// Used while building: see [`name_rank`].
-    rank: u32,
-}
-
-impl SymbolTable {
-    /// The name of the function `probe` (a file address) lies in: the nearest symbol at or
-    /// before it, unless that symbol's size says it ends before `probe`.
-    fn find(&self, probe: u64) -> Option<&str> {
-        let after = self.functions.partition_point(|f| f.start <= probe);
-        let function = self.functions.get(after.checked_sub(1)?)?;
-        if function.size != 0 && probe - function.start >= function.size {
-            return None;
-        }
-        let at = function.name_at as usize;
-        let name = self.map.get(at..at + function.name_len as usize)?;
-        std::str::from_utf8(name).ok()
-    }
-}
-
-/// Where a module's symbols are read from.
-enum DebugSource {
-    /// Its own DWARF.
-    OwnDwarf,
-    /// A symbol table: of the debug file installed apart at this path, or of the module itself.
-    Table(Option<String>),
 }
 
 /// What the compressed sections of the file at `path` take once inflated (0 if it cannot be
@@ -345,29 +200,16 @@ fn inflated_size(path: &str) -> u64 {
         .sum()
 }
 
-/// Where the symbols of the module at `path` come from: its own DWARF if it has some, else the
-/// symbol table of its debug file installed apart ([`separate_debug_file`]) or its own.
-fn debug_source(path: &str) -> DebugSource {
-    let Ok(file) = std::fs::File::open(path) else {
-        return DebugSource::OwnDwarf;
-    };
-    let Ok(map) = capture::map_file(&file) else {
-        return DebugSource::OwnDwarf;
-    };
-    let Ok(object) = object::File::parse(&*map) else {
-        return DebugSource::OwnDwarf;
-    };
+/// Where the DWARF of a module without any lives, if it was installed apart (`libc6-dbg` and
+/// the like): by build id under `/usr/lib/debug/.build-id/`, else by `.gnu_debuglink` next to the
+/// module, in its `.debug/` or under `/usr/lib/debug` (gdb's search order).
+fn separate_debug_file(path: &str) -> Option<String> {
+    let file = std::fs::File::open(path).ok()?;
+    let map = capture::map_file(&file).ok()?;
+    let object = object::File::parse(&*map).ok()?;
     if object.section_by_name(".debug_info").is_some() {
-        return DebugSource::OwnDwarf;
+        return None;
     }
-    DebugSource::Table(separate_debug_file(path, &object))
-}
-
-/// Where the debug file of a module without DWARF (`object`, mapped from `path`) lives, if it
-/// was installed apart (`libc6-dbg` and the like): by build id under `/usr/lib/debug/.build-id/`,
-/// else by `.gnu_debuglink` next to the module, in its `.debug/` or under `/usr/lib/debug` (gdb's
-/// search order).
-fn separate_debug_file(path: &str, object: &object::File<'_>) -> Option<String> {
     let mut candidates = Vec::new();
     if let Ok(Some(id)) = object.build_id()
         && let [first, rest @ ..] = id
@@ -551,8 +393,8 @@ impl Symbolizer {
         let Some(debug) = self.module_debug(cache, module) else {
             return Arc::from([]);
         };
-        let symbols = match &debug.loader {
-            Ok(symbols) => symbols,
+        let loader = match &debug.loader {
+            Ok(loader) => loader,
             Err(why) => {
                 let note =
                     format!("no symbols for {module}: {why}; its frames show module + offset only");
@@ -560,18 +402,7 @@ impl Symbolizer {
                 return Arc::from([]);
             }
         };
-        let symbols: Arc<[FrameSymbol]> = match symbols {
-            Symbols::Dwarf(loader) => resolve(loader, probe).into(),
-            Symbols::Table(table) => table
-                .find(probe)
-                .map(|name| FrameSymbol {
-                    name: Some(addr2line::demangle_auto(Cow::from(name), None).into_owned()),
-                    file: None,
-                    line: None,
-                })
-                .into_iter()
-                .collect(),
-        };
+        let symbols: Arc<[FrameSymbol]> = resolve(loader, probe).into();
         self.deadline
             .get_or_insert_with(|| Instant::now() + TIME_BUDGET);
         if cache.resolved.len() >= CACHE_LIMIT {
@@ -696,42 +527,6 @@ mod tests {
             static_symbol_at(std::ptr::from_ref(&*on_heap) as usize),
             None
         );
-    }
-
-    #[test]
-    fn aliases_give_the_public_name() {
-        let rank = |global, name: &str| name_rank(global, name.as_bytes());
-        assert!(rank(true, "__libc_start_main") < rank(false, "__libc_start_main_impl"));
-        assert!(rank(true, "poll") < rank(true, "__poll"));
-        assert!(rank(false, "__poll") < rank(false, "__GI___poll"));
-        assert!(rank(false, "clone3") < rank(false, "__clone3"));
-        assert!(rank(true, "ab") < rank(true, "abc"));
-    }
-
-    #[test]
-    fn a_libc_function_is_named_from_a_symbol_table() {
-        // SAFETY: a NUL-terminated name; the default handle searches the loaded objects.
-        let address =
-            unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"clock_nanosleep".as_ptr()) } as usize;
-        assert_ne!(address, 0);
-        let mut symbolizer = Symbolizer::new();
-        let frames = symbolizer.frames(&[RawFrame {
-            ip: address + 4,
-            exact: true,
-        }]);
-        let module = frames[0].module.as_deref().unwrap_or_default();
-        assert!(module.contains("libc.so"), "{module}");
-        assert_eq!(
-            frames[0]
-                .symbols
-                .iter()
-                .map(|s| s.name.as_deref())
-                .collect::<Vec<_>>(),
-            [Some("clock_nanosleep")],
-            "{frames:?}"
-        );
-        let room = Headroom::default();
-        assert!(matches!(load_module(module, room), Ok(Symbols::Table(_))));
     }
 
     #[inline(never)]
