@@ -8,18 +8,34 @@
 //!   bias (what `addr2line -e <module>` expects), from a `dl_iterate_phdr` snapshot taken per
 //!   dump, so a frame without symbols (stripped code, the vDSO, a module whose debug info could
 //!   not be loaded) can still be symbolized offline.
-//! * **Symbols.** Per module, `addr2line` (gimli) reads the DWARF of the mapped file: function
-//!   names with inlined frames, file and line. A module without DWARF gets its ELF symbol table's
-//!   function name. Off-by-one: a return address points after its call, so `offset - 1` is
-//!   looked up; the interrupted program counter of a signalled thread is the exact instruction.
+//! * **Symbols.** A module is loaded when the first frame in it is resolved. One with DWARF of
+//!   its own (the application, its Rust libraries) is read in place by `addr2line`'s `Context`
+//!   (gimli) from the mapped file: function names with inlined frames, file and line; names
+//!   DWARF lacks (`main`, `_start`) come from its symbol table (DWARF split into `.dwo` files
+//!   goes through `addr2line::Loader`, which finds them). One without (system libraries:
+//!   libc, libgcc_s, ld.so) gets function names only, from a symbol table: the `.symtab` of its
+//!   debug file installed apart (`libc6-dbg` and the like, found by build id or
+//!   `.gnu_debuglink`), else its own `.symtab` or `.dynsym`. The DWARF of such a debug file is
+//!   not read, by choice: libc's is compressed (4 MiB on disk, 13 MiB inflated on the heap) and
+//!   inflating and indexing it took 90 to 105 ms of the first dump, for `start_thread`'s and
+//!   `clone3`'s file and line in glibc's sources, which its symbol table names as well. Of the
+//!   aliases at one address the public name is shown (`clock_nanosleep`, not
+//!   `__GI___clock_nanosleep` or `clock_nanosleep@@GLIBC_2.17`). Off-by-one: a return address
+//!   points after its call, so `offset - 1` is looked up; the interrupted program counter of a
+//!   signalled thread is the exact instruction.
 //! * **Memory.** Files are mapped, not read (file pages, not the host's heap); what the parsing
 //!   allocates lives in one cache that is kept while any session is open
 //!   ([`hold_caches`](super::hold_caches)) and for `CACHE_GRACE` (5 s) after the last one ends,
 //!   so the next `manhole-cli` call finds it warm; then it is freed on a short-lived thread and
 //!   the heap trimmed (right after a dump made outside a session). An idle manhole keeps nothing
-//!   and has no timer.
+//!   and has no timer. `addr2line::Loader` is not used for a module's own DWARF because of what
+//!   it allocates: its `object` symbol map (a 3 MB buffer and a 2 MB map for the debug demo) is
+//!   freed as mmapped chunks, which raises glibc's trim threshold for good, after which the next
+//!   session's freed arena top (3.2 MiB) stayed resident; the e2e memory test caught it.
 //! * **Short of memory.** Before loading a module's debug info the headroom is checked
-//!   (`RLIMIT_AS` against `VmSize`, the cgroup's `memory.max`, `MemAvailable`). When it is short
+//!   (`RLIMIT_AS` against `VmSize`, the cgroup's `memory.max`, `MemAvailable`): for DWARF, the
+//!   file, a parse reserve and any compressed sections inflated; for a symbol table, the file and
+//!   one 32-byte entry per symbol. When it is short
 //!   the module's frames get module and offset only, and the dump carries a note saying why
 //!   ([`StackDump::notes`](super::StackDump::notes)) instead of the host being aborted by a
 //!   failed allocation.
@@ -33,6 +49,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use addr2line::gimli;
 use object::{Object, ObjectSection, ObjectSymbol, ObjectSymbolTable, SymbolKind};
 use parking_lot::Mutex;
 
@@ -61,7 +78,7 @@ struct Cache {
 
 /// One module's debug info, or why it has none.
 struct ModuleDebug {
-    loader: Result<addr2line::Loader, String>,
+    loader: Result<Symbols, String>,
     /// Sized data symbols (start, size, mangled name) by start; read on first use.
     data: Option<Vec<(u64, u64, Box<str>)>>,
 }
@@ -151,33 +168,257 @@ fn open_path(module: &str) -> Cow<'_, str> {
 /// `/proc/self/exe` gives its real path.
 const MAIN_PROGRAM: &str = "<main program>";
 
-/// Loads the debug info of `path`, if the host has room for it.
-fn load_module(path: &str, headroom: Headroom) -> Result<addr2line::Loader, String> {
-    let path = &separate_debug_file(path).unwrap_or_else(|| path.to_string());
+/// Where a module's names, files and lines come from.
+enum Symbols {
+    /// Its own DWARF (and its symbol table where DWARF has no name): function names with
+    /// inlined frames, file and line.
+    Dwarf(Box<MappedDwarf>),
+    /// Its own DWARF split into `.dwo` files, which `addr2line`'s loader finds.
+    Split(Box<addr2line::Loader>),
+    /// Function names only, from a symbol table: the `.symtab` of a debug file installed apart
+    /// (its DWARF is not read), else the module's own `.symtab` or `.dynsym`.
+    Table(SymbolTable),
+}
+
+/// Loads the debug info of `path`, if the host has room for it: its own DWARF if it has some,
+/// else the symbol table of a debug file installed apart or its own (see [`Symbols`]).
+fn load_module(path: &str, headroom: Headroom) -> Result<Symbols, String> {
+    match debug_source(path) {
+        DebugSource::OwnDwarf => load_dwarf(path, headroom),
+        DebugSource::Table(table_path) => {
+            load_table(table_path.as_deref().unwrap_or(path), headroom).map(Symbols::Table)
+        }
+    }
+}
+
+/// Checks `need` (bytes to map, bytes to allocate) against the headroom.
+fn check_room(headroom: Headroom, map: u64, heap: u64) -> Result<(), String> {
+    if let Some(left) = headroom.address_space
+        && left < map + heap
+    {
+        return Err(format!(
+            "not loaded: {} of address space left under RLIMIT_AS, its debug info needs about {}",
+            Mib(left),
+            Mib(map + heap),
+        ));
+    }
+    if let Some(left) = headroom.memory
+        && left < heap
+    {
+        return Err(format!(
+            "not loaded: {} of memory left (cgroup memory.max or MemAvailable), its debug info needs about {}",
+            Mib(left),
+            Mib(heap),
+        ));
+    }
+    Ok(())
+}
+
+/// DWARF read in place from a mapped file by `addr2line`, with the file's symbol table for
+/// names it lacks.
+struct MappedDwarf {
+    /// Borrows `inflated` and `table.map`: declared first, so dropped before them.
+    context: addr2line::Context<Slice>,
+    /// Compressed sections, inflated (the heap buffers never move once here).
+    _inflated: Vec<Vec<u8>>,
+    /// The symbol table, over the mapping the context reads.
+    table: SymbolTable,
+}
+
+/// What the context reads: bytes of the mapped file or of an inflated section, valid as long as
+/// the [`MappedDwarf`] that holds them (not `'static`: see [`MappedDwarf::load`]).
+type Slice = gimli::EndianSlice<'static, gimli::RunTimeEndian>;
+
+impl MappedDwarf {
+    /// Reads the DWARF of the mapped file `table.map`. `Ok(None)` when it is split into `.dwo`
+    /// files (the caller uses `addr2line`'s loader then).
+    fn load(table: SymbolTable) -> Result<Option<MappedDwarf>, String> {
+        let object =
+            object::File::parse(&*table.map).map_err(|e| format!("cannot parse it: {e}"))?;
+        let endian = if object.is_little_endian() {
+            gimli::RunTimeEndian::Little
+        } else {
+            gimli::RunTimeEndian::Big
+        };
+        let mut inflated: Vec<Vec<u8>> = Vec::new();
+        let dwarf = gimli::Dwarf::load(|id| -> Result<Slice, String> {
+            let data: &[u8] = match object.section_by_name(id.name()) {
+                None => &[],
+                Some(section) => match section
+                    .uncompressed_data()
+                    .map_err(|e| format!("cannot read its {}: {e}", id.name()))?
+                {
+                    Cow::Borrowed(data) => data,
+                    Cow::Owned(data) => {
+                        inflated.push(data);
+                        inflated.last().map_or(&[][..], |data| &data[..])
+                    }
+                },
+            };
+            // SAFETY: the bytes lie in `table.map` (a mapping whose address stays the same
+            // when the `Mmap` moves) or in a buffer of `inflated` (pushing more buffers moves
+            // the outer vector, not the bytes). Both are moved into the `MappedDwarf` returned
+            // below, whose `context` field, the only holder of these slices, is declared first
+            // and so dropped before them. The `'static` never leaves this module's types.
+            let data: &'static [u8] =
+                unsafe { std::slice::from_raw_parts(data.as_ptr(), data.len()) };
+            Ok(gimli::EndianSlice::new(data, endian))
+        })?;
+        drop(object);
+        if is_split(&dwarf) {
+            return Ok(None);
+        }
+        // Rust's units share abbreviation tables (one per crate): parse each once, not per unit.
+        let mut dwarf = dwarf;
+        dwarf.populate_abbreviations_cache(gimli::AbbreviationsCacheStrategy::Duplicates);
+        let context = addr2line::Context::from_dwarf(dwarf)
+            .map_err(|e| format!("cannot load its debug info: {e}"))?;
+        Ok(Some(MappedDwarf {
+            context,
+            _inflated: inflated,
+            table,
+        }))
+    }
+}
+
+/// Whether `dwarf` holds skeleton units whose DWARF lies in `.dwo` files.
+fn is_split(dwarf: &gimli::Dwarf<Slice>) -> bool {
+    let mut units = dwarf.units();
+    while let Ok(Some(header)) = units.next() {
+        if matches!(header.type_(), gimli::UnitType::Skeleton(_)) {
+            return true;
+        }
+        if let Ok(unit) = dwarf.unit(header) {
+            // A DWARF 4 skeleton (GNU split DWARF) is a compile unit with a dwo id.
+            return unit.dwo_id.is_some();
+        }
+    }
+    false
+}
+
+/// Loads the DWARF of `path`, if the host has room for it.
+fn load_dwarf(path: &str, headroom: Headroom) -> Result<Symbols, String> {
     let file_len = std::fs::metadata(path)
         .map_err(|e| format!("cannot read it: {e}"))?
         .len();
     // Parsing allocates about a third of the file; compressed sections are inflated on the heap.
     let parse = PARSE_RESERVE.max(file_len) + inflated_size(path);
-    if let Some(left) = headroom.address_space
-        && left < file_len + parse
-    {
-        return Err(format!(
-            "not loaded: {} of address space left under RLIMIT_AS, its debug info needs about {}",
-            Mib(left),
-            Mib(file_len + parse),
-        ));
+    check_room(headroom, file_len, parse)?;
+    let table = load_table(path, headroom)?;
+    match MappedDwarf::load(table)? {
+        Some(dwarf) => Ok(Symbols::Dwarf(Box::new(dwarf))),
+        None => addr2line::Loader::new(path)
+            .map(|loader| Symbols::Split(Box::new(loader)))
+            .map_err(|e| format!("cannot load its debug info: {e}")),
     }
-    if let Some(left) = headroom.memory
-        && left < parse
-    {
-        return Err(format!(
-            "not loaded: {} of memory left (cgroup memory.max or MemAvailable), its debug info needs about {}",
-            Mib(left),
-            Mib(parse),
-        ));
+}
+
+/// Reads the function symbols of the file at `path`, if the host has room for them.
+fn load_table(path: &str, headroom: Headroom) -> Result<SymbolTable, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let map = capture::map_file(&file).map_err(|e| format!("cannot map it: {e}"))?;
+    drop(file);
+    let object = object::File::parse(&*map).map_err(|e| format!("cannot parse it: {e}"))?;
+    let table = object
+        .symbol_table()
+        .filter(|table| table.symbols().next().is_some())
+        .or_else(|| object.dynamic_symbol_table());
+    // At most one entry per symbol, nothing inflated.
+    let entries = table.as_ref().map_or(0, |table| table.symbols().count());
+    let heap = (entries * std::mem::size_of::<TableEntry>()) as u64;
+    check_room(headroom, map.len() as u64, heap)?;
+    let mut functions: Vec<TableEntry> = Vec::new();
+    functions
+        .try_reserve_exact(entries)
+        .map_err(|_| "not loaded: no memory left for its symbol table".to_string())?;
+    let base = map.as_ptr() as usize;
+    if let Some(table) = table {
+        for symbol in table.symbols() {
+            if symbol.kind() != SymbolKind::Text || !symbol.is_definition() || symbol.address() == 0
+            {
+                continue;
+            }
+            let Ok(name) = symbol.name_bytes() else {
+                continue;
+            };
+            // A debug file's `.symtab` keeps symbol versions in names (`clock_nanosleep@@GLIBC_2.17`).
+            let name = name.split(|&b| b == b'@').next().unwrap_or(name);
+            let (Ok(name_at), Ok(name_len)) = (
+                u32::try_from((name.as_ptr() as usize).wrapping_sub(base)),
+                u32::try_from(name.len()),
+            ) else {
+                continue;
+            };
+            if name.is_empty() {
+                continue;
+            }
+            functions.push(TableEntry {
+                start: symbol.address(),
+                size: symbol.size(),
+                name_at,
+                name_len,
+                rank: name_rank(symbol.is_global() || symbol.is_weak(), name),
+            });
+        }
     }
-    addr2line::Loader::new(path).map_err(|e| format!("cannot load its debug info: {e}"))
+    drop(object);
+    // Aliases share a start: keep the best name of each (sorted by start, then rank).
+    functions.sort_unstable_by_key(|f| (f.start, f.rank));
+    functions.dedup_by_key(|f| f.start);
+    functions.shrink_to_fit();
+    Ok(SymbolTable { map, functions })
+}
+
+/// How good a name is among the aliases at one address, lowest best: a global or weak symbol
+/// before a local one (`__libc_start_main` before `__libc_start_main_impl`), then fewer leading
+/// underscores (`poll` before `__poll` and `__GI___poll`), then shorter.
+fn name_rank(global: bool, name: &[u8]) -> u32 {
+    let underscores = name.iter().take_while(|&&b| b == b'_').count().min(15) as u32;
+    let len = name.len().min(0xffff) as u32;
+    (u32::from(!global) << 20) | (underscores << 16) | len
+}
+
+/// A module's function symbols, names read from its mapped file.
+struct SymbolTable {
+    /// The mapped file the names are read from (file pages, not heap).
+    map: memmap2::Mmap,
+    /// Sorted by start, one per start.
+    functions: Vec<TableEntry>,
+}
+
+/// One function symbol of a [`SymbolTable`].
+struct TableEntry {
+    start: u64,
+    /// 0 when the symbol table does not say.
+    size: u64,
+    /// Where its name lies in the mapped file.
+    name_at: u32,
+    name_len: u32,
+    /// Used while building: see [`name_rank`].
+    rank: u32,
+}
+
+impl SymbolTable {
+    /// The name of the function `probe` (a file address) lies in: the nearest symbol at or
+    /// before it, unless that symbol's size says it ends before `probe`.
+    fn find(&self, probe: u64) -> Option<&str> {
+        let after = self.functions.partition_point(|f| f.start <= probe);
+        let function = self.functions.get(after.checked_sub(1)?)?;
+        if function.size != 0 && probe - function.start >= function.size {
+            return None;
+        }
+        let at = function.name_at as usize;
+        let name = self.map.get(at..at + function.name_len as usize)?;
+        std::str::from_utf8(name).ok()
+    }
+}
+
+/// Where a module's symbols are read from.
+enum DebugSource {
+    /// Its own DWARF.
+    OwnDwarf,
+    /// A symbol table: of the debug file installed apart at this path, or of the module itself.
+    Table(Option<String>),
 }
 
 /// What the compressed sections of the file at `path` take once inflated (0 if it cannot be
@@ -200,16 +441,29 @@ fn inflated_size(path: &str) -> u64 {
         .sum()
 }
 
-/// Where the DWARF of a module without any lives, if it was installed apart (`libc6-dbg` and
-/// the like): by build id under `/usr/lib/debug/.build-id/`, else by `.gnu_debuglink` next to the
-/// module, in its `.debug/` or under `/usr/lib/debug` (gdb's search order).
-fn separate_debug_file(path: &str) -> Option<String> {
-    let file = std::fs::File::open(path).ok()?;
-    let map = capture::map_file(&file).ok()?;
-    let object = object::File::parse(&*map).ok()?;
+/// Where the symbols of the module at `path` come from: its own DWARF if it has some, else the
+/// symbol table of its debug file installed apart ([`separate_debug_file`]) or its own.
+fn debug_source(path: &str) -> DebugSource {
+    let Ok(file) = std::fs::File::open(path) else {
+        return DebugSource::OwnDwarf;
+    };
+    let Ok(map) = capture::map_file(&file) else {
+        return DebugSource::OwnDwarf;
+    };
+    let Ok(object) = object::File::parse(&*map) else {
+        return DebugSource::OwnDwarf;
+    };
     if object.section_by_name(".debug_info").is_some() {
-        return None;
+        return DebugSource::OwnDwarf;
     }
+    DebugSource::Table(separate_debug_file(path, &object))
+}
+
+/// Where the debug file of a module without DWARF (`object`, mapped from `path`) lives, if it
+/// was installed apart (`libc6-dbg` and the like): by build id under `/usr/lib/debug/.build-id/`,
+/// else by `.gnu_debuglink` next to the module, in its `.debug/` or under `/usr/lib/debug` (gdb's
+/// search order).
+fn separate_debug_file(path: &str, object: &object::File<'_>) -> Option<String> {
     let mut candidates = Vec::new();
     if let Ok(Some(id)) = object.build_id()
         && let [first, rest @ ..] = id
@@ -393,8 +647,8 @@ impl Symbolizer {
         let Some(debug) = self.module_debug(cache, module) else {
             return Arc::from([]);
         };
-        let loader = match &debug.loader {
-            Ok(loader) => loader,
+        let symbols = match &debug.loader {
+            Ok(symbols) => symbols,
             Err(why) => {
                 let note =
                     format!("no symbols for {module}: {why}; its frames show module + offset only");
@@ -402,7 +656,26 @@ impl Symbolizer {
                 return Arc::from([]);
             }
         };
-        let symbols: Arc<[FrameSymbol]> = resolve(loader, probe).into();
+        let symbols: Arc<[FrameSymbol]> = match symbols {
+            Symbols::Dwarf(dwarf) => {
+                resolve(dwarf.context.find_frames(probe).skip_all_loads(), || {
+                    dwarf.table.find(probe)
+                })
+                .into()
+            }
+            Symbols::Split(loader) => {
+                resolve(loader.find_frames(probe), || loader.find_symbol(probe)).into()
+            }
+            Symbols::Table(table) => table
+                .find(probe)
+                .map(|name| FrameSymbol {
+                    name: Some(addr2line::demangle_auto(Cow::from(name), None).into_owned()),
+                    file: None,
+                    line: None,
+                })
+                .into_iter()
+                .collect(),
+        };
         self.deadline
             .get_or_insert_with(|| Instant::now() + TIME_BUDGET);
         if cache.resolved.len() >= CACHE_LIMIT {
@@ -417,9 +690,12 @@ impl Symbolizer {
 
 /// The function, file and line at `probe` (a file address), inlined frames first; from the
 /// symbol table when there is no DWARF for it.
-fn resolve(loader: &addr2line::Loader, probe: u64) -> Vec<FrameSymbol> {
+fn resolve<'a, R: gimli::Reader, E>(
+    frames: Result<addr2line::FrameIter<'_, R>, E>,
+    symbol: impl FnOnce() -> Option<&'a str>,
+) -> Vec<FrameSymbol> {
     let mut symbols = Vec::new();
-    if let Ok(mut frames) = loader.find_frames(probe) {
+    if let Ok(mut frames) = frames {
         while let Ok(Some(frame)) = frames.next() {
             let name = frame
                 .function
@@ -437,7 +713,7 @@ fn resolve(loader: &addr2line::Loader, probe: u64) -> Vec<FrameSymbol> {
         }
     }
     let outer_named = symbols.last().is_some_and(|s| s.name.is_some());
-    if !outer_named && let Some(name) = loader.find_symbol(probe) {
+    if !outer_named && let Some(name) = symbol() {
         let name = addr2line::demangle_auto(Cow::from(name), None).into_owned();
         match symbols.last_mut() {
             Some(last) => last.name = Some(name),
