@@ -200,6 +200,65 @@ fn the_json_keeps_every_thread_and_full_names_and_adds_the_groups() {
 }
 
 #[test]
+fn a_sleeper_shows_libc_names_and_its_own_file_lines_with_inlined_frames() {
+    let app = bare(&["--threads", "4"]);
+    let dump = dump_json(&app, &[]);
+    let sleeper = dump["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "sleeper-2")
+        .unwrap_or_else(|| panic!("no sleeper-2 in {dump}"));
+    let frames = sleeper["frames"].as_array().unwrap();
+    let symbols = |f: &Value| f["symbols"].as_array().unwrap().clone();
+    let names: Vec<String> = frames
+        .iter()
+        .flat_map(symbols)
+        .filter_map(|s| s["name"].as_str().map(String::from))
+        .collect();
+    // libc's frames are named from libc6-dbg's symbol table: the public name of each, without
+    // a symbol version, and no file or line (its DWARF is not read).
+    for (at, name) in [(0, "clock_nanosleep"), (frames.len() - 2, "start_thread")] {
+        let frame = &frames[at];
+        assert!(
+            frame["module"].as_str().unwrap().contains("libc.so"),
+            "{frame}"
+        );
+        assert_eq!(symbols(frame)[0]["name"], name, "{names:?}");
+        assert_eq!(symbols(frame)[0]["file"], Value::Null, "{frame}");
+    }
+    assert_eq!(
+        symbols(frames.last().unwrap())[0]["name"],
+        "clone3",
+        "{names:?}"
+    );
+    // The program's own frames: file and line, and std's inlined frames.
+    let own = frames
+        .iter()
+        .flat_map(symbols)
+        .find(|s| s["name"] == "bare::bare_sleeper_loop")
+        .unwrap_or_else(|| panic!("{names:?}"));
+    assert!(
+        own["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("examples/src/bin/bare.rs")
+            && own["line"].is_u64(),
+        "{own}"
+    );
+    let sleep = frames
+        .iter()
+        .find(|f| {
+            symbols(f)
+                .iter()
+                .any(|s| s["name"] == "std::thread::functions::sleep")
+        })
+        .unwrap_or_else(|| panic!("{names:?}"));
+    assert!(symbols(sleep).len() > 1, "no inlined frames in {sleep}");
+    assert!(symbols(sleep).iter().all(|s| s["line"].is_u64()), "{sleep}");
+}
+
+#[test]
 fn std_start_up_frames_are_folded_in_the_demo_greeting() {
     let app = App::demo(&[]);
     let (mut client, greeting) = greeting(&app);

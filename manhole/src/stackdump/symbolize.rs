@@ -805,6 +805,42 @@ mod tests {
         );
     }
 
+    #[test]
+    fn aliases_give_the_public_name() {
+        let rank = |global, name: &str| name_rank(global, name.as_bytes());
+        assert!(rank(true, "__libc_start_main") < rank(false, "__libc_start_main_impl"));
+        assert!(rank(true, "poll") < rank(true, "__poll"));
+        assert!(rank(false, "__poll") < rank(false, "__GI___poll"));
+        assert!(rank(false, "clone3") < rank(false, "__clone3"));
+        assert!(rank(true, "ab") < rank(true, "abc"));
+    }
+
+    #[test]
+    fn a_libc_function_is_named_from_a_symbol_table() {
+        // SAFETY: a NUL-terminated name; the default handle searches the loaded objects.
+        let address =
+            unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"clock_nanosleep".as_ptr()) } as usize;
+        assert_ne!(address, 0);
+        let mut symbolizer = Symbolizer::new();
+        let frames = symbolizer.frames(&[RawFrame {
+            ip: address + 4,
+            exact: true,
+        }]);
+        let module = frames[0].module.as_deref().unwrap_or_default();
+        assert!(module.contains("libc.so"), "{module}");
+        assert_eq!(
+            frames[0]
+                .symbols
+                .iter()
+                .map(|s| s.name.as_deref())
+                .collect::<Vec<_>>(),
+            [Some("clock_nanosleep")],
+            "{frames:?}"
+        );
+        let room = Headroom::default();
+        assert!(matches!(load_module(module, room), Ok(Symbols::Table(_))));
+    }
+
     #[inline(never)]
     fn marker_for_symbolize_test() -> usize {
         marker_for_symbolize_test as *const () as usize
