@@ -217,7 +217,7 @@ fn check_room(headroom: Headroom, map: u64, heap: u64) -> Result<(), String> {
 /// DWARF read in place from a mapped file by `addr2line`, with the file's symbol table for
 /// names it lacks.
 struct MappedDwarf {
-    /// Borrows `inflated` and `table.map`: declared first, so dropped before them.
+    /// Borrows `_inflated` and `table.map`: declared first, so dropped before them.
     context: addr2line::Context<Slice>,
     /// Compressed sections, inflated (the heap buffers never move once here).
     _inflated: Vec<Vec<u8>>,
