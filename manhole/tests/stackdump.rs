@@ -1394,9 +1394,14 @@ fn sig_dfl_restored_during_back_to_back_dumps_of_2000_threads_harms_nothing() ->
         "no dump noticed the reset while sending".into()
     })?;
     let last = dump()?;
-    ensure(last.counts().captured() == last.counts().threads(), || {
-        format!("after the rounds: {:?}", last.counts())
-    })?;
+    // The last resetter was joined, but a joined thread stays in /proc/self/task for a moment
+    // after glibc's join returns (the kernel clears the tid before the task is gone): it may be
+    // listed as exited. Every live thread must be captured.
+    let counts = last.counts();
+    ensure(
+        counts.captured() + counts.exited() == counts.threads() && counts.exited() <= 1,
+        || format!("after the rounds: {counts:?}"),
+    )?;
     println!(
         "{ROUNDS} resets to SIG_DFL during dumps of {THREADS} threads: process alive, \
          {stopped_dumps} dumps stopped sending ({unsent} threads not signalled)"
