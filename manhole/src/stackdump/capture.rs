@@ -156,11 +156,11 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
         .map(|t| t.finish(&mut symbolizer, max_frames))
         .collect();
     let notes = symbolizer.take_notes();
-    drop(symbolizer);
     let symbolize_time = symbolizing.elapsed();
     // Reading the futex words is `/proc` work: it counts as capture, not as symbolizing.
     let annotating = Instant::now();
-    waits::annotate(&mut threads, &in_kernel);
+    waits::annotate(&mut threads, &in_kernel, &symbolizer);
+    drop(symbolizer);
     super::release_unheld_caches();
     Ok(StackDump {
         pid: std::process::id(),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::CaptureMethod;
 use super::dump::{FutexWait, ThreadStack};
-use super::symbolize::static_symbol_at;
+use super::symbolize::{Symbolizer, static_symbol_at};
 use crate::procfs::{self, SyscallState};
 
 /// `FUTEX_WAIT`, `FUTEX_LOCK_PI`, `FUTEX_WAIT_BITSET`, `FUTEX_WAIT_REQUEUE_PI`, `FUTEX_LOCK_PI2`.
@@ -25,7 +25,11 @@ const OP_MASK: u64 = 0x7f;
 /// `in_kernel[i]` is what `/proc/.../syscall` said of `threads[i]` just before it was signalled,
 /// when the dump read it (for the stack room check): then that is used instead of a new read.
 /// A word inside a static is named from its module's symbol table (each word looked up once).
-pub(super) fn annotate(threads: &mut [ThreadStack], in_kernel: &[Option<SyscallState>]) {
+pub(super) fn annotate(
+    threads: &mut [ThreadStack],
+    in_kernel: &[Option<SyscallState>],
+    symbolizer: &Symbolizer,
+) {
     let mut named: HashMap<usize, Option<Arc<str>>> = HashMap::new();
     for (i, thread) in threads.iter_mut().enumerate() {
         thread.manhole = crate::sys::threads::is_manhole_thread(thread.tid, &thread.name);
@@ -38,7 +42,7 @@ pub(super) fn annotate(threads: &mut [ThreadStack], in_kernel: &[Option<SyscallS
                 address,
                 static_name: named
                     .entry(address)
-                    .or_insert_with(|| static_symbol_at(address).map(|s| s.name.into()))
+                    .or_insert_with(|| static_symbol_at(symbolizer, address).map(|s| s.name.into()))
                     .clone(),
             });
         }
