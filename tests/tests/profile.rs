@@ -173,8 +173,17 @@ fn a_client_that_hangs_up_ends_its_profile_and_disarms_the_timers() {
     drop(client);
     // Well before the 60 s: the session noticed, deleted every timer, and a new profile runs.
     app.wait_for_stderr("Profile stopped early: the session ended");
+    // The stopped profile still symbolizes its samples before it lets the next one run ("a
+    // profile is already running" until then): ask again until it does.
     let mut next = exec_client(app.socket());
-    let answer = frame(&mut next, "profile 0.3");
+    let answer = wait_until(|| {
+        let answer = frame(&mut next, "profile 0.3");
+        let busy = answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("already running"));
+        (!busy).then_some(answer)
+    })
+    .expect("the next profile runs once the stopped one has finished");
     assert_eq!(answer["ok"], true, "{answer}");
     assert_eq!(timers_of(app.pid()), 0);
 }
