@@ -161,6 +161,8 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
     let annotating = Instant::now();
     waits::annotate(&mut threads, &in_kernel, &symbolizer);
     drop(symbolizer);
+    // The dump is over: the stack copies may go back now (see `release_copies_unless_dumping`).
+    drop(altstacks);
     super::release_unheld_caches();
     Ok(StackDump {
         pid: std::process::id(),
@@ -172,6 +174,16 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
         threads,
         notes,
     })
+}
+
+/// Gives the stack copies' pages back to the kernel unless a dump is running (it holds
+/// [`DUMP_LOCK`] while handlers write the copies and it unwinds them; zeroed under it, a copy
+/// would unwind to garbage). Skipping is safe: a dump that nothing holds the caches for ends by
+/// releasing them itself.
+pub(super) fn release_copies_unless_dumping() {
+    if let Some(_no_dump) = DUMP_LOCK.try_lock() {
+        handler::release_copies();
+    }
 }
 
 /// The dumping thread's own stack, raw.

@@ -204,7 +204,7 @@ fn release_unheld_caches() {
             unwind::release();
         }
     };
-    handler::release_copies();
+    capture::release_copies_unless_dumping();
     match crate::sys::threads::spawn("mh-release".into(), free) {
         Ok(thread) => {
             let _ = thread.join();
