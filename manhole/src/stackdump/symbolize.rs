@@ -90,10 +90,6 @@ pub(super) fn release() {
 }
 
 /// A static (an ELF `STT_OBJECT` symbol) that a data address lies in.
-#[allow(
-    dead_code,
-    reason = "for the lock-wait grouping of #12 (futex address -> static)"
-)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StaticSymbol {
     /// Its demangled name, without the hash (`app::SHARED_LOCK`).

@@ -71,37 +71,48 @@ pub(crate) unsafe fn copy_own_as(pid: libc::pid_t, from: usize, to: *mut u8, len
             iov_base: unsafe { to.add(done) }.cast(),
             iov_len: planned,
         };
-        // SAFETY: both iovec arrays are live locals of the stated lengths; the local buffer is
-        // writable for `planned` bytes (caller's contract); the remote side is only read, and
-        // the kernel validates it page by page.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_process_vm_readv,
-                pid,
-                &local as *const libc::iovec,
-                1usize,
-                remote.as_ptr(),
-                count,
-                0usize,
-            )
-        };
-        if rc <= 0 {
-            if rc < 0 {
-                // SAFETY: reading errno right after the failed call, on this thread.
-                let errno = unsafe { *libc::__errno_location() };
-                if errno != libc::EFAULT {
-                    DENIED.store(errno, Ordering::Relaxed);
-                }
-            }
+        // SAFETY: the local buffer is writable for `planned` bytes (caller's contract).
+        let got = unsafe { read_vm(pid, &local, remote.get(..count).unwrap_or_default()) };
+        if got == 0 {
             break;
         }
-        let got = rc as usize;
         done += got;
         if got < planned {
             break;
         }
     }
     done
+}
+
+/// One `process_vm_readv` from `pid` into `local`: the bytes read (0 on failure). A failure
+/// other than `EFAULT` (a policy forbidding the call) is kept for [`copy_denied`].
+/// Async-signal-safe.
+///
+/// # Safety
+///
+/// `local` must describe memory writable for its whole length; `pid` as in [`copy_own_as`].
+unsafe fn read_vm(pid: libc::pid_t, local: &libc::iovec, remote: &[libc::iovec]) -> usize {
+    // SAFETY: `local` and `remote` are live iovecs of the stated lengths (the caller vouches for
+    // the local memory); the remote side is only read, and the kernel validates it page by page.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_process_vm_readv,
+            pid,
+            local as *const libc::iovec,
+            1usize,
+            remote.as_ptr(),
+            remote.len(),
+            0usize,
+        )
+    };
+    if rc < 0 {
+        // SAFETY: reading errno right after the failed call, on this thread.
+        let errno = unsafe { *libc::__errno_location() };
+        if errno != libc::EFAULT {
+            DENIED.store(errno, Ordering::Relaxed);
+        }
+    }
+    usize::try_from(rc).unwrap_or(0)
 }
 
 /// Copies `len` bytes from our own address `from` into a new vector (shorter if a page in the
@@ -147,20 +158,16 @@ pub(crate) fn readable_below(top: usize, limit: usize) -> usize {
             iov_base: probes.as_mut_ptr().cast(),
             iov_len: count,
         };
-        // SAFETY: both iovec arrays are live locals; the local buffer is `count <= IOVECS`
-        // writable bytes; the remote side is only read, and the kernel validates each page.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_process_vm_readv,
+        // SAFETY: `getpid` has no preconditions; the local buffer is the live `probes`, whose
+        // `count <= IOVECS` bytes are writable.
+        let pages = unsafe {
+            read_vm(
                 libc::getpid(),
-                &local as *const libc::iovec,
-                1usize,
-                remote.as_ptr(),
-                count,
-                0usize,
+                &local,
+                remote.get(..count).unwrap_or_default(),
             )
-        };
-        let pages = usize::try_from(rc).unwrap_or(0).min(count);
+        }
+        .min(count);
         let Some(&lowest) = pages.checked_sub(1).and_then(|last| starts.get(last)) else {
             break;
         };
