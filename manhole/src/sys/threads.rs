@@ -102,18 +102,49 @@ pub(crate) fn spawn<F>(name: String, body: F) -> io::Result<JoinHandle<()>>
 where
     F: FnOnce() + Send + 'static,
 {
-    let body = move || {
+    with_manhole_mask(|| {
+        thread::Builder::new()
+            .name(name)
+            .spawn(as_manhole_thread(body))
+    })
+}
+
+/// As [`spawn`], for a thread that borrows from the caller's stack frame: it lives inside
+/// `scope` and is joined when the scope ends.
+pub(crate) fn spawn_scoped<'scope, 'env, F>(
+    scope: &'scope thread::Scope<'scope, 'env>,
+    name: String,
+    body: F,
+) -> io::Result<thread::ScopedJoinHandle<'scope, ()>>
+where
+    F: FnOnce() + Send + 'scope,
+{
+    with_manhole_mask(|| {
+        thread::Builder::new()
+            .name(name)
+            .spawn_scoped(scope, as_manhole_thread(body))
+    })
+}
+
+/// `body`, run as a manhole thread: listed in [`OUR_TIDS`], no fault signal blocked.
+fn as_manhole_thread(body: impl FnOnce()) -> impl FnOnce() {
+    move || {
         let _listed = Listed::enter();
         // The spawning thread's mask is inherited: should it block a fault signal, ours must not.
         let _ = crate::sys::unblock_signal_set(FAULT_SIGNALS);
         body()
-    };
+    }
+}
+
+/// Runs `start` (which spawns a thread) with [`blocked_set`] blocked, so the new thread starts
+/// with it blocked; the caller's mask is restored after.
+fn with_manhole_mask<T>(start: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
     let set = blocked_set();
     if set == 0 {
-        return thread::Builder::new().name(name).spawn(body);
+        return start();
     }
     let saved = crate::sys::block_signal_set(set)?;
-    let spawned = thread::Builder::new().name(name).spawn(body);
+    let spawned = start();
     crate::sys::restore_signal_mask(saved);
     spawned
 }
