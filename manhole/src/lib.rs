@@ -162,6 +162,16 @@
 //!   handler's own frames are never part of a stack; a thread that was inside a signal handler of
 //!   the application shows that handler, then the signal trampoline, then the interrupted code,
 //!   as long as that is inside the window.
+//! - **The copy ends at the thread's outermost frame once that is known.** When a dump unwinds a
+//!   thread to its outermost frame (`start_thread`, `_start`), it checks that the copy cut 512
+//!   bytes above that frame's stack pointer unwinds to the same frames, and if so the thread's
+//!   later copies (in the same session, the caches' lifetime) end there: that frame stays put
+//!   for the thread's life, so a thread that has gone deeper is still copied whole, and a thread
+//!   running on another stack (an alternate signal stack, a coroutine's) gets the whole window.
+//!   Thread id and start time name the thread, so a reused tid starts afresh. What this skips is
+//!   the thread's TLS and `struct pthread` above its frames and, for the main thread, its
+//!   arguments and environment: the demo's copies went from 5.8 KiB (64 KiB for the main thread)
+//!   to 1.5 KiB (3.7 KiB), and a handler's time roughly halved.
 //! - **Stacks deeper than the window are truncated**: the frames beyond the 64 KiB copied are
 //!   missing, and the thread says so in a note (`stack deeper than the 64 KiB copied: outer
 //!   frames are missing`) and is marked truncated. In the example applications (`demo`, `bare`,

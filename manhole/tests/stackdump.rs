@@ -53,6 +53,10 @@ const SCENARIOS: &[Scenario] = &[
         stack_deeper_than_the_copy_window_is_truncated_with_a_note,
     ),
     (
+        "copies_end_at_the_proven_stack_top_and_a_deeper_stack_stays_whole",
+        copies_end_at_the_proven_stack_top_and_a_deeper_stack_stays_whole,
+    ),
+    (
         "thread_churn_during_50_dumps_does_not_crash",
         thread_churn_during_50_dumps_does_not_crash,
     ),
@@ -683,6 +687,94 @@ fn stack_deeper_than_the_copy_window_is_truncated_with_a_note() -> Outcome {
     });
     drop(release);
     handle.join().map_err(|_| "deeper thread panicked")?;
+    result
+}
+
+/// After a dump, a thread's next copy ends just above its outermost frame (where that dump
+/// proved it ends) instead of running on to the end of its stack mapping: for the main thread
+/// that cuts its arguments and environment. A thread that has gone 100 frames deeper since is
+/// still captured whole, down to the same outermost frame.
+fn copies_end_at_the_proven_stack_top_and_a_deeper_stack_stays_whole() -> Outcome {
+    install(Duration::from_secs(2), 512)?;
+    let ready = Arc::new(Barrier::new(2));
+    let (tid_sender, tid) = mpsc::channel();
+    let (shallow_release, shallow) = mpsc::channel::<()>();
+    let (deep_release, deep) = mpsc::channel::<()>();
+    let waiting = ready.clone();
+    let grower = thread::Builder::new()
+        .name("grower".into())
+        .stack_size(1 << 20)
+        .spawn(move || {
+            let _ = tid_sender.send(nix::unistd::gettid().as_raw());
+            recurse_wide_then_park(2, &waiting, &shallow)
+                + recurse_wide_then_park(100, &waiting, &deep)
+        })
+        .unwrap();
+    let grower_tid = tid.recv().map_err(|_| "the grower did not start")?;
+    let main_tid = std::process::id() as i32;
+    // Dumped from another thread, so that this (the main) thread is signalled like the others.
+    let dump_from_elsewhere = || -> Result<StackDump, String> {
+        thread::spawn(dump)
+            .join()
+            .map_err(|_| "the dumping thread panicked".to_string())?
+    };
+    let functions = |thread: &ThreadStack| -> Vec<String> {
+        thread
+            .frames()
+            .iter()
+            .flat_map(|f| f.symbols())
+            .map(|s| s.name().unwrap_or("?").to_string())
+            .collect()
+    };
+    ready.wait();
+    wait_until_sleeping(grower_tid)?;
+    let first = dump_from_elsewhere()?;
+    let second = dump_from_elsewhere()?;
+    for tid in [grower_tid, main_tid] {
+        let (before, after) = (thread_by_tid(&first, tid)?, thread_by_tid(&second, tid)?);
+        let copied = |t: &ThreadStack| t.stack_copy_bytes().unwrap_or(0);
+        ensure(copied(after) > 0 && copied(after) < copied(before), || {
+            format!(
+                "thread {tid}: copied {} bytes in the second dump, {} in the first",
+                copied(after),
+                copied(before)
+            )
+        })?;
+        ensure(functions(after) == functions(before), || {
+            format!(
+                "thread {tid}: other frames from the shorter copy:\n{}\nthen:\n{}",
+                describe(before),
+                describe(after)
+            )
+        })?;
+    }
+    drop(shallow_release);
+    ready.wait();
+    wait_until_sleeping(grower_tid)?;
+    let deeper = dump_from_elsewhere()?;
+    let (shallow_stack, deep_stack) = (
+        thread_by_tid(&first, grower_tid)?,
+        thread_by_tid(&deeper, grower_tid)?,
+    );
+    let result = ensure(
+        !deep_stack.truncated()
+            && deep_stack.note().is_none()
+            && deep_stack.frames().len() >= 100
+            && functions(deep_stack).last() == functions(shallow_stack).last(),
+        || {
+            format!(
+                "the grower, 100 frames deeper, is not whole: {} frames, truncated={}, note={:?}, \
+                 outermost {:?} (was {:?})",
+                deep_stack.frames().len(),
+                deep_stack.truncated(),
+                deep_stack.note(),
+                functions(deep_stack).last(),
+                functions(shallow_stack).last()
+            )
+        },
+    );
+    drop(deep_release);
+    grower.join().map_err(|_| "the grower panicked")?;
     result
 }
 

@@ -36,11 +36,37 @@ const LOCK_WAIT: Duration = Duration::from_secs(10);
 const SETTLE: Duration = Duration::from_millis(50);
 
 /// Serializes dumps: they share the slot pool and the generation counter. Holds what one dump
-/// learnt for the next: each thread's alternate signal stack, as its handler found it.
-static DUMP_LOCK: Mutex<Altstacks> = Mutex::new(BTreeMap::new());
+/// learnt for the next ([`Learned`]).
+static DUMP_LOCK: Mutex<Learned> = Mutex::new(Learned {
+    altstacks: BTreeMap::new(),
+    stack_tops: BTreeMap::new(),
+});
 
 /// Alternate signal stacks by thread id: (start, size).
 type Altstacks = BTreeMap<i32, (usize, usize)>;
+
+/// Where each thread's copy may end, by thread id (see `handler::window_len`).
+type StackTops = BTreeMap<i32, StackTop>;
+
+/// Where a thread's outermost frame ends, proven by unwinding a copy cut there
+/// ([`proven_stack_top`]), for the thread that started at `started`.
+#[derive(Debug, Clone, Copy)]
+struct StackTop {
+    started: u64,
+    top: usize,
+}
+
+/// What one dump learnt for the next, kept under [`DUMP_LOCK`].
+struct Learned {
+    /// Each thread's alternate signal stack, as its handler found it.
+    altstacks: Altstacks,
+    /// Where each thread's copy may end.
+    stack_tops: StackTops,
+}
+
+/// Room left above a thread's outermost frame's stack pointer when its stack top is learnt: that
+/// frame's own saved registers and return address lie there.
+const TOP_MARGIN: usize = 512;
 /// Captures and symbolizes the stack of every thread of the process.
 ///
 /// One dump runs at a time (a second caller waits up to 10 s, then gets an error). It never
@@ -60,7 +86,7 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
         ));
     }
     let _counted = InCapture::enter();
-    let mut altstacks = DUMP_LOCK.try_lock_for(LOCK_WAIT).ok_or_else(|| {
+    let mut learned = DUMP_LOCK.try_lock_for(LOCK_WAIT).ok_or_else(|| {
         Error::new(
             ErrorKind::Io,
             "another stack dump has been running for more than 10 s",
@@ -102,7 +128,7 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
         signal,
         need: handler::stack_needed(),
         settle_until: Instant::now() + SETTLE,
-        altstacks: &altstacks,
+        altstacks: &learned.altstacks,
     };
     let mut threads = plan_and_send(
         &mut tasks,
@@ -110,6 +136,7 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
         me,
         refusal.as_deref(),
         &checks,
+        &learned.stack_tops,
         requests.as_mut(),
     );
     drop(tasks);
@@ -119,23 +146,37 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
     let mut unwinder = Unwinder::current();
     let own_stack = trace_self(&mut unwinder, here, max_frames);
     let answers = match requests {
-        Some(requests) => {
-            requests.collect(deadline, GRACE, |image| unwinder.unwind(image, max_frames))
-        }
+        Some(requests) => requests.collect(deadline, GRACE, |image| {
+            let unwound = unwinder.unwind(image, max_frames);
+            let top = proven_stack_top(&mut unwinder, image, &unwound, max_frames);
+            (unwound, top)
+        }),
         None => Vec::new(),
     };
     drop(unwinder);
     let mut answers = answers.into_iter();
     let waited = deadline.saturating_duration_since(sent_at);
+    // Only this dump's threads keep a stack top: the map never outgrows the process.
+    let mut stack_tops = StackTops::new();
     for thread in &mut threads {
         match thread.plan {
             Plan::Signal => {
-                let answer = answers.next().unwrap_or(Answer::Silent { started: false });
+                let mut top = None;
+                let answer = answers
+                    .next()
+                    .unwrap_or(Answer::Silent { started: false })
+                    .map(|(unwound, proven)| {
+                        top = proven;
+                        unwound
+                    });
                 if let Answer::Captured { tid, altstack, .. } = &answer {
                     match altstack {
-                        Some(altstack) => altstacks.insert(*tid, *altstack),
-                        None => altstacks.remove(tid),
+                        Some(altstack) => learned.altstacks.insert(*tid, *altstack),
+                        None => learned.altstacks.remove(tid),
                     };
+                    if let (Some(top), Some(started)) = (top, thread.started) {
+                        stack_tops.insert(*tid, StackTop { started, top });
+                    }
                 }
                 thread.take_answer(answer, signal, waited, max_frames);
             }
@@ -144,6 +185,7 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
         }
         thread.read_proc_details();
     }
+    learned.stack_tops = stack_tops;
     let capture_time = started.elapsed();
     DUMPED.store(true, Ordering::Relaxed);
 
@@ -161,7 +203,7 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
     waits::annotate(&mut threads, &in_kernel, &symbolizer);
     drop(symbolizer);
     // The dump is over: the stack copies may go back now (see `release_copies_unless_dumping`).
-    drop(altstacks);
+    drop(learned);
     super::release_unheld_caches();
     Ok(StackDump {
         pid: std::process::id(),
@@ -175,13 +217,15 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
     })
 }
 
-/// Gives the stack copies' pages back to the kernel unless a dump is running (it holds
-/// [`DUMP_LOCK`] while handlers write the copies and it unwinds them; zeroed under it, a copy
-/// would unwind to garbage). Skipping is safe: a dump that nothing holds the caches for ends by
-/// releasing them itself.
+/// Gives the stack copies' pages back to the kernel, and forgets the stack tops learnt, unless
+/// a dump is running (it holds [`DUMP_LOCK`] while handlers write the copies and it unwinds
+/// them; zeroed under it, a copy would unwind to garbage). Skipping is safe: a dump that nothing
+/// holds the caches for ends by releasing them itself.
 pub(super) fn release_copies_unless_dumping() {
-    if let Some(_no_dump) = DUMP_LOCK.try_lock() {
+    if let Some(mut learned) = DUMP_LOCK.try_lock() {
         handler::release_copies();
+        // Learnt with the caches, and given back with them.
+        learned.stack_tops = StackTops::new();
     }
 }
 
@@ -232,6 +276,35 @@ fn trace_self(unwinder: &mut Unwinder, here: usize, limit: usize) -> OwnStack {
     }
 }
 
+/// Where the copy of this thread's stack may end in the next dumps, if that can be proven from
+/// this one: its unwinding reached the outermost frame, and unwinding the copy cut
+/// [`TOP_MARGIN`] above that frame's stack pointer gives the same frames to the end. A thread's
+/// outermost frame stays where it is while the thread lives, so a later, shorter copy still
+/// holds all it needs (see `handler::window_len`). A copy already cut there proves itself again.
+fn proven_stack_top(
+    unwinder: &mut Unwinder,
+    image: &StackImage<'_>,
+    unwound: &Unwound,
+    max_frames: usize,
+) -> Option<usize> {
+    if unwound.end != End::Complete {
+        return None;
+    }
+    let sp = image.registers.sp;
+    let outermost = *unwound.stack_pointers.last()?;
+    let span = outermost.checked_sub(sp)?.checked_add(TOP_MARGIN)?;
+    if span >= image.bytes.len() {
+        return Some(sp + image.bytes.len());
+    }
+    let cut = StackImage {
+        registers: image.registers,
+        bytes: image.bytes.get(..span)?,
+        window_full: false,
+    };
+    let again = unwinder.unwind(&cut, max_frames);
+    (again.end == End::Complete && again.frames == unwound.frames).then_some(sp + span)
+}
+
 /// The note for a stack whose unwinding ended early, if it did.
 fn stop_note(unwound: &Unwound) -> Option<String> {
     match &unwound.end {
@@ -263,6 +336,8 @@ enum Plan {
 /// A thread during the capture, before symbolization.
 struct Pending {
     tid: i32,
+    /// When it started (`stat`), to tell it from a later thread with its tid.
+    started: Option<u64>,
     name: String,
     state: ThreadState,
     plan: Plan,
@@ -316,6 +391,7 @@ fn plan_and_send(
     me: i32,
     refusal: Option<&str>,
     checks: &Preflight<'_>,
+    stack_tops: &StackTops,
     mut requests: Option<&mut handler::Requests>,
 ) -> Vec<Pending> {
     let planned: Vec<OnceLock<Pending>> = tids.iter().map(|_| OnceLock::new()).collect();
@@ -387,7 +463,11 @@ fn plan_and_send(
             if thread.plan == Plan::Signal
                 && let Some(requests) = requests.as_deref_mut()
             {
-                requests.send(thread.tid);
+                let top = stack_tops
+                    .get(&thread.tid)
+                    .filter(|top| thread.started == Some(top.started))
+                    .map_or(0, |top| top.top);
+                requests.send(thread.tid, top);
             }
             acted_on.store(index + 1, Ordering::SeqCst);
             if planner_waits.load(Ordering::SeqCst)
@@ -418,6 +498,7 @@ fn plan(
     let signal = checks.signal;
     let mut thread = Pending {
         tid,
+        started: None,
         name: String::new(),
         state: ThreadState::from_letter('?'),
         plan: Plan::Skip,
@@ -453,6 +534,7 @@ fn plan(
         blocks_for_real(tasks, tid, &mut status, checks);
     }
     thread.name = status.name.clone();
+    thread.started = status.started;
     thread.state = status.state;
     if tid == me {
         thread.plan = Plan::Myself;

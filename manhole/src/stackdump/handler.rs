@@ -165,7 +165,9 @@ fn release_buffers(buffers: &[StackBuffer]) {
 
 /// Copies the interrupted registers out of a signal handler's `context` and the stack window
 /// above the interrupted stack pointer into `buffer`; returns the registers and how many bytes
-/// were copied. Async-signal-safe: two loads from the context and one `process_vm_readv`.
+/// were copied. The window ends at `stack_top` when that is known (not 0) and lies less than
+/// the buffer above the stack pointer (see [`window_len`]). Async-signal-safe: two loads from
+/// the context and one `process_vm_readv`.
 ///
 /// # Safety
 ///
@@ -175,16 +177,35 @@ fn release_buffers(buffers: &[StackBuffer]) {
 pub(crate) unsafe fn copy_interrupted(
     context: *const c_void,
     buffer: StackBuffer,
+    stack_top: usize,
 ) -> (CopiedRegisters, usize) {
     let registers = context_registers(context);
     if registers.sp == 0 {
         return (registers, 0);
     }
     let pid = OUR_PID.load(Ordering::Acquire);
-    // SAFETY: the caller owns `buffer`, which is `buffer.len` writable bytes of our mapping;
-    // `pid` is ours (set by this process's dumper before it sent the request being answered).
-    let copied = unsafe { memory::copy_own_as(pid, registers.sp, buffer.start, buffer.len) };
+    let len = window_len(registers.sp, stack_top, buffer.len);
+    // SAFETY: the caller owns `buffer`, which is `buffer.len` writable bytes of our mapping, and
+    // `len <= buffer.len`; `pid` is ours (set by this process's dumper before it sent the
+    // request being answered).
+    let copied = unsafe { memory::copy_own_as(pid, registers.sp, buffer.start, len) };
     (registers, copied)
+}
+
+/// How much of the stack above `sp` a handler copies: up to `stack_top` (where an earlier
+/// dump found the thread's outermost frame to end, proven there; 0 when not known) when that
+/// lies above `sp` and less than `window` away, else the whole `window`. A thread's outermost
+/// frame (`start_thread`, `_start`) stays where it is for the thread's life, so for a thread on
+/// its own stack nothing it needs lies above it; on any other stack (an alternate signal stack,
+/// a coroutine's) `sp` is not within `window` below it, and the whole window is copied. The main
+/// thread gains most: above its outermost frame lie its arguments and environment, 64 KiB of
+/// copy in every dump otherwise. Pure arithmetic, async-signal-safe.
+#[inline(always)]
+pub(super) fn window_len(sp: usize, stack_top: usize, window: usize) -> usize {
+    match stack_top.checked_sub(sp) {
+        Some(span) if span > 0 && span < window => span,
+        _ => window,
+    }
 }
 
 /// The calling thread's own registers and stack, for the dumping thread (which cannot signal
@@ -288,6 +309,9 @@ struct Slot {
     /// Bytes left on the alternate stack below the handler when it ran on one with less than
     /// [`HANDLER_STACK`] left, so it copied nothing (0: it copied normally).
     altstack_short: AtomicUsize,
+    /// Where the window copied may end (see [`window_len`]); 0: not known. Set by the dumper
+    /// before it sends the request.
+    stack_top: AtomicUsize,
     /// Where the stack window goes.
     stack: StackBuffer,
 }
@@ -303,6 +327,7 @@ impl Slot {
             stack_below: AtomicUsize::new(0),
             altstack: Default::default(),
             altstack_short: AtomicUsize::new(0),
+            stack_top: AtomicUsize::new(0),
             stack,
         }
     }
@@ -616,7 +641,8 @@ fn answer(
     let marker = 0u8;
     // SAFETY: the kernel passed `context` to this SA_SIGINFO handler, and the slot is ours
     // alone since the claim above.
-    let (registers, copied) = unsafe { copy_interrupted(context, slot.stack) };
+    let (registers, copied) =
+        unsafe { copy_interrupted(context, slot.stack, slot.stack_top.load(Ordering::Relaxed)) };
     let here = std::hint::black_box(&marker) as *const u8 as usize;
     record(slot, registers, altstack);
     slot.copied.store(copied, Ordering::Relaxed);
@@ -1014,6 +1040,33 @@ pub(super) enum Answer<T> {
     Silent { started: bool },
 }
 
+impl<T> Answer<T> {
+    /// The same answer with what the dumper made of the copy mapped by `f`.
+    pub(super) fn map<U>(self, f: impl FnOnce(T) -> U) -> Answer<U> {
+        match self {
+            Answer::Captured {
+                tid,
+                unwound,
+                handler_nanos,
+                copied,
+                stack_below,
+                altstack,
+                altstack_short,
+            } => Answer::Captured {
+                tid,
+                unwound: f(unwound),
+                handler_nanos,
+                copied,
+                stack_below,
+                altstack,
+                altstack_short,
+            },
+            Answer::NotSent(error) => Answer::NotSent(error),
+            Answer::Silent { started } => Answer::Silent { started },
+        }
+    }
+}
+
 /// Requests sent in one generation, waiting for their answers.
 pub(super) struct Requests {
     pool: &'static Pool,
@@ -1070,8 +1123,9 @@ impl Requests {
     /// list. Before each batch of requests (as many as the window held at the start) and after
     /// every stall, the whole disposition is checked again ([`check_ours`]; the caller checked
     /// before the first request); once it has changed, nothing more is sent in this dump. A
-    /// check is one `sigaction` call.
-    pub(super) fn send(&mut self, tid: i32) {
+    /// check is one `sigaction` call. `stack_top` (0: not known) bounds the thread's copy
+    /// ([`window_len`]).
+    pub(super) fn send(&mut self, tid: i32, stack_top: usize) {
         let index = self.requests.len();
         let Some(slot) = self.pool.slots.get(index) else {
             self.requests.push(Err(SendError::Other(io::Error::other(
@@ -1091,6 +1145,7 @@ impl Requests {
         self.since_check += 1;
         let generation = self.generation;
         slot.copied.store(0, Ordering::Relaxed);
+        slot.stack_top.store(stack_top, Ordering::Relaxed);
         slot.state
             .store(state_word(generation, SENT), Ordering::Release);
         let sent = queue_signal(tid, self.signal, (generation << INDEX_BITS) | index);
@@ -1224,7 +1279,12 @@ fn read_slot<T>(
     let image = StackImage {
         registers,
         bytes,
-        window_full: copied == slot.stack.len,
+        window_full: copied
+            == window_len(
+                registers.sp,
+                slot.stack_top.load(Ordering::Relaxed),
+                slot.stack.len,
+            ),
     };
     Answer::Captured {
         tid: slot.tid.load(Ordering::Relaxed),

@@ -347,6 +347,10 @@ pub struct ThreadStatus {
     pub blocked: u64,
     /// Signals pending for this thread alone (`SigPnd:`), bit `n - 1` for signal `n`.
     pub pending: u64,
+    /// When the thread started, in clock ticks after boot (`stat`'s field 22): with the tid,
+    /// it names one thread even after its tid is reused. `None` when read from `status`,
+    /// which does not show it.
+    pub started: Option<u64>,
 }
 
 impl ThreadStatus {
@@ -479,6 +483,7 @@ fn parse_stat_status(stat: &str) -> io::Result<ThreadStatus> {
         state: ThreadState(field(3)?.chars().next().unwrap_or('?')),
         blocked: mask(32)?,
         pending: mask(31)?,
+        started: field(22)?.parse().ok(),
     })
 }
 
@@ -514,6 +519,7 @@ fn parse_status(status: &str) -> io::Result<ThreadStatus> {
         state: ThreadState(state),
         blocked: mask("SigBlk")?,
         pending: mask("SigPnd")?,
+        started: None,
     })
 }
 
@@ -667,6 +673,8 @@ mod tests {
             ("a (b) c", 4_194_304)
         );
         assert!(parsed.has_pending(libc::SIGURG) && parsed.blocks(12));
+        assert_eq!(parsed.started, Some(5));
+        assert!(low.started.is_some() && full.started.is_none());
         let odd = parse_stat_status(
             "8 (a\nb\\c) S 1 2 3 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5 6 7 8 9 10 11 12 13 0 0",
         )
