@@ -231,6 +231,17 @@
 //! at all. Instances of the signal sent by anyone else reach the application as before (see
 //! "The dump signal").
 //!
+//! Two more things a dump does, both for its own length only:
+//!
+//! - In a process of 64 threads or more, one more thread, `mh-dump-plan`, exists while the
+//!   requests are sent (it shares the `/proc` reads). It runs in `SCHED_IDLE`, so it only takes
+//!   CPU time no thread of the machine wants, and it blocks every signal but the fault signals,
+//!   like every manhole thread.
+//! - The dumping thread runs in `SCHED_BATCH` while it sends and collects (the same share of the
+//!   CPU, but its wake-ups do not preempt the threads answering). When an application thread
+//!   calls [`dump_threads`] itself, it gets `SCHED_OTHER` back afterwards; a thread in any other
+//!   class (real-time, idle, batch) is left as it is.
+//!
 //! # Features
 //!
 //! - `env` (on by default): a constructor installs the manhole before `main` when `MANHOLE` is

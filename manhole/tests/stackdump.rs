@@ -53,6 +53,10 @@ const SCENARIOS: &[Scenario] = &[
         stack_deeper_than_the_copy_window_is_truncated_with_a_note,
     ),
     (
+        "a_dump_leaves_the_calling_threads_scheduling_class_as_it_was",
+        a_dump_leaves_the_calling_threads_scheduling_class_as_it_was,
+    ),
+    (
         "copies_end_at_the_proven_stack_top_and_a_deeper_stack_stays_whole",
         copies_end_at_the_proven_stack_top_and_a_deeper_stack_stays_whole,
     ),
@@ -687,6 +691,45 @@ fn stack_deeper_than_the_copy_window_is_truncated_with_a_note() -> Outcome {
     });
     drop(release);
     handle.join().map_err(|_| "deeper thread panicked")?;
+    result
+}
+
+/// While it sends, the dumping thread runs in `SCHED_BATCH` (its wake-ups must not preempt the
+/// threads answering): a thread of the application that calls `dump_threads` gets its own
+/// class back, and one in another class is not touched at all.
+fn a_dump_leaves_the_calling_threads_scheduling_class_as_it_was() -> Outcome {
+    install(Duration::from_secs(2), 64)?;
+    // Enough threads that the dump also starts its second planner.
+    let parked =
+        park_in_markers((0..70).map(|_| ("sched-parked", park_in_marker_alpha as Marker)))?;
+    let policy = || {
+        // SAFETY: pid 0 names the calling thread; the call only reads its policy.
+        unsafe { libc::sched_getscheduler(0) }
+    };
+    let set_policy = |policy: i32| {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 names the calling thread; `param` is live; a non-real-time class.
+        unsafe { libc::sched_setscheduler(0, policy, &param) == 0 }
+    };
+    let mut result = Ok(());
+    for class in [libc::SCHED_OTHER, libc::SCHED_IDLE, libc::SCHED_BATCH] {
+        if !set_policy(class) {
+            result = Err(format!("cannot move this thread to policy {class}"));
+            break;
+        }
+        let dumped = dump().map(|d| d.threads().len());
+        let after = policy();
+        if let Err(e) = dumped {
+            result = Err(e);
+            break;
+        }
+        if after != class {
+            result = Err(format!("policy {class} before the dump, {after} after it"));
+            break;
+        }
+    }
+    set_policy(libc::SCHED_OTHER);
+    parked.release()?;
     result
 }
 

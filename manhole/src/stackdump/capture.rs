@@ -130,6 +130,10 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
         settle_until: Instant::now() + SETTLE,
         altstacks: &learned.altstacks,
     };
+    // The sends wake this thread again and again (a handler wakes it when the window has
+    // room); in SCHED_OTHER each wake-up could preempt a thread inside its handler, which then
+    // waited out this thread's whole slice (2 to 3 ms seen at 1,000 threads).
+    let no_preemption = crate::sys::without_wakeup_preemption();
     let mut threads = plan_and_send(
         &mut tasks,
         &tids,
@@ -154,6 +158,7 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
         None => Vec::new(),
     };
     drop(unwinder);
+    drop(no_preemption);
     let mut answers = answers.into_iter();
     let waited = deadline.saturating_duration_since(sent_at);
     // Only this dump's threads keep a stack top: the map never outgrows the process.
@@ -372,6 +377,10 @@ const SECOND_PLANNER_FROM: usize = 64;
 /// How many threads the second planner may have checked that the dumping thread has not yet
 /// acted on: a check is at most this many sends old when its signal goes.
 const MOST_PLANNED_AHEAD: usize = 16;
+/// How long the dumping thread waits for the second planner's check of the thread it is to
+/// send to next before it makes that check itself (a check takes 20 µs; the planner, in
+/// `SCHED_IDLE`, may be kept off the CPU by a busy application).
+const PLANNER_PATIENCE: Duration = Duration::from_micros(500);
 /// The longest the second planner sleeps, ahead, before it looks again (it is woken sooner).
 const PLANNER_NAP: Duration = Duration::from_millis(1);
 
@@ -413,6 +422,10 @@ fn plan_and_send(
     std::thread::scope(|scope| {
         let second_planner = if tids.len() >= SECOND_PLANNER_FROM {
             crate::sys::threads::spawn_scoped(scope, "mh-dump-plan".into(), || {
+                // Never in the way of the application, nor of the threads answering: it only
+                // takes CPU time nobody else wants (the dumping thread takes over the checks
+                // it is too slow to make).
+                crate::sys::run_only_when_idle();
                 let Ok(mut tasks) = procfs::TaskDir::open() else {
                     return;
                 };
@@ -444,6 +457,7 @@ fn plan_and_send(
             None
         };
         for (index, slot) in planned.iter().enumerate() {
+            let mut waiting_since = None;
             let thread = loop {
                 if let Some(thread) = slot.get() {
                     break thread;
@@ -451,10 +465,14 @@ fn plan_and_send(
                 if plan_next(tasks) {
                     continue;
                 }
-                // The second planner is checking this thread: wait for it, unless it is gone
-                // (then the thread is checked here).
+                // The second planner is checking this thread: wait for it a little, unless it
+                // is gone or kept off the CPU; then the thread is checked here too (whichever
+                // check ends first is used).
+                let waited = waiting_since.get_or_insert_with(Instant::now).elapsed();
                 match &second_planner {
-                    Some(planner) if !planner.is_finished() => std::thread::yield_now(),
+                    Some(planner) if !planner.is_finished() && waited < PLANNER_PATIENCE => {
+                        std::thread::yield_now()
+                    }
                     _ => {
                         let _ = slot.set(plan(tasks, tids[index], me, refusal, checks));
                     }

@@ -51,6 +51,46 @@ pub(crate) fn restore_signal_mask(saved: SavedMask) {
     }
 }
 
+/// While it lives, the calling thread is in the `SCHED_BATCH` class instead of `SCHED_OTHER`:
+/// the same share of the CPU, but its wake-ups never preempt a running thread. (Made by
+/// [`without_wakeup_preemption`]; a thread in another class, real-time for instance, is left
+/// as it is.)
+#[must_use = "the thread's class is restored when this is dropped"]
+pub(crate) struct NoWakeupPreemption {
+    switched: bool,
+}
+
+/// See [`NoWakeupPreemption`].
+pub(crate) fn without_wakeup_preemption() -> NoWakeupPreemption {
+    // SAFETY: pid 0 names the calling thread; the call only reads its policy.
+    let policy = unsafe { libc::sched_getscheduler(0) };
+    let switched = policy == libc::SCHED_OTHER && set_own_policy(libc::SCHED_BATCH);
+    NoWakeupPreemption { switched }
+}
+
+impl Drop for NoWakeupPreemption {
+    fn drop(&mut self) {
+        if self.switched {
+            set_own_policy(libc::SCHED_OTHER);
+        }
+    }
+}
+
+/// Moves the calling thread (only it: Linux schedules threads one by one) to a non-real-time
+/// `policy`, keeping its nice value; false if refused.
+fn set_own_policy(policy: libc::c_int) -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 names the calling thread; `param` is a live `sched_param`, only read. The
+    // non-real-time classes need no privilege and change nothing but how the thread is scheduled.
+    unsafe { libc::sched_setscheduler(0, policy, &param) == 0 }
+}
+
+/// Puts the calling thread in the `SCHED_IDLE` class, so that it runs only on CPU time that no
+/// other thread of the machine wants. Best effort: a policy that refuses it changes nothing.
+pub(crate) fn run_only_when_idle() {
+    set_own_policy(libc::SCHED_IDLE);
+}
+
 /// Blocks the signals whose bits are set in `set` (bit `n - 1` for signal `n`) in the calling
 /// thread, returning the old mask. Threads spawned while it is in force inherit it. Signals the
 /// kernel or the C library refuse to block (SIGKILL, SIGSTOP, glibc's internal ones) are skipped.
