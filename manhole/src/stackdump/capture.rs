@@ -4,7 +4,6 @@
 //! any thread has no stack, and symbolize. The signal side is `handler`'s.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -372,28 +371,80 @@ struct Preflight<'a> {
     altstacks: &'a Altstacks,
 }
 
-/// From this many threads on, a second thread shares the checks ([`plan_and_send`]).
+/// From this many threads on, a second thread reads `/proc` ahead ([`plan_and_send`]).
 const SECOND_PLANNER_FROM: usize = 64;
-/// How many threads the second planner may have checked that the dumping thread has not yet
-/// acted on: a check is at most this many sends old when its signal goes.
+/// How many threads the second planner may have read ahead of the dumping thread's sends: what
+/// a check acts on is at most this many sends old.
 const MOST_PLANNED_AHEAD: usize = 16;
-/// How long the dumping thread waits for the second planner's check of the thread it is to
-/// send to next before it makes that check itself (a check takes 20 µs; the planner, in
-/// `SCHED_IDLE`, may be kept off the CPU by a busy application).
+/// Read-ahead slots, used in turn (more than [`MOST_PLANNED_AHEAD`], so the planner never
+/// writes a slot the dumping thread has yet to read).
+const READ_AHEAD_SLOTS: usize = 32;
+/// How long the dumping thread waits for the read-ahead of the thread it is to send to next
+/// before it reads `/proc` itself (two reads take 20 µs; the planner, in `SCHED_IDLE`, may be
+/// kept off the CPU by a busy application).
 const PLANNER_PATIENCE: Duration = Duration::from_micros(500);
 /// The longest the second planner sleeps, ahead, before it looks again (it is woken sooner).
 const PLANNER_NAP: Duration = Duration::from_millis(1);
 
+/// One thread's `stat` and, when it was not running, `syscall`, read ahead by the second
+/// planner into fixed buffers (it allocates nothing: see [`plan_and_send`]).
+struct ReadAhead {
+    /// The index in `tids` these bytes are for (`usize::MAX`: none yet).
+    for_index: usize,
+    stat: [u8; 1024],
+    /// 0: not read (the dumping thread reads it itself).
+    stat_len: usize,
+    syscall: [u8; 256],
+    /// 0: not read.
+    syscall_len: usize,
+}
+
+impl ReadAhead {
+    fn new() -> ReadAhead {
+        ReadAhead {
+            for_index: usize::MAX,
+            stat: [0; 1024],
+            stat_len: 0,
+            syscall: [0; 256],
+            syscall_len: 0,
+        }
+    }
+
+    /// Reads the files of `tid`, the thread at `index`.
+    fn read(&mut self, tasks: &procfs::TaskDir, tid: i32, index: usize) {
+        self.stat_len = tasks.read_into(tid, "stat", &mut self.stat).unwrap_or(0);
+        let stat = &self.stat[..self.stat_len];
+        self.syscall_len = match procfs::stat_state_letter(stat) {
+            Some(letter) if letter != b'R' => tasks
+                .read_into(tid, "syscall", &mut self.syscall)
+                .unwrap_or(0),
+            _ => 0,
+        };
+        self.for_index = index;
+    }
+
+    fn stat(&self) -> Option<&[u8]> {
+        (self.stat_len > 0).then(|| &self.stat[..self.stat_len])
+    }
+
+    fn syscall(&self) -> Option<&[u8]> {
+        (self.syscall_len > 0).then(|| &self.syscall[..self.syscall_len])
+    }
+}
+
 /// Checks every thread ([`plan`]) and sends the dump signal to each one that may take it, in
 /// `tids` order, right after its own checks.
 ///
-/// The checks are two `/proc` reads a thread (`stat`, and `syscall` for a sleeping one: 20 µs
-/// together on a slow VM, two thirds of a 1,000-thread capture when one thread did them all
-/// and sent too). From [`SECOND_PLANNER_FROM`] threads on they are shared with a second thread,
-/// `mh-dump-plan`, for the length of this call: both take the next unchecked thread in turn,
-/// and the dumping thread sends each request as soon as that thread's checks are done, so that
-/// the second planner is never more than [`MOST_PLANNED_AHEAD`] threads ahead. If it cannot be
-/// started (no memory, a thread limit) the dumping thread does all the checks.
+/// The checks read two `/proc` files a thread (`stat`, and `syscall` for a sleeping one: 20 µs
+/// together on a slow VM, two thirds of a 1,000-thread capture when one thread read them all
+/// and sent too). From [`SECOND_PLANNER_FROM`] threads on, a second thread, `mh-dump-plan`,
+/// started for the length of this call, reads them ahead into [`READ_AHEAD_SLOTS`] fixed
+/// buffers, never more than [`MOST_PLANNED_AHEAD`] threads ahead; the dumping thread checks each
+/// thread from what was read for it and sends its request. When it catches up with the planner
+/// it reads the next thread's files itself. The planner allocates nothing: a thread that
+/// allocates gets a glibc arena of its own, and the arenas of short-lived threads kept a few
+/// hundred KiB more after every dump of 5,000 threads. If it cannot be started (no memory, a
+/// thread limit), the dumping thread does all the reading.
 fn plan_and_send(
     tasks: &mut procfs::TaskDir,
     tids: &[i32],
@@ -403,34 +454,28 @@ fn plan_and_send(
     stack_tops: &StackTops,
     mut requests: Option<&mut handler::Requests>,
 ) -> Vec<Pending> {
-    let planned: Vec<OnceLock<Pending>> = tids.iter().map(|_| OnceLock::new()).collect();
-    let next_unplanned = AtomicUsize::new(0);
+    let mut threads = Vec::with_capacity(tids.len());
+    let second = (tids.len() >= SECOND_PLANNER_FROM && checks.signal < 32)
+        .then(procfs::TaskDir::open)
+        .and_then(Result::ok);
+    let slots: Vec<Mutex<ReadAhead>> = match second {
+        Some(_) => (0..READ_AHEAD_SLOTS)
+            .map(|_| Mutex::new(ReadAhead::new()))
+            .collect(),
+        None => Vec::new(),
+    };
+    let next_unread = AtomicUsize::new(0);
     let acted_on = AtomicUsize::new(0);
     let planner_waits = AtomicBool::new(false);
-    // Claims the next unchecked thread and checks it; false when none is left.
-    let plan_next = |tasks: &mut procfs::TaskDir| -> bool {
-        if next_unplanned.load(Ordering::Relaxed) >= tids.len() {
-            return false;
-        }
-        let index = next_unplanned.fetch_add(1, Ordering::Relaxed);
-        let (Some(&tid), Some(slot)) = (tids.get(index), planned.get(index)) else {
-            return false;
-        };
-        let _ = slot.set(plan(tasks, tid, me, refusal, checks));
-        true
-    };
     std::thread::scope(|scope| {
-        let second_planner = if tids.len() >= SECOND_PLANNER_FROM {
+        let second_planner = second.as_ref().and_then(|planner_tasks| {
             crate::sys::threads::spawn_scoped(scope, "mh-dump-plan".into(), || {
                 // Never in the way of the application, nor of the threads answering: it only
-                // takes CPU time nobody else wants (the dumping thread takes over the checks
-                // it is too slow to make).
+                // takes CPU time nobody else wants (the dumping thread reads for itself what it
+                // is too slow to read).
                 crate::sys::run_only_when_idle();
-                let Ok(mut tasks) = procfs::TaskDir::open() else {
-                    return;
-                };
                 loop {
-                    let claimed = next_unplanned.load(Ordering::Relaxed);
+                    let claimed = next_unread.load(Ordering::SeqCst);
                     if claimed >= tids.len() {
                         return;
                     }
@@ -447,35 +492,59 @@ fn plan_and_send(
                             std::thread::park_timeout(PLANNER_NAP);
                         }
                         planner_waits.store(false, Ordering::SeqCst);
-                    } else if !plan_next(&mut tasks) {
-                        return;
+                        continue;
+                    }
+                    if next_unread
+                        .compare_exchange(claimed, claimed + 1, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok()
+                        && let (Some(&tid), Some(slot)) =
+                            (tids.get(claimed), slots.get(claimed % READ_AHEAD_SLOTS))
+                    {
+                        slot.lock().read(planner_tasks, tid, claimed);
                     }
                 }
             })
             .ok()
-        } else {
-            None
-        };
-        for (index, slot) in planned.iter().enumerate() {
+        });
+        for (index, &tid) in tids.iter().enumerate() {
             let mut waiting_since = None;
             let thread = loop {
-                if let Some(thread) = slot.get() {
-                    break thread;
+                // Read ahead for it? (A slot still locked holds an older thread's files.)
+                if let Some(slot) = slots
+                    .get(index % READ_AHEAD_SLOTS)
+                    .and_then(|slot| slot.try_lock())
+                    && slot.for_index == index
+                {
+                    break plan(tasks, tid, me, refusal, checks, Some(&slot));
                 }
-                if plan_next(tasks) {
+                // Not claimed by the planner: read it here.
+                if next_unread
+                    .compare_exchange(index, index + 1, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    break plan(tasks, tid, me, refusal, checks, None);
+                }
+                // The planner is reading it: read ahead for a later thread meanwhile.
+                let next = next_unread.load(Ordering::SeqCst);
+                if next < tids.len()
+                    && let Some(mut slot) = slots
+                        .get(next % READ_AHEAD_SLOTS)
+                        .and_then(|slot| slot.try_lock())
+                    && next_unread
+                        .compare_exchange(next, next + 1, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok()
+                {
+                    slot.read(tasks, tids[next], next);
                     continue;
                 }
-                // The second planner is checking this thread: wait for it a little, unless it
-                // is gone or kept off the CPU; then the thread is checked here too (whichever
-                // check ends first is used).
+                // Nothing left to read ahead: wait a little for the planner, unless it is gone
+                // or kept off the CPU; then read it here too.
                 let waited = waiting_since.get_or_insert_with(Instant::now).elapsed();
                 match &second_planner {
                     Some(planner) if !planner.is_finished() && waited < PLANNER_PATIENCE => {
                         std::thread::yield_now()
                     }
-                    _ => {
-                        let _ = slot.set(plan(tasks, tids[index], me, refusal, checks));
-                    }
+                    _ => break plan(tasks, tid, me, refusal, checks, None),
                 }
             };
             if thread.plan == Plan::Signal
@@ -487,6 +556,7 @@ fn plan_and_send(
                     .map_or(0, |top| top.top);
                 requests.send(thread.tid, top);
             }
+            threads.push(thread);
             acted_on.store(index + 1, Ordering::SeqCst);
             if planner_waits.load(Ordering::SeqCst)
                 && let Some(planner) = &second_planner
@@ -499,19 +569,18 @@ fn plan_and_send(
             let _ = planner.join();
         }
     });
-    // Every slot was filled by the loop above.
-    planned
-        .into_iter()
-        .filter_map(OnceLock::into_inner)
-        .collect()
+    threads
 }
 
+/// Checks one thread and decides how to capture it; `ahead` holds its `/proc` files if they
+/// were read ahead ([`plan_and_send`]).
 fn plan(
     tasks: &mut procfs::TaskDir,
     tid: i32,
     me: i32,
     refusal: Option<&str>,
     checks: &Preflight<'_>,
+    ahead: Option<&ReadAhead>,
 ) -> Pending {
     let signal = checks.signal;
     let mut thread = Pending {
@@ -532,7 +601,11 @@ fn plan(
         handler_time: None,
         stack_copy: None,
     };
-    let mut status = match read_status(tasks, tid, signal) {
+    let status = match ahead.and_then(ReadAhead::stat) {
+        Some(stat) if signal < 32 => procfs::stat_status_from(stat),
+        _ => read_status(tasks, tid, signal),
+    };
+    let mut status = match status {
         Ok(status) => status,
         Err(_) => {
             thread.outcome = Outcome::Exited;
@@ -578,9 +651,14 @@ fn plan(
         thread.note = Some(format!(
             "signal already pending: an earlier request (signal {signal}) was never handled, none sent"
         ));
-    } else if let Some(short) =
-        stack_too_short(tasks, tid, status.state, checks, &mut thread.in_kernel)
-    {
+    } else if let Some(short) = stack_too_short(
+        tasks,
+        tid,
+        status.state,
+        checks,
+        ahead,
+        &mut thread.in_kernel,
+    ) {
         thread.note = Some(short);
     } else {
         thread.plan = Plan::Signal;
@@ -651,12 +729,17 @@ fn stack_too_short(
     tid: i32,
     state: ThreadState,
     checks: &Preflight<'_>,
+    ahead: Option<&ReadAhead>,
     seen: &mut Option<SyscallState>,
 ) -> Option<String> {
     if state.letter() == 'R' {
         return None;
     }
-    *seen = tasks.syscall(tid).ok();
+    *seen = match ahead.and_then(ReadAhead::syscall) {
+        Some(syscall) => procfs::syscall_from(syscall),
+        None => tasks.syscall(tid),
+    }
+    .ok();
     let sp = usize::try_from(seen.as_ref()?.sp()?).ok()?;
     let mut room = crate::sys::memory::readable_below(sp, checks.need);
     let mut on_altstack = false;

@@ -423,19 +423,29 @@ impl TaskDir {
     /// legacy fields); its name is escaped as `status` escapes it.
     pub fn status_low_signals(&mut self, tid: i32) -> io::Result<ThreadStatus> {
         self.read(tid, "stat")?;
-        parse_stat_status(&String::from_utf8_lossy(&self.buffer[..self.filled]))
+        stat_status_from(&self.buffer[..self.filled])
     }
 
     /// Where a thread is blocked, as [`thread_syscall`] reads it.
     pub fn syscall(&mut self, tid: i32) -> io::Result<SyscallState> {
         self.read(tid, "syscall")?;
-        let line =
-            std::str::from_utf8(&self.buffer[..self.filled]).map_err(|_| invalid("syscall"))?;
-        parse_syscall(line)
+        syscall_from(&self.buffer[..self.filled])
     }
 
-    /// Reads `<tid>/<file>` into the reused buffer.
-    fn read(&mut self, tid: i32, file: &str) -> io::Result<()> {
+    /// Reads `<tid>/<file>` (`stat`, `syscall`) into `into` with one read and nothing
+    /// allocated, for [`stat_status_from`] and [`syscall_from`] to parse later, perhaps on
+    /// another thread: the bytes read. Takes `&self`: other threads may read through the same
+    /// directory at once. Fails, as for a thread that has exited, when the file does not fit.
+    pub(crate) fn read_into(&self, tid: i32, file: &str, into: &mut [u8]) -> io::Result<usize> {
+        let read = self.open_file(tid, file)?.read(into)?;
+        if read == into.len() {
+            return Err(invalid(file));
+        }
+        Ok(read)
+    }
+
+    /// Opens `<tid>/<file>` relative to the directory, the path formatted on the stack.
+    fn open_file(&self, tid: i32, file: &str) -> io::Result<fs::File> {
         let mut path = [0u8; 32];
         let mut cursor = io::Cursor::new(&mut path[..]);
         write!(cursor, "{tid}/{file}").map_err(|_| invalid("tid"))?;
@@ -446,7 +456,12 @@ impl TaskDir {
             OFlag::O_RDONLY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )?;
-        let mut file = fs::File::from(file);
+        Ok(fs::File::from(file))
+    }
+
+    /// Reads `<tid>/<file>` into the reused buffer.
+    fn read(&mut self, tid: i32, file: &str) -> io::Result<()> {
+        let mut file = self.open_file(tid, file)?;
         // One read: both files are made whole by one `show` of the kernel (`single_open`), so a
         // read with room to spare returns all of it, and the read that would return 0 is saved
         // (a dump reads two files per thread). A full buffer reads on to the end.
@@ -458,6 +473,27 @@ impl TaskDir {
         }
         Ok(())
     }
+}
+
+/// [`TaskDir::status_low_signals`] of a `stat` file's bytes read before ([`TaskDir::read_into`]).
+pub(crate) fn stat_status_from(bytes: &[u8]) -> io::Result<ThreadStatus> {
+    parse_stat_status(&String::from_utf8_lossy(bytes))
+}
+
+/// [`TaskDir::syscall`] of a `syscall` file's bytes read before ([`TaskDir::read_into`]).
+pub(crate) fn syscall_from(bytes: &[u8]) -> io::Result<SyscallState> {
+    parse_syscall(std::str::from_utf8(bytes).map_err(|_| invalid("syscall"))?)
+}
+
+/// The state letter of a `stat` file's bytes (after the name, which ends at the last `)`),
+/// found without allocating.
+pub(crate) fn stat_state_letter(bytes: &[u8]) -> Option<u8> {
+    let close = bytes.iter().rposition(|&b| b == b')')?;
+    bytes
+        .get(close + 1..)?
+        .iter()
+        .copied()
+        .find(|b| !b.is_ascii_whitespace())
 }
 
 /// A [`ThreadStatus`] from `/proc/.../stat`: `pid (comm) state` and then space-separated
