@@ -233,7 +233,7 @@
 //!
 //! Two more things a dump does, both for its own length only:
 //!
-//! - In a process of 64 threads or more, one more thread, `mh-dump-plan`, exists while the
+//! - In a process of 256 threads or more, one more thread, `mh-dump-plan`, exists while the
 //!   requests are sent (it shares the `/proc` reads). It runs in `SCHED_IDLE`, so it only takes
 //!   CPU time no thread of the machine wants, and it blocks every signal but the fault signals,
 //!   like every manhole thread.

@@ -701,7 +701,7 @@ fn a_dump_leaves_the_calling_threads_scheduling_class_as_it_was() -> Outcome {
     install(Duration::from_secs(2), 64)?;
     // Enough threads that the dump also starts its second planner.
     let parked =
-        park_in_markers((0..70).map(|_| ("sched-parked", park_in_marker_alpha as Marker)))?;
+        park_in_markers((0..260).map(|_| ("sched-parked", park_in_marker_alpha as Marker)))?;
     let policy = || {
         // SAFETY: pid 0 names the calling thread; the call only reads its policy.
         unsafe { libc::sched_getscheduler(0) }

@@ -372,7 +372,7 @@ struct Preflight<'a> {
 }
 
 /// From this many threads on, a second thread reads `/proc` ahead ([`plan_and_send`]).
-const SECOND_PLANNER_FROM: usize = 64;
+const SECOND_PLANNER_FROM: usize = 256;
 /// How many threads the second planner may have read ahead of the dumping thread's sends: what
 /// a check acts on is at most this many sends old.
 const MOST_PLANNED_AHEAD: usize = 16;
