@@ -165,20 +165,19 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
     for thread in &mut threads {
         match thread.plan {
             Plan::Signal => {
-                let mut top = None;
-                let answer = answers
-                    .next()
-                    .unwrap_or(Answer::Silent { started: false })
-                    .map(|(unwound, proven)| {
-                        top = proven;
-                        unwound
-                    });
-                if let Answer::Captured { tid, altstack, .. } = &answer {
+                let answer = answers.next().unwrap_or(Answer::Silent { started: false });
+                if let Answer::Captured {
+                    tid,
+                    altstack,
+                    unwound: (_, proven_top),
+                    ..
+                } = &answer
+                {
                     match altstack {
                         Some(altstack) => learned.altstacks.insert(*tid, *altstack),
                         None => learned.altstacks.remove(tid),
                     };
-                    if let (Some(top), Some(started)) = (top, thread.started) {
+                    if let (Some(top), Some(started)) = (*proven_top, thread.started) {
                         stack_tops.insert(*tid, StackTop { started, top });
                     }
                 }
@@ -769,7 +768,7 @@ fn stack_too_short(
 impl Pending {
     fn take_answer(
         &mut self,
-        answer: Answer<Unwound>,
+        answer: Answer<(Unwound, Option<usize>)>,
         signal: libc::c_int,
         waited: Duration,
         max_frames: usize,
@@ -777,7 +776,7 @@ impl Pending {
         match answer {
             Answer::Captured {
                 tid,
-                unwound,
+                unwound: (unwound, _),
                 handler_nanos,
                 copied,
                 stack_below,

@@ -1040,33 +1040,6 @@ pub(super) enum Answer<T> {
     Silent { started: bool },
 }
 
-impl<T> Answer<T> {
-    /// The same answer with what the dumper made of the copy mapped by `f`.
-    pub(super) fn map<U>(self, f: impl FnOnce(T) -> U) -> Answer<U> {
-        match self {
-            Answer::Captured {
-                tid,
-                unwound,
-                handler_nanos,
-                copied,
-                stack_below,
-                altstack,
-                altstack_short,
-            } => Answer::Captured {
-                tid,
-                unwound: f(unwound),
-                handler_nanos,
-                copied,
-                stack_below,
-                altstack,
-                altstack_short,
-            },
-            Answer::NotSent(error) => Answer::NotSent(error),
-            Answer::Silent { started } => Answer::Silent { started },
-        }
-    }
-}
-
 /// Requests sent in one generation, waiting for their answers.
 pub(super) struct Requests {
     pool: &'static Pool,
