@@ -18,8 +18,8 @@
 
 use std::fmt::Write as _;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::sys::output::write_without_blocking;
 
@@ -62,12 +62,34 @@ pub(crate) fn dropped() -> u64 {
     DROPPED.load(Ordering::Relaxed)
 }
 
+/// Log lines being written: counted from before their look at [`ORIGINAL`] to the end of their
+/// write (see [`set_original`]).
+static WRITING: AtomicUsize = AtomicUsize::new(0);
+/// The longest [`set_original`] waits for lines already being written.
+const WRITERS_PATIENCE: Duration = Duration::from_millis(50);
+
 /// Says where the original of `fd` (1 or 2) is while it is redirected into sessions (`-1`: not
-/// redirected), so that the manhole's own lines never echo into sessions.
+/// redirected), so that the manhole's own lines never echo into sessions. Called before `fd` is
+/// pointed at the sessions' tee: it returns once no line that may have looked before the change
+/// is still being written (at most [`WRITERS_PATIENCE`]), so none lands in the tee. (A line
+/// written by the listener while a session switched the tee on was seen in a session's answer.)
 pub(crate) fn set_original(fd: RawFd, original: RawFd) {
     if let Some(slot) = usize::try_from(fd).ok().and_then(|i| ORIGINAL.get(i)) {
-        slot.store(original, Ordering::Release);
+        slot.store(original, Ordering::SeqCst);
     }
+    if original >= 0 {
+        let since = Instant::now();
+        while WRITING.load(Ordering::SeqCst) > 0 && since.elapsed() < WRITERS_PATIENCE {
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// Writes one formatted log line to where log lines go right now ([`destination_now`]).
+fn write_log_line(line: &[u8]) {
+    WRITING.fetch_add(1, Ordering::SeqCst);
+    write_line(destination_now(), line);
+    WRITING.fetch_sub(1, Ordering::SeqCst);
 }
 
 /// Formats one log line for `message` (with its trailing newline).
@@ -131,7 +153,7 @@ pub(crate) fn event(message: &str) {
             return;
         }
     }
-    write_line(destination_now(), format_line(message).as_bytes());
+    write_log_line(format_line(message).as_bytes());
 }
 
 /// Logs one event to the descriptor even when events go to `tracing`: for code that holds a lock
@@ -139,7 +161,7 @@ pub(crate) fn event(message: &str) {
 /// tee's pipe.
 pub(crate) fn event_to_descriptor(message: &str) {
     if enabled() {
-        write_line(destination_now(), format_line(message).as_bytes());
+        write_log_line(format_line(message).as_bytes());
     }
 }
 
