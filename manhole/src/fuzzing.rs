@@ -45,6 +45,7 @@ fn settings() -> Settings {
             signal: crate::Options::DEFAULT_DUMP_SIGNAL,
             timeout: Duration::from_millis(100),
             max_frames: 16,
+            fresh: false,
         },
         profile: crate::profile::ProfileOptions {
             signal: crate::Options::DEFAULT_DUMP_SIGNAL,

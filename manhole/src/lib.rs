@@ -314,7 +314,7 @@ use sys::{log, threads, wait};
 pub use credentials::PeerCred;
 pub use envvar::install_from_env;
 pub use error::{Error, ErrorKind, Result};
-pub use lifecycle::{Manhole, dump_threads, install, reinstall_after_fork};
+pub use lifecycle::{Manhole, dump_threads, dump_threads_fresh, install, reinstall_after_fork};
 pub use local::{Atomic, Local, Lock};
 pub use options::{ConnectionHandler, Options, default_socket_path, parse_signal};
 #[cfg(feature = "tracing")]

@@ -86,6 +86,10 @@ const SCENARIOS: &[Scenario] = &[
         second_dump_gives_the_same_frames,
     ),
     (
+        "a_parked_thread_is_shown_again_until_it_runs",
+        a_parked_thread_is_shown_again_until_it_runs,
+    ),
+    (
         "handler_stack_use_is_measured_and_within_the_documented_need",
         handler_stack_use_is_measured_and_within_the_documented_need,
     ),
@@ -207,10 +211,19 @@ fn install(timeout: Duration, max_frames: usize) -> Result<manhole::Manhole, Str
 }
 
 fn dump() -> Result<StackDump, String> {
+    checked_dump(manhole::dump_threads)
+}
+
+/// A dump that signals every thread, also those not run since the last dump.
+fn fresh_dump() -> Result<StackDump, String> {
+    checked_dump(manhole::dump_threads_fresh)
+}
+
+fn checked_dump(dump_threads: fn() -> manhole::Result<StackDump>) -> Result<StackDump, String> {
     // Scenarios dump hundreds of times: keep the debug info parsed between their dumps.
     static HOLD: std::sync::OnceLock<manhole::stackdump::CacheHold> = std::sync::OnceLock::new();
     HOLD.get_or_init(manhole::stackdump::hold_caches);
-    let dump = manhole::dump_threads().map_err(|e| format!("dump: {e}"))?;
+    let dump = dump_threads().map_err(|e| format!("dump: {e}"))?;
     check_consistent(&dump)?;
     Ok(dump)
 }
@@ -262,12 +275,15 @@ fn check_consistent(dump: &StackDump) -> Outcome {
         .first()
         .and_then(|f| f.symbols().last())
         .and_then(|s| s.name());
-    ensure(first.is_some_and(|n| n.ends_with("dump_threads")), || {
-        format!(
-            "dumping thread does not start at dump_threads: {}",
-            describe(own)
-        )
-    })?;
+    ensure(
+        first.is_some_and(|n| n.ends_with("dump_threads") || n.ends_with("dump_threads_fresh")),
+        || {
+            format!(
+                "dumping thread does not start at dump_threads: {}",
+                describe(own)
+            )
+        },
+    )?;
     for thread in dump.threads() {
         for frame in thread.frames() {
             ensure(
@@ -756,8 +772,9 @@ fn copies_end_at_the_proven_stack_top_and_a_deeper_stack_stays_whole() -> Outcom
     let grower_tid = tid.recv().map_err(|_| "the grower did not start")?;
     let main_tid = std::process::id() as i32;
     // Dumped from another thread, so that this (the main) thread is signalled like the others.
+    // Fresh: the parked grower is signalled again, to be copied only up to its proven top.
     let dump_from_elsewhere = || -> Result<StackDump, String> {
-        thread::spawn(dump)
+        thread::spawn(fresh_dump)
             .join()
             .map_err(|_| "the dumping thread panicked".to_string())?
     };
@@ -1551,7 +1568,8 @@ fn second_dump_gives_the_same_frames() -> Outcome {
         ("same-charlie", park_in_marker_charlie),
     ])?;
     let first = dump()?;
-    let second = dump()?;
+    // Fresh: signalled again, not shown again from the first dump.
+    let second = fresh_dump()?;
     for name in ["same-bravo", "same-charlie"] {
         let (a, b) = (
             thread_by_name(&first, name)?,
@@ -1583,6 +1601,115 @@ fn second_dump_gives_the_same_frames() -> Outcome {
         millis(second.capture_time()),
         millis(second.symbolize_time())
     );
+    parked.release()?;
+    Ok(())
+}
+
+/// Reports its tid, then parks in `recv` at one call site, again after every wake-up.
+#[inline(never)]
+fn park_in_a_loop(ready: &mpsc::Sender<i32>, wake: &mpsc::Receiver<()>) -> usize {
+    let mut woken = 0;
+    loop {
+        if ready.send(nix::unistd::gettid().as_raw()).is_err() {
+            return woken;
+        }
+        match black_box(wake.recv()) {
+            Ok(()) => woken += 1,
+            Err(_) => return woken,
+        }
+    }
+}
+
+fn a_parked_thread_is_shown_again_until_it_runs() -> Outcome {
+    install(Duration::from_secs(2), 128)?;
+    let parked = park_in_markers([("still", park_in_marker_bravo as Marker)])?;
+    let (ready, readies) = mpsc::channel();
+    let (wake, wakes) = mpsc::channel();
+    let looper = thread::Builder::new()
+        .name("looper".into())
+        .spawn(move || park_in_a_loop(&ready, &wakes))
+        .unwrap();
+    let looper_tid = readies.recv().map_err(|_| "the looper did not start")?;
+    wait_until_sleeping(looper_tid)?;
+    let ips = |t: &ThreadStack| t.frames().iter().map(|f| f.ip()).collect::<Vec<_>>();
+    let first = dump()?;
+    for name in ["still", "looper"] {
+        let thread = thread_by_name(&first, name)?;
+        ensure(
+            !thread.unchanged() && thread.handler_time().is_some(),
+            || format!("the first dump did not signal it: {}", describe(thread)),
+        )?;
+    }
+    // The signal put each thread on a CPU once, and each went back into the same `futex` wait:
+    // from now on it is shown again, not signalled.
+    let mut dumps = vec![first];
+    for _ in 0..2 {
+        dumps.push(dump()?);
+    }
+    let last = dumps.last().ok_or("no dumps")?;
+    for name in ["still", "looper"] {
+        let (before, now) = (
+            thread_by_name(&dumps[0], name)?,
+            thread_by_name(last, name)?,
+        );
+        ensure(
+            now.unchanged()
+                && now.method() == CaptureMethod::Signal
+                && now.handler_time().is_none()
+                && ips(now) == ips(before),
+            || {
+                format!(
+                    "not shown again unchanged:\n{}\nfirst:\n{}",
+                    describe(now),
+                    describe(before)
+                )
+            },
+        )?;
+    }
+    ensure(
+        last.notes()
+            .iter()
+            .any(|n| n.contains("not signalled again")),
+        || format!("no note on the threads shown again: {:?}", last.notes()),
+    )?;
+    // The looper runs and parks again at the very same call site: it is signalled again.
+    wake.send(()).map_err(|_| "the looper is gone")?;
+    readies
+        .recv()
+        .map_err(|_| "the looper did not park again")?;
+    wait_until_sleeping(looper_tid)?;
+    let after_run = dump()?;
+    let (looper_now, still_now) = (
+        thread_by_name(&after_run, "looper")?,
+        thread_by_name(&after_run, "still")?,
+    );
+    ensure(
+        !looper_now.unchanged() && looper_now.handler_time().is_some(),
+        || {
+            format!(
+                "the looper ran, yet was not signalled: {}",
+                describe(looper_now)
+            )
+        },
+    )?;
+    ensure(still_now.unchanged(), || {
+        format!("the still thread was signalled: {}", describe(still_now))
+    })?;
+    let fresh = fresh_dump()?;
+    for name in ["still", "looper"] {
+        let thread = thread_by_name(&fresh, name)?;
+        ensure(
+            !thread.unchanged() && thread.handler_time().is_some(),
+            || format!("a fresh dump did not signal it: {}", describe(thread)),
+        )?;
+    }
+    println!(
+        "shown again: capture {} (every thread signalled: {})",
+        millis(last.capture_time()),
+        millis(fresh.capture_time())
+    );
+    drop(wake);
+    looper.join().map_err(|_| "the looper panicked")?;
     parked.release()?;
     Ok(())
 }
@@ -1911,10 +2038,12 @@ extern "C" fn park_on_altstack(_: i32) {
     black_box(frame[7]);
 }
 
-/// The same with a 512-byte frame: on an 8 KiB alternate stack a dump signal's frame then
-/// still fits below it, but not the stack copy.
+/// The same with a small frame: on an 8 KiB alternate stack a dump signal's frame then still
+/// fits below it, but not the stack copy. (With a 512-byte frame, on a CPU whose signal frame is
+/// 3.4 KiB, AVX-512, the registers-only answer itself had 368 bytes left, too few in a debug
+/// build: it wrote below the alternate stack.)
 extern "C" fn park_on_altstack_small(_: i32) {
-    let frame = black_box([0u8; 512]);
+    let frame = black_box([0u8; 64]);
     ALTSTACK_PARKED.fetch_add(1, Ordering::SeqCst);
     ALTSTACK_GATE.wait();
     black_box(frame[7]);

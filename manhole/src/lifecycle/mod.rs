@@ -339,6 +339,7 @@ fn install_as(options: Options, quiet_conflict: bool) -> Result<Manhole> {
             signal: resolved.dump_signal,
             timeout: options.dump_timeout,
             max_frames: options.max_frames,
+            fresh: false,
         },
         profile: crate::profile::ProfileOptions {
             signal: resolved.dump_signal,
@@ -722,12 +723,28 @@ fn serve_oneshot(
 
 /// Captures a symbolized backtrace of every thread with the installed manhole's settings.
 /// Fails with [`ErrorKind::NotInstalled`] before `install` (the capture needs its signal handler).
+///
+/// A thread that has not run since an earlier dump captured it parked in a system call is not
+/// signalled again: that capture is shown ([`ThreadStack::unchanged`](crate::stackdump::ThreadStack::unchanged)).
+/// [`dump_threads_fresh`] signals every thread.
 pub fn dump_threads() -> Result<StackDump> {
-    let dump = state()
+    stackdump::capture(&installed_dump_options()?)
+}
+
+/// [`dump_threads`], signalling every thread, also those whose earlier capture it would show
+/// again (as `threads --fresh` does).
+pub fn dump_threads_fresh() -> Result<StackDump> {
+    let mut options = installed_dump_options()?;
+    options.fresh = true;
+    stackdump::capture(&options)
+}
+
+/// The installed manhole's dump options.
+fn installed_dump_options() -> Result<stackdump::DumpOptions> {
+    state()
         .as_ref()
         .map(|i| i.settings.dump.clone())
-        .ok_or_else(|| Error::new(ErrorKind::NotInstalled, "no manhole is installed"))?;
-    stackdump::capture(&dump)
+        .ok_or_else(|| Error::new(ErrorKind::NotInstalled, "no manhole is installed"))
 }
 
 fn install_exit_hook() {

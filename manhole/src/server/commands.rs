@@ -184,8 +184,8 @@ pub(crate) const BUILTINS: &[(&str, &str, &str)] = &[
     ("help", "help", "list the commands and registered commands"),
     (
         "threads",
-        "threads [--all|--full] [TID|NAME]",
-        "backtraces (alias: bt), identical stacks grouped; --all: each thread, --full: every frame",
+        "threads [--all|--full] [--fresh] [TID|NAME]",
+        "backtraces (alias: bt), identical stacks grouped; --all: each thread, --full: every frame, --fresh: signal idle threads again",
     ),
     (
         "locals",
@@ -460,13 +460,15 @@ fn help() -> Reply {
 }
 
 fn threads(word: &str, args: &[&str], settings: &Settings) -> Reply {
-    const USAGE: &str = "usage: threads [--all] [--full] [TID|NAME]";
+    const USAGE: &str = "usage: threads [--all] [--full] [--fresh] [TID|NAME]";
     let mut layout = TextLayout::short();
     let mut filter = None;
+    let mut options = settings.dump.clone();
     for &arg in args {
         match arg {
             "--all" => layout = layout.every_thread(true),
             "--full" => layout = TextLayout::full(),
+            "--fresh" => options.fresh = true,
             flag if flag.starts_with("--") => {
                 return Reply::err(word, format!("unknown flag {:?}; {USAGE}", shorten(flag)));
             }
@@ -474,7 +476,7 @@ fn threads(word: &str, args: &[&str], settings: &Settings) -> Reply {
             _ => return Reply::err(word, USAGE),
         }
     }
-    match stackdump::capture(&settings.dump) {
+    match stackdump::capture(&options) {
         Ok(dump) => {
             let dump = match filter {
                 Some(filter) => {

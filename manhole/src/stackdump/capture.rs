@@ -39,6 +39,7 @@ const SETTLE: Duration = Duration::from_millis(50);
 static DUMP_LOCK: Mutex<Learned> = Mutex::new(Learned {
     altstacks: BTreeMap::new(),
     stack_tops: BTreeMap::new(),
+    parked: BTreeMap::new(),
 });
 
 /// Alternate signal stacks by thread id: (start, size).
@@ -61,6 +62,36 @@ struct Learned {
     altstacks: Altstacks,
     /// Where each thread's copy may end.
     stack_tops: StackTops,
+    /// The threads captured parked in a system call, whose stacks the next dumps may show again
+    /// while they have not run.
+    parked: ParkedStacks,
+}
+
+/// Parked threads' captures by thread id.
+type ParkedStacks = BTreeMap<i32, Parked>;
+
+/// A thread the dump signal captured while it was parked in a system call. Until it runs again
+/// its registers and stack stay as they were, so a later dump shows this capture instead of
+/// signalling it ([`reusable`]): no signal frame on its stack, no wake-up, no `EINTR`.
+///
+/// The proof is the kernel's count of the times the thread was put on a CPU
+/// (`/proc/.../schedstat`), read just before the signal was sent: the signal's delivery puts
+/// it on a CPU once, where it runs the handler and parks again. If, in a later dump, the count is
+/// still that plus one and `/proc/.../syscall` (read before the count) shows the same system
+/// call, arguments, stack pointer and program counter, the thread has not run since it parked
+/// after the handler. It may have run code in that one slice (a sleep that returned `EINTR`
+/// and was called again), so the stack words the unwinding read are compared with the live
+/// stack too.
+struct Parked {
+    started: u64,
+    in_kernel: SyscallState,
+    /// The run count it must still have.
+    runs: u64,
+    frames: Vec<RawFrame>,
+    truncated: bool,
+    note: Option<String>,
+    /// The stack words its unwinding read: `(address, value)`.
+    words: Vec<(usize, u64)>,
 }
 
 /// Room left above a thread's outermost frame's stack pointer when its stack top is learnt: that
@@ -128,6 +159,7 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
         need: handler::stack_needed(),
         settle_until: Instant::now() + SETTLE,
         altstacks: &learned.altstacks,
+        parked: (!options.fresh).then_some(&learned.parked),
     };
     // The sends wake this thread again and again (a handler wakes it when the window has
     // room); in SCHED_OTHER each wake-up could preempt a thread inside its handler, which then
@@ -162,6 +194,7 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
     let waited = deadline.saturating_duration_since(sent_at);
     // Only this dump's threads keep a stack top: the map never outgrows the process.
     let mut stack_tops = StackTops::new();
+    let mut parked = ParkedStacks::new();
     for thread in &mut threads {
         match thread.plan {
             Plan::Signal => {
@@ -182,6 +215,14 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
                     }
                 }
                 thread.take_answer(answer, signal, waited, max_frames);
+                if let Some(capture) = thread.parked_capture() {
+                    parked.insert(thread.tid, capture);
+                }
+            }
+            Plan::Unchanged => {
+                if let Some(capture) = learned.parked.remove(&thread.tid) {
+                    parked.insert(thread.tid, capture);
+                }
             }
             Plan::Myself => thread.take_own_stack(&own_stack),
             Plan::Skip => {}
@@ -189,6 +230,8 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
         thread.read_proc_details();
     }
     learned.stack_tops = stack_tops;
+    learned.parked = parked;
+    let unchanged = threads.iter().filter(|t| t.plan == Plan::Unchanged).count();
     let capture_time = started.elapsed();
     DUMPED.store(true, Ordering::Relaxed);
 
@@ -199,7 +242,15 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
         .into_iter()
         .map(|t| t.finish(&mut symbolizer, max_frames))
         .collect();
-    let notes = symbolizer.take_notes();
+    let mut notes = symbolizer.take_notes();
+    if unchanged > 0 {
+        notes.push(format!(
+            "{unchanged} of {} threads have not run since an earlier dump captured them parked in \
+             the same system call: that capture is shown, and they were not signalled again \
+             (\"threads --fresh\" signals them)",
+            threads.len()
+        ));
+    }
     let symbolize_time = symbolizing.elapsed();
     // Reading the futex words is `/proc` work: it counts as capture, not as symbolizing.
     let annotating = Instant::now();
@@ -229,6 +280,7 @@ pub(super) fn release_copies_unless_dumping() {
         handler::release_copies();
         // Learnt with the caches, and given back with them.
         learned.stack_tops = StackTops::new();
+        learned.parked = ParkedStacks::new();
     }
 }
 
@@ -334,6 +386,8 @@ enum Plan {
     Myself,
     /// Do not signal it; `/proc` details only.
     Skip,
+    /// It has not run since an earlier dump captured it parked: show that capture ([`Parked`]).
+    Unchanged,
 }
 
 /// A thread during the capture, before symbolization.
@@ -357,6 +411,11 @@ struct Pending {
     in_kernel: Option<SyscallState>,
     handler_time: Option<Duration>,
     stack_copy: Option<(usize, usize)>,
+    /// Its run count (`schedstat`), read just before it was signalled, when it was parked in a
+    /// system call.
+    runs: Option<u64>,
+    /// The stack words its unwinding read, when it answered itself.
+    words: Option<Vec<(usize, u64)>>,
 }
 
 /// What [`plan`] checks before a thread is signalled, for one dump.
@@ -368,6 +427,8 @@ struct Preflight<'a> {
     settle_until: Instant,
     /// Alternate signal stacks the last dumps found.
     altstacks: &'a Altstacks,
+    /// Parked threads' captures that may be shown again; `None`: signal every thread.
+    parked: Option<&'a ParkedStacks>,
 }
 
 /// From this many threads on, a second thread reads `/proc` ahead ([`plan_and_send`]).
@@ -396,7 +457,13 @@ struct ReadAhead {
     syscall: [u8; 256],
     /// 0: not read.
     syscall_len: usize,
+    schedstat: [u8; SCHEDSTAT_BYTES],
+    /// 0: not read.
+    schedstat_len: usize,
 }
+
+/// Room for a `schedstat` line: three decimal numbers.
+const SCHEDSTAT_BYTES: usize = 96;
 
 impl ReadAhead {
     fn new() -> ReadAhead {
@@ -406,11 +473,14 @@ impl ReadAhead {
             stat_len: 0,
             syscall: [0; 256],
             syscall_len: 0,
+            schedstat: [0; SCHEDSTAT_BYTES],
+            schedstat_len: 0,
         }
     }
 
-    /// Reads the files of `tid`, the thread at `index`.
-    fn read(&mut self, tasks: &procfs::TaskDir, tid: i32, index: usize) {
+    /// Reads the files of `tid`, the thread at `index`; `schedstat` too for a thread in a
+    /// system call if `runs` (see [`Parked`]).
+    fn read(&mut self, tasks: &procfs::TaskDir, tid: i32, index: usize, runs: bool) {
         self.stat_len = tasks.read_into(tid, "stat", &mut self.stat).unwrap_or(0);
         let stat = &self.stat[..self.stat_len];
         self.syscall_len = match procfs::stat_state_letter(stat) {
@@ -418,6 +488,14 @@ impl ReadAhead {
                 .read_into(tid, "syscall", &mut self.syscall)
                 .unwrap_or(0),
             _ => 0,
+        };
+        // A system call's line starts with its number; "running" and "-1" (not in one) do not.
+        let in_syscall = self.syscall_len > 0 && self.syscall[0].is_ascii_digit();
+        self.schedstat_len = match runs && in_syscall {
+            true => tasks
+                .read_into(tid, "schedstat", &mut self.schedstat)
+                .unwrap_or(0),
+            false => 0,
         };
         self.for_index = index;
     }
@@ -428,6 +506,10 @@ impl ReadAhead {
 
     fn syscall(&self) -> Option<&[u8]> {
         (self.syscall_len > 0).then(|| &self.syscall[..self.syscall_len])
+    }
+
+    fn schedstat(&self) -> Option<&[u8]> {
+        (self.schedstat_len > 0).then(|| &self.schedstat[..self.schedstat_len])
     }
 }
 
@@ -499,7 +581,8 @@ fn plan_and_send(
                         && let (Some(&tid), Some(slot)) =
                             (tids.get(claimed), slots.get(claimed % READ_AHEAD_SLOTS))
                     {
-                        slot.lock().read(planner_tasks, tid, claimed);
+                        slot.lock()
+                            .read(planner_tasks, tid, claimed, checks.parked.is_some());
                     }
                 }
             })
@@ -533,7 +616,7 @@ fn plan_and_send(
                         .compare_exchange(next, next + 1, Ordering::SeqCst, Ordering::SeqCst)
                         .is_ok()
                 {
-                    slot.read(tasks, tids[next], next);
+                    slot.read(tasks, tids[next], next, checks.parked.is_some());
                     continue;
                 }
                 // Nothing left to read ahead: wait a little for the planner, unless it is gone
@@ -599,6 +682,8 @@ fn plan(
         in_kernel: None,
         handler_time: None,
         stack_copy: None,
+        runs: None,
+        words: None,
     };
     let status = match ahead.and_then(ReadAhead::stat) {
         Some(stat) if signal < 32 => procfs::stat_status_from(stat),
@@ -661,8 +746,53 @@ fn plan(
         thread.note = Some(short);
     } else {
         thread.plan = Plan::Signal;
+        if let Some(parked) = checks.parked
+            && let Some(SyscallState::InSyscall { .. }) = thread.in_kernel
+        {
+            thread.runs = match ahead.and_then(ReadAhead::schedstat) {
+                Some(bytes) => procfs::schedstat_runs(bytes),
+                None => {
+                    let mut bytes = [0u8; SCHEDSTAT_BYTES];
+                    let read = tasks.read_into(tid, "schedstat", &mut bytes).unwrap_or(0);
+                    procfs::schedstat_runs(&bytes[..read])
+                }
+            };
+            if let Some(capture) = reusable(parked, &thread) {
+                thread.show_again(capture);
+            }
+        }
     }
     thread
+}
+
+/// The capture of `thread` that an earlier dump took, if it may be shown again: the thread has
+/// not run since (see [`Parked`] for the proof).
+fn reusable<'a>(parked: &'a ParkedStacks, thread: &Pending) -> Option<&'a Parked> {
+    let capture = parked.get(&thread.tid)?;
+    let same = Some(capture.started) == thread.started
+        && Some(capture.in_kernel) == thread.in_kernel
+        && Some(capture.runs) == thread.runs;
+    (same && words_unchanged(&capture.words)).then_some(capture)
+}
+
+/// Whether every `(address, value)` still holds that value. The words lie in one stack copy
+/// (at most `handler::WINDOW` bytes), read here again in one call that cannot fault.
+fn words_unchanged(words: &[(usize, u64)]) -> bool {
+    let (Some(low), Some(high)) = (
+        words.iter().map(|&(at, _)| at).min(),
+        words.iter().map(|&(at, _)| at).max(),
+    ) else {
+        return true;
+    };
+    let span = high - low + 8;
+    if span > handler::WINDOW {
+        return false;
+    }
+    let live = crate::sys::memory::read_own(low, span);
+    words.iter().all(|&(at, value)| {
+        live.get(at - low..at - low + 8)
+            .is_some_and(|word| word == value.to_le_bytes())
+    })
 }
 
 /// The thread's name, state and masks, from the cheaper `stat` when `signal` is below 32 (the
@@ -799,6 +929,9 @@ impl Pending {
                     ));
                 }
                 self.note = self.note.take().or_else(|| stop_note(&unwound));
+                if tid == self.tid {
+                    self.words = Some(unwound.words);
+                }
                 self.raw = unwound.frames;
                 if self.raw.len() > max_frames {
                     self.raw.truncate(max_frames);
@@ -849,6 +982,37 @@ impl Pending {
                 });
             }
         }
+    }
+
+    /// Shows an earlier dump's capture of this thread, which has not run since.
+    fn show_again(&mut self, capture: &Parked) {
+        self.plan = Plan::Unchanged;
+        self.method = CaptureMethod::Signal;
+        self.outcome = Outcome::Captured;
+        self.raw = capture.frames.clone();
+        self.truncated = capture.truncated;
+        self.note = capture.note.clone();
+    }
+
+    /// What a later dump needs to show this capture again, if this thread answered the signal
+    /// while parked in a system call with its run count read just before.
+    fn parked_capture(&mut self) -> Option<Parked> {
+        let in_kernel = self
+            .in_kernel
+            .filter(|s| matches!(s, SyscallState::InSyscall { .. }))?;
+        if self.outcome != Outcome::Captured {
+            return None;
+        }
+        Some(Parked {
+            started: self.started?,
+            in_kernel,
+            // The one time the signal's delivery put it on a CPU.
+            runs: self.runs?.checked_add(1)?,
+            frames: self.raw.clone(),
+            truncated: self.truncated,
+            note: self.note.clone(),
+            words: self.words.take()?,
+        })
     }
 
     fn take_own_stack(&mut self, own: &OwnStack) {
@@ -911,6 +1075,7 @@ impl Pending {
             stack_copy: self.stack_copy,
             futex: None,
             manhole: false,
+            unchanged: self.plan == Plan::Unchanged,
         }
     }
 }

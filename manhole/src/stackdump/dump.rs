@@ -210,6 +210,8 @@ pub struct ThreadStack {
     pub(super) futex: Option<FutexWait>,
     /// One of the manhole's own threads (listener, sessions, workers, signal thread).
     pub(super) manhole: bool,
+    /// The stack is an earlier dump's: the thread has not run since (see [`ThreadStack::unchanged`]).
+    pub(super) unchanged: bool,
 }
 
 /// Where a thread sleeps in a `futex` wait (a lock, a condition variable, a parked thread), from
@@ -285,6 +287,15 @@ impl ThreadStack {
     /// how long the dump kept the thread from its own work.
     pub fn handler_time(&self) -> Option<Duration> {
         self.handler_time
+    }
+
+    /// Whether this stack is the one an earlier dump captured by signal, shown again without a
+    /// new signal because the thread has not run since: the kernel's count of the times it was
+    /// put on a CPU has not moved since that signal, it is parked in the same system call with
+    /// the same arguments, stack pointer and program counter, and every stack word the unwinding
+    /// read still holds the same value. Such a thread has no [`handler_time`](Self::handler_time).
+    pub fn unchanged(&self) -> bool {
+        self.unchanged
     }
 
     /// For a thread captured by the signal: how many bytes of its stack the handler copied

@@ -493,10 +493,11 @@ impl ThreadStack {
         write_json_str(out, &self.name)?;
         write!(
             out,
-            ",\"state\":\"{}\",\"state_name\":\"{}\",\"method\":\"{}\",\"manhole\":{},\"note\":",
+            ",\"state\":\"{}\",\"state_name\":\"{}\",\"method\":\"{}\",\"unchanged\":{},\"manhole\":{},\"note\":",
             self.state.letter(),
             self.state.name(),
             self.method.as_str(),
+            self.unchanged,
             self.manhole,
         )?;
         write_json_opt(out, self.note.as_deref())?;

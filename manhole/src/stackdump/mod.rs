@@ -224,6 +224,9 @@ pub(crate) struct DumpOptions {
     pub timeout: Duration,
     /// The most frames recorded per thread.
     pub max_frames: usize,
+    /// Signal every thread, even one that has not run since the last dump captured it parked
+    /// (whose stack that dump's capture still shows exactly: see `ThreadStack::unchanged`).
+    pub fresh: bool,
 }
 
 /// Checks that `signal` may be the dump signal: its default action must be to ignore it, so no

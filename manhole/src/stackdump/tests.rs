@@ -56,6 +56,7 @@ pub(crate) fn sample() -> StackDump {
         stack_copy: Some((2048, 3200)),
         futex: None,
         manhole: false,
+        unchanged: false,
     };
     StackDump {
         pid: 4242,

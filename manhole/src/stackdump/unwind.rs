@@ -65,6 +65,9 @@ pub(crate) struct Unwound {
     pub(crate) frames: Vec<RawFrame>,
     /// The stack pointer in each frame of `frames` (same length).
     pub(crate) stack_pointers: Vec<usize>,
+    /// Every stack word the unwinding read, `(address, value)`: the same registers and these
+    /// words unwind to the same frames (see `capture`'s reuse of a parked thread's stack).
+    pub(crate) words: Vec<(usize, u64)>,
     pub(crate) end: End,
 }
 
@@ -119,6 +122,7 @@ impl Unwinder {
         let mut unwound = Unwound {
             frames: Vec::new(),
             stack_pointers: Vec::new(),
+            words: Vec::new(),
             end: End::Complete,
         };
         let registers = image.registers;
@@ -132,10 +136,14 @@ impl Unwinder {
         }
         let window = registers.sp..registers.sp + image.bytes.len();
         let mut beyond_window = false;
+        let words = std::cell::RefCell::new(Vec::new());
         let mut read_stack = |address: u64| -> Result<u64, ()> {
             let address = usize::try_from(address).map_err(|_| ())?;
             match read_word(image.bytes, &window, address) {
-                Some(word) => Ok(word),
+                Some(word) => {
+                    words.borrow_mut().push((address, word));
+                    Ok(word)
+                }
                 None => {
                     if address >= window.end && image.window_full {
                         beyond_window = true;
@@ -185,6 +193,9 @@ impl Unwinder {
                     {
                         // The trampoline itself is not a frame anyone called: skip to the
                         // instruction the application's handler interrupted.
+                        words
+                            .borrow_mut()
+                            .extend(sigreturn_words(regs_sp(&regs), &resumed));
                         regs = native_registers(&StackImage {
                             registers: resumed,
                             ..*image
@@ -215,6 +226,7 @@ impl Unwinder {
         if unwound.end == End::Complete && beyond_window {
             unwound.end = End::Window;
         }
+        unwound.words = words.into_inner();
         unwound
     }
 
@@ -224,6 +236,7 @@ impl Unwinder {
         Unwound {
             frames: Vec::new(),
             stack_pointers: Vec::new(),
+            words: Vec::new(),
             end: End::NoRegisters,
         }
     }
@@ -285,6 +298,22 @@ fn sigreturn_context(
         fp: greg(10)? as usize,
         lr: 0,
     })
+}
+
+/// The stack words [`sigreturn_context`] read at `sp` to give `resumed`, as `(address, value)`.
+#[cfg(target_arch = "x86_64")]
+fn sigreturn_words(sp: usize, resumed: &super::handler::CopiedRegisters) -> [(usize, u64); 3] {
+    let at = |index: usize| sp + 40 + 8 * index;
+    [
+        (at(16), resumed.pc as u64),
+        (at(15), resumed.sp as u64),
+        (at(10), resumed.fp as u64),
+    ]
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn sigreturn_words(_sp: usize, _resumed: &super::handler::CopiedRegisters) -> [(usize, u64); 0] {
+    []
 }
 
 /// aarch64: the trampoline is left to framehop's own CFI handling.

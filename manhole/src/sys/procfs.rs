@@ -485,6 +485,18 @@ pub(crate) fn syscall_from(bytes: &[u8]) -> io::Result<SyscallState> {
     parse_syscall(std::str::from_utf8(bytes).map_err(|_| invalid("syscall"))?)
 }
 
+/// How many times the thread has been put on a CPU, from a `schedstat` file's bytes
+/// (`<run time> <wait time> <times run>`, see sched-stats in the kernel docs): it grows each
+/// time the thread is scheduled in, so an unchanged count proves the thread has not run.
+/// `None` for a kernel without scheduler statistics (which prints zeros).
+pub(crate) fn schedstat_runs(bytes: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    // The run time may still read 0 for a thread that has just started: the count alone says
+    // whether the kernel keeps the statistics (a running thread has been put on a CPU).
+    let runs: u64 = text.split_ascii_whitespace().nth(2)?.parse().ok()?;
+    (runs > 0).then_some(runs)
+}
+
 /// The state letter of a `stat` file's bytes (after the name, which ends at the last `)`),
 /// found without allocating.
 pub(crate) fn stat_state_letter(bytes: &[u8]) -> Option<u8> {
@@ -642,6 +654,17 @@ mod tests {
         assert_eq!(stat.state, 'S');
         assert_eq!(stat.ppid, 1);
         assert_eq!(stat.start_ticks, 123456);
+    }
+
+    #[test]
+    fn schedstat_runs_is_the_third_field_and_zeros_mean_no_statistics() {
+        assert_eq!(schedstat_runs(b"39300692 3879322 115\n"), Some(115));
+        assert_eq!(schedstat_runs(b"0 0 0\n"), None);
+        assert_eq!(schedstat_runs(b"0 14094 1\n"), Some(1));
+        assert_eq!(schedstat_runs(b"12 3\n"), None);
+        // This thread has run, and the kernel counts it.
+        let own = std::fs::read("/proc/thread-self/schedstat").unwrap();
+        assert!(schedstat_runs(&own).is_some(), "{own:?}");
     }
 
     #[test]
