@@ -172,6 +172,14 @@
 //!   the thread's TLS and `struct pthread` above its frames and, for the main thread, its
 //!   arguments and environment: the demo's copies went from 5.8 KiB (64 KiB for the main thread)
 //!   to 1.5 KiB (3.7 KiB), and a handler's time roughly halved.
+//! - **A thread that has not run since an earlier dump is shown from that dump.** When the
+//!   kernel's count of the times it was put on a CPU (`/proc/.../schedstat`) is still the one read
+//!   just before the earlier signal plus the one run that took it, `/proc/.../syscall` shows the
+//!   same system call, arguments, stack pointer and program counter, and every stack word the
+//!   unwinding read still holds its value, the earlier capture is exactly what a new signal would
+//!   find: it is shown ([`stackdump::ThreadStack::unchanged`]), with a note giving the count, and
+//!   the thread is not signalled. [`dump_threads_fresh`] and `threads --fresh` signal every
+//!   thread.
 //! - **Stacks deeper than the window are truncated**: the frames beyond the 64 KiB copied are
 //!   missing, and the thread says so in a note (`stack deeper than the 64 KiB copied: outer
 //!   frames are missing`) and is marked truncated. In the example applications (`demo`, `bare`,
@@ -179,9 +187,10 @@
 //!   benchmark's parked threads (`bench --dumps` measures both: docs/benchmarks.md).
 //! - **Threads with too little stack are not signalled.** Delivering the dump signal needs, below
 //!   the interrupted stack pointer, the kernel's signal frame (`AT_MINSIGSTKSZ`, 3,376 bytes on an
-//!   x86_64 CPU with AVX-512, plus the 128-byte red zone) and 2 KiB for the handler (measured:
+//!   x86_64 CPU with AVX-512, 11,952 on one with AMX, whose tile state a process may enable at
+//!   any time; plus the 128-byte red zone) and 2 KiB for the handler (measured:
 //!   520 bytes in a release build, 1,337 in a debug build; the kernel's frame took 3,032 to
-//!   3,080 bytes); [`stackdump::signal_stack_needed`] gives the sum on this machine. A thread
+//!   3,432 bytes, the most on an AMX CPU); [`stackdump::signal_stack_needed`] gives the sum on this machine. A thread
 //!   blocked in the kernel with less room below its stack pointer (its pointer is in
 //!   `/proc/self/task/<tid>/syscall`; a guard page or the end of a known alternate signal stack
 //!   ends the room) is listed from `/proc` with its state and PC and a note instead. A *running*
@@ -227,7 +236,8 @@
 //! By `signal(7)`, the other calls the kernel never restarts after a handler (`poll`, `select`,
 //! `nanosleep`, `sigtimedwait`, `io_getevents`...) fail with `EINTR` the same way (not measured
 //! here). Code that retries on `EINTR`, as it
-//! must for any signal, notices nothing. Threads that block the dump signal are not signalled
+//! must for any signal, notices nothing. A thread parked since the last dump is not signalled
+//! again (see "Stack dump accuracy"), so a thread that waits sees this once, not once a dump. Threads that block the dump signal are not signalled
 //! at all. Instances of the signal sent by anyone else reach the application as before (see
 //! "The dump signal").
 //!

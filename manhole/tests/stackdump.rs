@@ -1703,6 +1703,14 @@ fn a_parked_thread_is_shown_again_until_it_runs() -> Outcome {
             || format!("a fresh dump did not signal it: {}", describe(thread)),
         )?;
     }
+    // What the fresh dump captured is shown again by the next.
+    let after_fresh = dump()?;
+    for name in ["still", "looper"] {
+        let thread = thread_by_name(&after_fresh, name)?;
+        ensure(thread.unchanged(), || {
+            format!("not shown again after a fresh dump: {}", describe(thread))
+        })?;
+    }
     println!(
         "shown again: capture {} (every thread signalled: {})",
         millis(last.capture_time()),

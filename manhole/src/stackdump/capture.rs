@@ -159,7 +159,8 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
         need: handler::stack_needed(),
         settle_until: Instant::now() + SETTLE,
         altstacks: &learned.altstacks,
-        parked: (!options.fresh).then_some(&learned.parked),
+        parked: &learned.parked,
+        reuse: !options.fresh,
     };
     // The sends wake this thread again and again (a handler wakes it when the window has
     // room); in SCHED_OTHER each wake-up could preempt a thread inside its handler, which then
@@ -427,8 +428,10 @@ struct Preflight<'a> {
     settle_until: Instant,
     /// Alternate signal stacks the last dumps found.
     altstacks: &'a Altstacks,
-    /// Parked threads' captures that may be shown again; `None`: signal every thread.
-    parked: Option<&'a ParkedStacks>,
+    /// Parked threads' captures from earlier dumps.
+    parked: &'a ParkedStacks,
+    /// Whether those may be shown again (false: signal every thread).
+    reuse: bool,
 }
 
 /// From this many threads on, a second thread reads `/proc` ahead ([`plan_and_send`]).
@@ -478,9 +481,9 @@ impl ReadAhead {
         }
     }
 
-    /// Reads the files of `tid`, the thread at `index`; `schedstat` too for a thread in a
-    /// system call if `runs` (see [`Parked`]).
-    fn read(&mut self, tasks: &procfs::TaskDir, tid: i32, index: usize, runs: bool) {
+    /// Reads the files of `tid`, the thread at `index`: `stat`, and for a sleeping thread
+    /// `syscall`, and for a thread in a system call `schedstat` (see [`Parked`]).
+    fn read(&mut self, tasks: &procfs::TaskDir, tid: i32, index: usize) {
         self.stat_len = tasks.read_into(tid, "stat", &mut self.stat).unwrap_or(0);
         let stat = &self.stat[..self.stat_len];
         self.syscall_len = match procfs::stat_state_letter(stat) {
@@ -491,7 +494,7 @@ impl ReadAhead {
         };
         // A system call's line starts with its number; "running" and "-1" (not in one) do not.
         let in_syscall = self.syscall_len > 0 && self.syscall[0].is_ascii_digit();
-        self.schedstat_len = match runs && in_syscall {
+        self.schedstat_len = match in_syscall {
             true => tasks
                 .read_into(tid, "schedstat", &mut self.schedstat)
                 .unwrap_or(0),
@@ -581,8 +584,7 @@ fn plan_and_send(
                         && let (Some(&tid), Some(slot)) =
                             (tids.get(claimed), slots.get(claimed % READ_AHEAD_SLOTS))
                     {
-                        slot.lock()
-                            .read(planner_tasks, tid, claimed, checks.parked.is_some());
+                        slot.lock().read(planner_tasks, tid, claimed);
                     }
                 }
             })
@@ -616,7 +618,7 @@ fn plan_and_send(
                         .compare_exchange(next, next + 1, Ordering::SeqCst, Ordering::SeqCst)
                         .is_ok()
                 {
-                    slot.read(tasks, tids[next], next, checks.parked.is_some());
+                    slot.read(tasks, tids[next], next);
                     continue;
                 }
                 // Nothing left to read ahead: wait a little for the planner, unless it is gone
@@ -746,9 +748,8 @@ fn plan(
         thread.note = Some(short);
     } else {
         thread.plan = Plan::Signal;
-        if let Some(parked) = checks.parked
-            && let Some(SyscallState::InSyscall { .. }) = thread.in_kernel
-        {
+        // Read for a fresh dump too: its captures may be shown again by the next.
+        if let Some(SyscallState::InSyscall { .. }) = thread.in_kernel {
             thread.runs = match ahead.and_then(ReadAhead::schedstat) {
                 Some(bytes) => procfs::schedstat_runs(bytes),
                 None => {
@@ -757,7 +758,11 @@ fn plan(
                     procfs::schedstat_runs(&bytes[..read])
                 }
             };
-            if let Some(capture) = reusable(parked, &thread) {
+            if let Some(capture) = checks
+                .reuse
+                .then(|| reusable(checks.parked, &thread))
+                .flatten()
+            {
                 thread.show_again(capture);
             }
         }
