@@ -224,6 +224,10 @@ pub(crate) fn capture(options: &DumpOptions) -> Result<StackDump> {
                 if let Some(capture) = learned.parked.remove(&thread.tid) {
                     parked.insert(thread.tid, capture);
                 }
+                // Still where its copies may end, when it is signalled again.
+                if let Some(&top) = learned.stack_tops.get(&thread.tid) {
+                    stack_tops.insert(thread.tid, top);
+                }
             }
             Plan::Myself => thread.take_own_stack(&own_stack),
             Plan::Skip => {}
