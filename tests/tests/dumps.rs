@@ -1,6 +1,7 @@
 //! Dumps a person can read, end to end: the greeting of 1,000 identical threads, the JSON that
 //! keeps every thread besides the groups, std's start-up frames folded in the demo, threads
-//! waiting on one lock grouped by it, and `threads NAME` matching a whole name first.
+//! waiting on one lock grouped by it, `threads NAME` matching a whole name first, and sleepers
+//! that have not run since a dump shown again from it (`--fresh` signals them).
 
 use std::collections::HashSet;
 
@@ -404,5 +405,81 @@ fn a_whole_thread_name_is_matched_before_substrings() {
         summary_count(&some),
         11,
         "sleeper-99 and sleeper-990..999: {some}"
+    );
+}
+
+/// The sleepers of `dump`, by name: (unchanged, handler_nanos is set, frame addresses).
+fn sleepers(dump: &Value) -> Vec<(String, bool, bool, Vec<String>)> {
+    dump["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"].as_str().unwrap().starts_with("sleeper-"))
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().to_string(),
+                t["unchanged"].as_bool().expect("unchanged is a bool"),
+                t["handler_nanos"].is_u64(),
+                t["frames"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|f| f["ip"].as_str().unwrap().to_string())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn sleepers_that_have_not_run_are_shown_again_and_fresh_signals_them() {
+    let app = bare(&["--threads", "20"]);
+    let first = dump_json(&app, &[]);
+    let signalled = sleepers(&first);
+    assert_eq!(signalled.len(), 20, "{first}");
+    assert!(
+        signalled
+            .iter()
+            .all(|(_, unchanged, handled, _)| !unchanged && *handled),
+        "the first dump signals every sleeper: {signalled:?}"
+    );
+    // The sleepers went back to sleep after the signal and stay there: a later dump shows them
+    // from the first, without a signal.
+    let again = wait_until(|| {
+        let dump = dump_json(&app, &[]);
+        sleepers(&dump)
+            .iter()
+            .all(|(_, unchanged, _, _)| *unchanged)
+            .then_some(dump)
+    })
+    .expect("the sleepers are shown again");
+    for ((name, _, handled, frames), (_, _, _, before)) in sleepers(&again).iter().zip(&signalled) {
+        assert!(!handled, "{name} shown again has no handler time");
+        assert_eq!(
+            frames, before,
+            "{name} shown again with the first dump's frames"
+        );
+    }
+    let notes = again["notes"].as_array().unwrap();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.as_str().unwrap().contains("not signalled again")),
+        "{notes:?}"
+    );
+    let pid = app.pid().to_string();
+    let (code, text, _) = run_cli(&[&pid, "threads"]);
+    assert_eq!(code, 0);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("Note: ") && l.contains("have not run since an earlier dump")),
+        "{text}"
+    );
+    let fresh = dump_json(&app, &["--fresh"]);
+    assert!(
+        sleepers(&fresh)
+            .iter()
+            .all(|(_, unchanged, handled, _)| !unchanged && *handled),
+        "--fresh signals every sleeper: {fresh}"
     );
 }
