@@ -1620,6 +1620,22 @@ fn park_in_a_loop(ready: &mpsc::Sender<i32>, wake: &mpsc::Receiver<()>) -> usize
     }
 }
 
+/// Checks that `dump` (named `which` in the error) signalled each of the threads `names`.
+fn signalled<'a>(
+    dump: &StackDump,
+    names: impl IntoIterator<Item = &'a str>,
+    which: &str,
+) -> Outcome {
+    for name in names {
+        let thread = thread_by_name(dump, name)?;
+        ensure(
+            !thread.unchanged() && thread.handler_time().is_some(),
+            || format!("{which} did not signal it: {}", describe(thread)),
+        )?;
+    }
+    Ok(())
+}
+
 fn a_parked_thread_is_shown_again_until_it_runs() -> Outcome {
     install(Duration::from_secs(2), 128)?;
     let parked = park_in_markers([("still", park_in_marker_bravo as Marker)])?;
@@ -1633,13 +1649,7 @@ fn a_parked_thread_is_shown_again_until_it_runs() -> Outcome {
     wait_until_sleeping(looper_tid)?;
     let ips = |t: &ThreadStack| t.frames().iter().map(|f| f.ip()).collect::<Vec<_>>();
     let first = dump()?;
-    for name in ["still", "looper"] {
-        let thread = thread_by_name(&first, name)?;
-        ensure(
-            !thread.unchanged() && thread.handler_time().is_some(),
-            || format!("the first dump did not signal it: {}", describe(thread)),
-        )?;
-    }
+    signalled(&first, ["still", "looper"], "the first dump")?;
     // The signal put each thread on a CPU once, and each went back into the same `futex` wait:
     // from now on it is shown again, not signalled.
     let mut dumps = vec![first];
@@ -1696,13 +1706,7 @@ fn a_parked_thread_is_shown_again_until_it_runs() -> Outcome {
         format!("the still thread was signalled: {}", describe(still_now))
     })?;
     let fresh = fresh_dump()?;
-    for name in ["still", "looper"] {
-        let thread = thread_by_name(&fresh, name)?;
-        ensure(
-            !thread.unchanged() && thread.handler_time().is_some(),
-            || format!("a fresh dump did not signal it: {}", describe(thread)),
-        )?;
-    }
+    signalled(&fresh, ["still", "looper"], "a fresh dump")?;
     // What the fresh dump captured is shown again by the next.
     let after_fresh = dump()?;
     for name in ["still", "looper"] {
