@@ -785,23 +785,46 @@ fn reusable<'a>(parked: &'a ParkedStacks, thread: &Pending) -> Option<&'a Parked
 }
 
 /// Whether every `(address, value)` still holds that value. The words lie in one stack copy
-/// (at most `handler::WINDOW` bytes), read here again in one call that cannot fault.
+/// (at most `handler::WINDOW` bytes), read again here in pieces into a buffer on the stack, by
+/// calls that cannot fault. Nothing is allocated: a dump runs on a session thread, and what it
+/// allocates stays in that thread's malloc arena.
 fn words_unchanged(words: &[(usize, u64)]) -> bool {
+    const PIECE: usize = 4096;
     let (Some(low), Some(high)) = (
         words.iter().map(|&(at, _)| at).min(),
         words.iter().map(|&(at, _)| at).max(),
     ) else {
         return true;
     };
-    let span = high - low + 8;
-    if span > handler::WINDOW {
+    let end = high + 8;
+    if end - low > handler::WINDOW {
         return false;
     }
-    let live = crate::sys::memory::read_own(low, span);
-    words.iter().all(|&(at, value)| {
-        live.get(at - low..at - low + 8)
-            .is_some_and(|word| word == value.to_le_bytes())
-    })
+    let mut buffer = [0u8; PIECE];
+    let mut start = low;
+    let mut checked = 0;
+    while start < end {
+        let len = PIECE.min(end - start);
+        let got = crate::sys::memory::read_own_into(start, &mut buffer[..len]);
+        if got < len {
+            return false;
+        }
+        for &(at, value) in words {
+            if at >= start && at + 8 <= start + len {
+                if buffer[at - start..at - start + 8] != value.to_le_bytes() {
+                    return false;
+                }
+                checked += 1;
+            }
+        }
+        // Pieces overlap by a word, so a word across a piece boundary lies whole in the next;
+        // one wholly in both is counted twice, hence the `>=` below.
+        if start + len >= end {
+            break;
+        }
+        start += PIECE - 8;
+    }
+    checked >= words.len()
 }
 
 /// The thread's name, state and masks, from the cheaper `stat` when `signal` is below 32 (the
@@ -1086,5 +1109,38 @@ impl Pending {
             manhole: false,
             unchanged: self.plan == Plan::Unchanged,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::words_unchanged;
+
+    #[test]
+    fn words_are_compared_across_pieces_and_a_changed_one_is_seen() {
+        let mut memory = vec![0u8; 10_000];
+        for (i, byte) in memory.iter_mut().enumerate() {
+            *byte = (i % 251) as u8;
+        }
+        let base = memory.as_ptr() as usize;
+        let word = |memory: &[u8], offset: usize| {
+            u64::from_le_bytes(memory[offset..offset + 8].try_into().unwrap())
+        };
+        // One at the start, one across the first piece's end, one far beyond.
+        let offsets = [0, 4092, 9_000];
+        let words: Vec<(usize, u64)> = offsets
+            .iter()
+            .map(|&offset| (base + offset, word(&memory, offset)))
+            .collect();
+        assert!(words_unchanged(&words));
+        assert!(words_unchanged(&[]));
+        for &offset in &offsets {
+            memory[offset + 5] ^= 0xff;
+            assert!(!words_unchanged(&words), "a change at {offset} is seen");
+            memory[offset + 5] ^= 0xff;
+        }
+        assert!(words_unchanged(&words));
+        // Too far apart to be one stack copy.
+        assert!(!words_unchanged(&[(base, 0), (base + (1 << 20), 0)]));
     }
 }

@@ -115,6 +115,13 @@ unsafe fn read_vm(pid: libc::pid_t, local: &libc::iovec, remote: &[libc::iovec])
     usize::try_from(rc).unwrap_or(0)
 }
 
+/// Copies up to `into.len()` bytes from our own address `from` into `into` (fewer if a page in the
+/// range cannot be read): how many were copied. Allocates nothing.
+pub(crate) fn read_own_into(from: usize, into: &mut [u8]) -> usize {
+    // SAFETY: `into` is an exclusively borrowed, writable buffer of `into.len()` bytes.
+    unsafe { copy_own(from, into.as_mut_ptr(), into.len()) }
+}
+
 /// Copies `len` bytes from our own address `from` into a new vector (shorter if a page in the
 /// range cannot be read). Normal context only (it allocates).
 pub(crate) fn read_own(from: usize, len: usize) -> Vec<u8> {
