@@ -800,31 +800,28 @@ fn words_unchanged(words: &[(usize, u64)]) -> bool {
     if end - low > handler::WINDOW {
         return false;
     }
+    // Pieces overlap by a word, so every word lies whole in one of them.
     let mut buffer = [0u8; PIECE];
     let mut start = low;
-    let mut checked = 0;
-    while start < end {
+    loop {
         let len = PIECE.min(end - start);
-        let got = crate::sys::memory::read_own_into(start, &mut buffer[..len]);
-        if got < len {
+        if crate::sys::memory::read_own_into(start, &mut buffer[..len]) < len {
             return false;
         }
-        for &(at, value) in words {
-            if at >= start && at + 8 <= start + len {
-                if buffer[at - start..at - start + 8] != value.to_le_bytes() {
-                    return false;
-                }
-                checked += 1;
-            }
+        let piece = &buffer[..len];
+        let changed = words.iter().any(|&(at, value)| {
+            at >= start
+                && at + 8 <= start + len
+                && piece[at - start..at - start + 8] != value.to_le_bytes()
+        });
+        if changed {
+            return false;
         }
-        // Pieces overlap by a word, so a word across a piece boundary lies whole in the next;
-        // one wholly in both is counted twice, hence the `>=` below.
         if start + len >= end {
-            break;
+            return true;
         }
         start += PIECE - 8;
     }
-    checked >= words.len()
 }
 
 /// The thread's name, state and masks, from the cheaper `stat` when `signal` is below 32 (the
