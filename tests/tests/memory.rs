@@ -87,21 +87,33 @@ fn vm_size(pid: u32) -> u64 {
 #[test]
 fn a_host_under_a_tight_address_space_limit_answers_without_symbols_and_says_why() {
     let mut app = App::demo(&[]);
-    let limit = vm_size(app.pid()) + (30 << 20);
-    let rlimit = libc::rlimit {
-        rlim_cur: limit,
-        rlim_max: limit,
-    };
-    // SAFETY: prlimit on our own child with a valid new limit and no old-limit pointer.
-    let rc = unsafe {
-        libc::prlimit(
-            app.pid() as libc::pid_t,
-            libc::RLIMIT_AS,
-            &rlimit,
-            std::ptr::null_mut(),
-        )
-    };
-    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    // The demo's threads make their malloc arenas (64 MiB of address space each) when they
+    // first allocate, at any time: a limit computed before one of them would lie below the
+    // process's size once it is set. So the limit is set again until the size it was computed
+    // from is still the size after it was set.
+    let mut size = vm_size(app.pid());
+    loop {
+        let limit = size + (30 << 20);
+        let rlimit = libc::rlimit {
+            rlim_cur: limit,
+            rlim_max: limit,
+        };
+        // SAFETY: prlimit on our own child with a valid new limit and no old-limit pointer.
+        let rc = unsafe {
+            libc::prlimit(
+                app.pid() as libc::pid_t,
+                libc::RLIMIT_AS,
+                &rlimit,
+                std::ptr::null_mut(),
+            )
+        };
+        assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+        let now = vm_size(app.pid());
+        if now <= size {
+            break;
+        }
+        size = now;
+    }
     let socket = app.socket().display().to_string();
     let (code, out, err) = run_cli(&[&socket, "threads"]);
     assert!(app.alive(), "the host died: {out}{err}{}", app.stderr());
